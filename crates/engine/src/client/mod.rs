@@ -1,0 +1,303 @@
+//! The client side: local listeners that live for the whole run, and one authenticated
+//! connection to the server that is re-established with backoff whenever it drops.
+
+mod session;
+mod tcp;
+mod udp;
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use backon::{BackoffBuilder, ExponentialBuilder};
+use porthole_proto::close::CloseCode;
+use porthole_proto::message::RejectReason;
+use porthole_proto::source::{Protocol, Source};
+use porthole_proto::token::AuthToken;
+use tokio::net::{TcpListener, UdpSocket};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, error, info, info_span, warn};
+
+pub use session::Session;
+
+use crate::transport::{Connection, ConnectionEnd, Connector};
+
+/// One forward: a source on the server's side, a listen address on ours.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ForwardSpec {
+    pub source: Source,
+    pub listen: SocketAddr,
+}
+
+#[derive(Debug, Clone)]
+pub struct ClientConfig {
+    pub token: AuthToken,
+    pub forwards: Vec<ForwardSpec>,
+    /// Transport connect deadline (hole punching or relay included).
+    pub connect_timeout: Duration,
+    /// From connection to the last forward answered.
+    pub handshake_timeout: Duration,
+    /// How long a new local TCP connection waits for the tunnel to be up.
+    pub session_wait: Duration,
+    pub backoff_min: Duration,
+    pub backoff_max: Duration,
+    pub udp_idle_timeout: Duration,
+    pub max_udp_flows: usize,
+}
+
+impl ClientConfig {
+    pub fn new(token: AuthToken, forwards: Vec<ForwardSpec>) -> Self {
+        Self {
+            token,
+            forwards,
+            connect_timeout: Duration::from_secs(30),
+            handshake_timeout: Duration::from_secs(15),
+            session_wait: Duration::from_secs(20),
+            backoff_min: Duration::from_millis(250),
+            backoff_max: Duration::from_secs(30),
+            udp_idle_timeout: Duration::from_secs(60),
+            max_udp_flows: 1024,
+        }
+    }
+}
+
+/// Why the client stopped. Each variant maps to its own exit code in the binary.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("cannot listen on {addr} for {forward}: {error} (is another program using that port?)")]
+    Bind {
+        addr: SocketAddr,
+        forward: Source,
+        error: std::io::Error,
+    },
+    #[error(
+        "the server refused the auth token: check --auth-token / auth_token_file against the server's auth_tokens"
+    )]
+    AuthRejected,
+    #[error("the server refused forward {forward}: {reason}: {detail}")]
+    SourceRefused {
+        forward: Source,
+        reason: RejectReason,
+        detail: String,
+    },
+    #[error("protocol version mismatch: {0}")]
+    Version(String),
+    #[error("no forwards configured: give at least one --source/--target pair")]
+    NoForwards,
+}
+
+/// What the client is doing, for logs, tests and status displays.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Status {
+    Connecting,
+    Connected { peer: String },
+    Reconnecting { reason: String },
+    Stopped,
+}
+
+pub(crate) enum Local {
+    Tcp(TcpListener),
+    Udp(Arc<UdpSocket>),
+}
+
+/// A client whose local listeners are bound; [`Client::run`] starts forwarding.
+pub struct Client {
+    config: ClientConfig,
+    locals: Vec<Local>,
+    status: watch::Sender<Status>,
+}
+
+impl Client {
+    /// Binds every local listener first, so a port conflict is reported at once.
+    pub async fn bind(config: ClientConfig) -> Result<Self, ClientError> {
+        if config.forwards.is_empty() {
+            return Err(ClientError::NoForwards);
+        }
+        let mut locals = Vec::with_capacity(config.forwards.len());
+        for f in &config.forwards {
+            let bind_err = |error| ClientError::Bind {
+                addr: f.listen,
+                forward: f.source.clone(),
+                error,
+            };
+            locals.push(match f.source.protocol {
+                Protocol::Tcp => Local::Tcp(TcpListener::bind(f.listen).await.map_err(bind_err)?),
+                Protocol::Udp => {
+                    let s = UdpSocket::bind(f.listen).await.map_err(bind_err)?;
+                    crate::udp::size_socket(&s);
+                    Local::Udp(Arc::new(s))
+                }
+            });
+        }
+        Ok(Self {
+            config,
+            locals,
+            status: watch::channel(Status::Connecting).0,
+        })
+    }
+
+    /// The bound local addresses, in forward order (useful with port 0).
+    pub fn local_addrs(&self) -> Vec<SocketAddr> {
+        self.locals
+            .iter()
+            .filter_map(|l| match l {
+                Local::Tcp(t) => t.local_addr().ok(),
+                Local::Udp(u) => u.local_addr().ok(),
+            })
+            .collect()
+    }
+
+    pub fn status(&self) -> watch::Receiver<Status> {
+        self.status.subscribe()
+    }
+
+    /// Forwards until `shutdown` fires (Ok) or a fatal refusal (Err).
+    pub async fn run<C: Connector>(
+        self,
+        connector: C,
+        shutdown: CancellationToken,
+    ) -> Result<(), ClientError> {
+        let Client {
+            config,
+            locals,
+            status,
+        } = self;
+        let config = Arc::new(config);
+        let (session_tx, session_rx) = watch::channel::<Option<Arc<Session<C::Conn>>>>(None);
+        let tasks = TaskTracker::new();
+        let local_cancel = shutdown.child_token();
+        let mut udp_forwards = Vec::with_capacity(locals.len());
+        for (index, local) in locals.into_iter().enumerate() {
+            let spec = &config.forwards[index];
+            let span = info_span!("forward", listen = %spec.listen, source = %spec.source);
+            match local {
+                Local::Tcp(listener) => {
+                    udp_forwards.push(None);
+                    tasks.spawn(
+                        tcp::accept_loop(
+                            listener,
+                            index,
+                            session_rx.clone(),
+                            config.session_wait,
+                            local_cancel.clone(),
+                        )
+                        .instrument(span),
+                    );
+                }
+                Local::Udp(socket) => {
+                    let fwd = Arc::new(udp::UdpForward::new(socket, index, &config));
+                    udp_forwards.push(Some(fwd.clone()));
+                    tasks.spawn(
+                        fwd.local_loop(session_rx.clone(), local_cancel.clone())
+                            .instrument(span),
+                    );
+                }
+            }
+        }
+        let udp_forwards = Arc::new(udp_forwards);
+        let result = connection_loop(
+            &connector,
+            &config,
+            &session_tx,
+            &status,
+            &udp_forwards,
+            &shutdown,
+        )
+        .await;
+        let _ = session_tx.send(None);
+        let _ = status.send(Status::Stopped);
+        local_cancel.cancel();
+        tasks.close();
+        let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
+        result
+    }
+}
+
+async fn connection_loop<C: Connector>(
+    connector: &C,
+    config: &Arc<ClientConfig>,
+    sessions: &watch::Sender<Option<Arc<Session<C::Conn>>>>,
+    status: &watch::Sender<Status>,
+    udp_forwards: &Arc<Vec<Option<Arc<udp::UdpForward>>>>,
+    shutdown: &CancellationToken,
+) -> Result<(), ClientError> {
+    let backoff_builder = ExponentialBuilder::default()
+        .with_min_delay(config.backoff_min)
+        .with_max_delay(config.backoff_max)
+        .with_jitter()
+        .without_max_times();
+    let mut backoff = backoff_builder.build();
+    let mut announced = false;
+    loop {
+        let attempt = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            r = session::establish(connector, config) => r,
+        };
+        match attempt {
+            Ok(session) => {
+                backoff = backoff_builder.build();
+                let peer = session.conn.peer();
+                info!(%peer, "tunnel up ({} forward(s))", config.forwards.len());
+                if !announced {
+                    for f in &config.forwards {
+                        info!("forwarding {} -> {} (via {peer})", f.listen, f.source);
+                    }
+                    announced = true;
+                }
+                let _ = status.send(Status::Connected { peer });
+                let session = Arc::new(session);
+                let _ = sessions.send(Some(session.clone()));
+                let rx = tokio::spawn(
+                    udp::datagram_loop(session.clone(), udp_forwards.clone()).in_current_span(),
+                );
+                let end = tokio::select! {
+                    end = session.conn.closed() => end,
+                    _ = shutdown.cancelled() => {
+                        session.conn.close(CloseCode::Normal.as_u32(), b"client shutting down");
+                        rx.abort();
+                        return Ok(());
+                    }
+                };
+                let _ = sessions.send(None);
+                rx.abort();
+                if let ConnectionEnd::Peer { code, .. } = &end {
+                    match CloseCode::from_u64(*code) {
+                        Some(CloseCode::AuthFailed) => return Err(ClientError::AuthRejected),
+                        Some(CloseCode::UnsupportedVersion) => {
+                            return Err(ClientError::Version(end.to_string()));
+                        }
+                        _ => {}
+                    }
+                }
+                warn!("tunnel lost: {end}; reconnecting");
+                let _ = status.send(Status::Reconnecting {
+                    reason: end.to_string(),
+                });
+            }
+            Err(session::EstablishError::Fatal(e)) => {
+                error!("{e}");
+                return Err(e);
+            }
+            Err(session::EstablishError::Retry(why)) => {
+                let _ = status.send(Status::Reconnecting {
+                    reason: why.clone(),
+                });
+                let delay = backoff.next().unwrap_or(config.backoff_max);
+                warn!("could not establish the tunnel: {why}; retrying in {delay:.1?}");
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    _ = tokio::time::sleep(delay) => {}
+                }
+                continue;
+            }
+        }
+        // A drop right after being up: reconnect after a short pause.
+        let delay = backoff.next().unwrap_or(config.backoff_min);
+        tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}

@@ -1,0 +1,146 @@
+//! Establishing one tunnel: connect, authenticate, open every forward.
+
+use std::time::Duration;
+
+use porthole_proto::PROTOCOL_VERSION;
+use porthole_proto::close::CloseCode;
+use porthole_proto::message::{AuthRequest, AuthResponse, ControlRequest, ControlResponse};
+use tokio::sync::Mutex;
+use tracing::debug;
+
+use super::{ClientConfig, ClientError};
+use crate::control::{ControlError, read_frame, write_frame};
+use crate::transport::{Connection, ConnectionEnd, Connector};
+
+/// An authenticated connection with its forwards open.
+pub struct Session<C: Connection> {
+    pub conn: C,
+    /// Server-assigned forward id of each forward, in config order.
+    pub forward_ids: Vec<u16>,
+    /// Kept open for the life of the session (the server may answer more requests later).
+    _control: Mutex<(C::Send, C::Recv)>,
+}
+
+pub(crate) enum EstablishError {
+    /// Retrying cannot help (wrong token, refused source, version mismatch).
+    Fatal(ClientError),
+    /// Transient: try again after a backoff.
+    Retry(String),
+}
+
+pub(crate) async fn establish<K: Connector>(
+    connector: &K,
+    config: &ClientConfig,
+) -> Result<Session<K::Conn>, EstablishError> {
+    let conn = match tokio::time::timeout(config.connect_timeout, connector.connect()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return Err(EstablishError::Retry(format!("connect: {e}"))),
+        Err(_) => {
+            return Err(EstablishError::Retry(format!(
+                "connect timed out after {:?}",
+                config.connect_timeout
+            )));
+        }
+    };
+    match tokio::time::timeout(config.handshake_timeout, handshake(&conn, config)).await {
+        Ok(Ok((forward_ids, control))) => Ok(Session {
+            conn,
+            forward_ids,
+            _control: Mutex::new(control),
+        }),
+        Ok(Err(HandshakeError::Refused(e))) => {
+            conn.close(CloseCode::Normal.as_u32(), b"forward refused");
+            Err(EstablishError::Fatal(e))
+        }
+        Ok(Err(HandshakeError::Stream(e))) => {
+            // The server usually closed the connection with a reason: wait briefly for it.
+            let end = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
+            conn.close(CloseCode::Normal.as_u32(), b"");
+            Err(classify(end.ok(), e))
+        }
+        Err(_) => {
+            conn.close(CloseCode::Normal.as_u32(), b"handshake timeout");
+            Err(EstablishError::Retry(format!(
+                "the server did not answer the handshake within {:?}",
+                config.handshake_timeout
+            )))
+        }
+    }
+}
+
+enum HandshakeError {
+    Refused(ClientError),
+    Stream(ControlError),
+}
+
+impl From<ControlError> for HandshakeError {
+    fn from(e: ControlError) -> Self {
+        HandshakeError::Stream(e)
+    }
+}
+
+async fn handshake<C: Connection>(
+    conn: &C,
+    config: &ClientConfig,
+) -> Result<(Vec<u16>, (C::Send, C::Recv)), HandshakeError> {
+    let (mut send, mut recv) = conn.open_bi().await.map_err(ControlError::Io)?;
+    let auth = AuthRequest {
+        version: PROTOCOL_VERSION,
+        token: config.token.expose().to_string(),
+    };
+    write_frame(&mut send, &auth).await?;
+    // Pipeline the forward requests behind the token: one round trip for everything.
+    for (i, f) in config.forwards.iter().enumerate() {
+        let req = ControlRequest::OpenForward {
+            request_id: i as u32,
+            source: f.source.clone(),
+        };
+        write_frame(&mut send, &req).await?;
+    }
+    let AuthResponse::Accepted {
+        version,
+        max_streams,
+    } = read_frame(&mut recv).await?;
+    debug!(version, max_streams, "authenticated");
+    let mut ids = Vec::with_capacity(config.forwards.len());
+    for (i, f) in config.forwards.iter().enumerate() {
+        match read_frame::<ControlResponse, _>(&mut recv).await? {
+            ControlResponse::ForwardAccepted {
+                request_id,
+                forward_id,
+            } if request_id == i as u32 => ids.push(forward_id),
+            ControlResponse::ForwardRejected {
+                request_id,
+                reason,
+                detail,
+            } if request_id == i as u32 => {
+                return Err(HandshakeError::Refused(ClientError::SourceRefused {
+                    forward: f.source.clone(),
+                    reason,
+                    detail,
+                }));
+            }
+            other => {
+                return Err(HandshakeError::Stream(ControlError::Io(
+                    std::io::Error::other(format!("unexpected answer to forward {i}: {other:?}")),
+                )));
+            }
+        }
+    }
+    Ok((ids, (send, recv)))
+}
+
+fn classify(end: Option<ConnectionEnd>, e: ControlError) -> EstablishError {
+    match end {
+        Some(ConnectionEnd::Peer { code, reason }) => match CloseCode::from_u64(code) {
+            Some(CloseCode::AuthFailed) => EstablishError::Fatal(ClientError::AuthRejected),
+            Some(CloseCode::UnsupportedVersion) => EstablishError::Fatal(ClientError::Version(
+                format!("{} ({reason})", CloseCode::UnsupportedVersion.explain()),
+            )),
+            Some(c) => EstablishError::Retry(c.explain().to_string()),
+            None => EstablishError::Retry(format!("server closed with code {code}: {reason}")),
+        },
+        Some(other) => EstablishError::Retry(other.to_string()),
+        None => EstablishError::Retry(format!("handshake failed: {e}")),
+    }
+}

@@ -1,0 +1,87 @@
+//! Local TCP connections on the client: each rides its own stream of the current tunnel.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::Duration;
+
+use porthole_proto::message::StreamHeader;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span, warn};
+
+use super::Session;
+use crate::control::write_frame;
+use crate::splice::{SpliceEnd, abort_tcp, splice, tune_tcp};
+use crate::transport::Connection;
+
+type Sessions<C> = watch::Receiver<Option<Arc<Session<C>>>>;
+
+pub(crate) async fn accept_loop<C: Connection>(
+    listener: TcpListener,
+    index: usize,
+    sessions: Sessions<C>,
+    wait: Duration,
+    cancel: CancellationToken,
+) {
+    loop {
+        let accepted = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => a,
+        };
+        match accepted {
+            Ok((tcp, from)) => {
+                let span = info_span!("tcp", %from);
+                tokio::spawn(handle(tcp, from, index, sessions.clone(), wait).instrument(span));
+            }
+            Err(e) => {
+                // Usually out of file descriptors: back off instead of spinning.
+                warn!("accept failed: {e}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
+
+async fn handle<C: Connection>(
+    tcp: TcpStream,
+    from: SocketAddr,
+    index: usize,
+    mut sessions: Sessions<C>,
+    wait: Duration,
+) {
+    let session = match tokio::time::timeout(wait, sessions.wait_for(|s| s.is_some())).await {
+        Ok(Ok(s)) => s.clone(),
+        _ => None,
+    };
+    let Some(session) = session else {
+        warn!("tunnel not up within {wait:?}: resetting connection from {from}");
+        abort_tcp(&tcp);
+        return;
+    };
+    let Some(&forward_id) = session.forward_ids.get(index) else {
+        abort_tcp(&tcp);
+        return;
+    };
+    let (mut send, recv) = match session.conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("cannot open a stream: {e}");
+            abort_tcp(&tcp);
+            return;
+        }
+    };
+    // The header goes out with (or just before) the user's first bytes: no round trip.
+    if let Err(e) = write_frame(&mut send, &StreamHeader { forward_id }).await {
+        warn!("cannot start stream: {e}");
+        abort_tcp(&tcp);
+        return;
+    }
+    tune_tcp(&tcp);
+    match splice(tcp, send, recv).await {
+        SpliceEnd::Clean { up, down } => debug!(sent = up, received = down, "closed"),
+        SpliceEnd::Aborted { up, down, error } => {
+            debug!(sent = up, received = down, "aborted: {error}")
+        }
+    }
+}

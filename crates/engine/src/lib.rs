@@ -1,0 +1,22 @@
+//! The forwarding engine: everything porthole does with a connection once it has one,
+//! independent of how the connection was made (iroh, plain quinn, or a test double).
+//!
+//! A transport implements the small [`transport`] traits (bidirectional streams,
+//! datagrams, close codes); the engine provides:
+//! - [`server::run`]: accept connections, authenticate, resolve and police forwards,
+//!   splice TCP streams and UDP flows to targets, within session and flow limits;
+//! - [`client::run`]: bind local listeners once, keep one authenticated connection up
+//!   (reconnecting with backoff), and carry local TCP connections and UDP peers over it.
+//!
+//! The concrete transport is chosen once at the top with generics, as rathole does.
+
+pub mod auth;
+pub mod client;
+pub mod control;
+pub mod policy;
+pub mod server;
+pub mod splice;
+pub mod transport;
+pub mod udp;
+
+pub use porthole_proto as proto;

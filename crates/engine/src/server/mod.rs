@@ -1,0 +1,143 @@
+//! The server side: accept connections, authenticate them, and forward what each
+//! authenticated client asks for, within the allow-list and the limits.
+
+mod conn;
+mod tcp;
+mod udp;
+
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use crate::auth::{AuthLimiter, TokenSet};
+use crate::policy::Policy;
+use crate::transport::{Acceptor, Connection};
+use porthole_proto::close::CloseCode;
+
+/// Everything the server engine needs to know.
+#[derive(Debug)]
+pub struct ServerConfig {
+    pub tokens: TokenSet,
+    pub policy: Policy,
+    /// Concurrent authenticated client connections.
+    pub max_sessions: usize,
+    /// Concurrent connections still in the transport handshake or authenticating.
+    pub max_pending: usize,
+    /// Forwards one connection may open.
+    pub max_forwards: usize,
+    /// Concurrent TCP streams per connection (also set as the QUIC stream limit).
+    pub max_streams: u32,
+    /// Concurrent UDP flows per connection.
+    pub max_udp_flows: usize,
+    /// Transport handshake deadline.
+    pub handshake_timeout: Duration,
+    /// From connection to accepted token.
+    pub auth_timeout: Duration,
+    pub resolve_timeout: Duration,
+    pub dial_timeout: Duration,
+    /// A TCP stream's header must arrive within this.
+    pub header_timeout: Duration,
+    pub udp_idle_timeout: Duration,
+}
+
+impl ServerConfig {
+    /// Defaults for everything but the tokens and the allow-list.
+    pub fn new(tokens: TokenSet, policy: Policy) -> Self {
+        Self {
+            tokens,
+            policy,
+            max_sessions: 100,
+            max_pending: 64,
+            max_forwards: 64,
+            max_streams: 1024,
+            max_udp_flows: 1024,
+            handshake_timeout: Duration::from_secs(15),
+            auth_timeout: Duration::from_secs(10),
+            resolve_timeout: Duration::from_secs(5),
+            dial_timeout: Duration::from_secs(10),
+            header_timeout: Duration::from_secs(10),
+            udp_idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Shared server state.
+#[derive(Debug)]
+pub(crate) struct Shared {
+    pub config: ServerConfig,
+    pub sessions: Arc<Semaphore>,
+    pub pending: Arc<Semaphore>,
+    pub limiter: AuthLimiter,
+}
+
+/// Serves connections from `acceptor` until it closes or `shutdown` fires, then closes
+/// every connection with [`CloseCode::Shutdown`] and waits (briefly) for them to end.
+pub async fn run<A: Acceptor>(
+    acceptor: A,
+    config: ServerConfig,
+    shutdown: CancellationToken,
+) -> io::Result<()> {
+    let shared = Arc::new(Shared {
+        sessions: Arc::new(Semaphore::new(config.max_sessions)),
+        pending: Arc::new(Semaphore::new(config.max_pending)),
+        limiter: AuthLimiter::default(),
+        config,
+    });
+    let tracker = TaskTracker::new();
+    let mut next_id: u64 = 0;
+    loop {
+        let handshake = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            h = acceptor.accept() => match h {
+                Some(h) => h,
+                None => break,
+            },
+        };
+        next_id += 1;
+        let shared = shared.clone();
+        let shutdown = shutdown.clone();
+        let span = info_span!("conn", id = next_id, peer = tracing::field::Empty);
+        tracker.spawn(
+            async move {
+                let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
+                    // Too many handshakes at once: drop this one before it costs anything.
+                    warn!("too many connections still authenticating; refusing one");
+                    if let Ok(Ok(conn)) =
+                        tokio::time::timeout(Duration::from_secs(2), handshake).await
+                    {
+                        conn.close(CloseCode::ServerBusy.as_u32(), b"busy");
+                    }
+                    return;
+                };
+                let conn =
+                    match tokio::time::timeout(shared.config.handshake_timeout, handshake).await {
+                        Ok(Ok(conn)) => conn,
+                        Ok(Err(e)) => {
+                            debug!("handshake failed: {e}");
+                            return;
+                        }
+                        Err(_) => {
+                            debug!("handshake timed out");
+                            return;
+                        }
+                    };
+                conn::serve(conn, shared, pending, shutdown).await;
+            }
+            .instrument(span),
+        );
+    }
+    tracker.close();
+    info!("server stopping: closing {} connection(s)", tracker.len());
+    if tokio::time::timeout(Duration::from_secs(5), tracker.wait())
+        .await
+        .is_err()
+    {
+        warn!("some connections did not close within 5 s");
+    }
+    Ok(())
+}

@@ -1,0 +1,203 @@
+//! UDP on the server: one connected socket per flow, created on the flow's first
+//! datagram (so a lost first datagram costs nothing), expired when idle.
+
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
+use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use porthole_proto::datagram::{Datagram, FlowKey, Reassembled, Reassembler, ReassemblyLimits};
+use porthole_proto::source::Protocol;
+use tokio::net::UdpSocket;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info_span};
+
+use super::ServerConfig;
+use super::conn::Forwards;
+use crate::transport::Connection;
+use crate::udp::{Clock, DropCounter, SendError, UDP_BUF, send_payload, size_socket};
+
+struct Flow {
+    socket: Arc<UdpSocket>,
+    last_ms: AtomicU64,
+}
+
+pub(crate) struct ServerUdp<C> {
+    conn: C,
+    forwards: Arc<Forwards>,
+    flows: Mutex<HashMap<FlowKey, Arc<Flow>>>,
+    max_flows: usize,
+    idle: Duration,
+    clock: Clock,
+    packet_ids: AtomicU16,
+    drops: DropCounter,
+    cancel: CancellationToken,
+}
+
+impl<C: Connection> ServerUdp<C> {
+    pub fn new(
+        conn: C,
+        forwards: Arc<Forwards>,
+        config: &ServerConfig,
+        cancel: CancellationToken,
+    ) -> Self {
+        Self {
+            conn,
+            forwards,
+            flows: Mutex::new(HashMap::new()),
+            max_flows: config.max_udp_flows,
+            idle: config.udp_idle_timeout,
+            clock: Clock::default(),
+            packet_ids: AtomicU16::new(0),
+            drops: DropCounter::new("UDP datagrams discarded"),
+            cancel,
+        }
+    }
+
+    /// Reads datagrams from the client until the connection ends.
+    pub async fn datagram_loop(self: Arc<Self>) {
+        let mut reassembler = Reassembler::new(ReassemblyLimits::default());
+        let mut last_expire = Instant::now();
+        loop {
+            let data = tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                d = self.conn.read_datagram() => match d {
+                    Ok(d) => d,
+                    Err(_) => break,
+                },
+            };
+            let now = Instant::now();
+            if now.duration_since(last_expire) > Duration::from_secs(1) {
+                last_expire = now;
+                let n = reassembler.expire(now);
+                self.drops
+                    .add(n as u64, &"incomplete fragmented datagrams timed out");
+            }
+            match Datagram::decode(&data) {
+                Ok(Datagram::Whole { flow, payload }) => self.deliver(flow, payload).await,
+                Ok(Datagram::Fragment {
+                    flow,
+                    packet_id,
+                    index,
+                    count,
+                    chunk,
+                }) => match reassembler.push(flow, packet_id, index, count, chunk, now) {
+                    Reassembled::Complete(flow, payload) => self.deliver(flow, &payload).await,
+                    Reassembled::Pending => {}
+                    Reassembled::Rejected => self.drops.add(1, &"inconsistent fragment"),
+                },
+                Err(e) => self.drops.add(1, &format_args!("malformed datagram: {e}")),
+            }
+        }
+        self.cancel.cancel();
+    }
+
+    async fn deliver(self: &Arc<Self>, key: FlowKey, payload: &[u8]) {
+        let existing = self.lock().get(&key).cloned();
+        let flow = match existing {
+            Some(f) => f,
+            None => match self.open_flow(key).await {
+                Some(f) => f,
+                None => return,
+            },
+        };
+        flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+        if let Err(e) = flow.socket.try_send(payload) {
+            self.drops.add(1, &format_args!("sending to target: {e}"));
+        }
+    }
+
+    async fn open_flow(self: &Arc<Self>, key: FlowKey) -> Option<Arc<Flow>> {
+        let Some(forward) = self
+            .forwards
+            .get(key.forward_id)
+            .filter(|f| f.source.protocol == Protocol::Udp)
+        else {
+            self.drops
+                .add(1, &"datagram for a forward this connection never opened");
+            return None;
+        };
+        if self.lock().len() >= self.max_flows {
+            self.drops.add(
+                1,
+                &format_args!("UDP flow limit ({}) reached", self.max_flows),
+            );
+            return None;
+        }
+        let target = *forward.addrs.first()?;
+        let socket = match connect_udp(target).await {
+            Ok(s) => Arc::new(s),
+            Err(e) => {
+                self.drops
+                    .add(1, &format_args!("cannot open socket to {target}: {e}"));
+                return None;
+            }
+        };
+        let flow = Arc::new(Flow {
+            socket,
+            last_ms: AtomicU64::new(self.clock.now_ms()),
+        });
+        self.lock().insert(key, flow.clone());
+        debug!(flow_id = key.flow_id, "new UDP flow to {target}");
+        let span = info_span!("udp_flow", forward = key.forward_id, flow = key.flow_id);
+        tokio::spawn(self.clone().reply_loop(key, flow.clone()).instrument(span));
+        Some(flow)
+    }
+
+    /// Carries the target's replies back to the client until the flow goes idle.
+    async fn reply_loop(self: Arc<Self>, key: FlowKey, flow: Arc<Flow>) {
+        let mut buf = vec![0u8; UDP_BUF];
+        loop {
+            let idle_ms = self
+                .clock
+                .now_ms()
+                .saturating_sub(flow.last_ms.load(Ordering::Relaxed));
+            let Some(left) = self
+                .idle
+                .checked_sub(Duration::from_millis(idle_ms))
+                .filter(|d| !d.is_zero())
+            else {
+                debug!("UDP flow idle for {:?}: closing", self.idle);
+                break;
+            };
+            tokio::select! {
+                _ = self.cancel.cancelled() => break,
+                _ = tokio::time::sleep(left) => {}
+                r = flow.socket.recv(&mut buf) => match r {
+                    Ok(n) => {
+                        flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+                        match send_payload(&self.conn, key, &self.packet_ids, &buf[..n]) {
+                            Ok(()) => {}
+                            Err(SendError::Connection(_)) => break,
+                            Err(e) => self.drops.add(1, &format_args!("reply to client: {e}")),
+                        }
+                    }
+                    // ICMP port unreachable surfaces here on a connected socket; the
+                    // target may come up later, so keep the flow.
+                    Err(e) => debug!("target socket: {e}"),
+                },
+            }
+        }
+        let mut flows = self.lock();
+        if flows.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
+            flows.remove(&key);
+        }
+    }
+
+    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, Arc<Flow>>> {
+        self.flows.lock().unwrap_or_else(|e| e.into_inner())
+    }
+}
+
+/// A UDP socket of the target's family, connected to it so only its replies arrive.
+async fn connect_udp(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    size_socket(&socket);
+    socket.connect(target).await?;
+    Ok(socket)
+}

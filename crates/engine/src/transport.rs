@@ -1,0 +1,93 @@
+//! The seam between the engine and a transport: what every QUIC-like link provides.
+//!
+//! Native `async fn`-in-trait style (`impl Future + Send`), no boxing in hot paths.
+
+use std::fmt;
+use std::future::Future;
+use std::io;
+
+use bytes::Bytes;
+use tokio::io::{AsyncRead, AsyncWrite};
+
+/// The sending half of a bidirectional stream. `shutdown()` finishes it cleanly (FIN).
+pub trait SendStream: AsyncWrite + Unpin + Send + 'static {
+    /// Ends the stream abruptly: the peer's reads fail with `code` instead of a clean EOF.
+    fn reset(&mut self, code: u32);
+}
+
+/// The receiving half of a bidirectional stream. Reads fail if the peer reset it.
+pub trait RecvStream: AsyncRead + Unpin + Send + 'static {
+    /// Tells the peer to stop sending (its writes fail with `code`).
+    fn stop(&mut self, code: u32);
+}
+
+/// Why a connection ended.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum ConnectionEnd {
+    /// The peer closed it with an application code.
+    Peer { code: u64, reason: String },
+    /// We closed it.
+    Local,
+    /// Nothing heard from the peer within the idle timeout.
+    TimedOut,
+    /// The peer no longer knows the connection (it restarted).
+    Reset,
+    /// Anything else (transport error, version mismatch...).
+    Other(String),
+}
+
+impl fmt::Display for ConnectionEnd {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        match self {
+            ConnectionEnd::Peer { code, reason } => {
+                match porthole_proto::close::CloseCode::from_u64(*code) {
+                    Some(c) => write!(f, "{} (code {code})", c.explain()),
+                    None => write!(f, "closed by peer with code {code}: {reason}"),
+                }
+            }
+            ConnectionEnd::Local => f.write_str("closed locally"),
+            ConnectionEnd::TimedOut => f.write_str("timed out (no packets from the peer)"),
+            ConnectionEnd::Reset => f.write_str("reset by the peer (it probably restarted)"),
+            ConnectionEnd::Other(s) => f.write_str(s),
+        }
+    }
+}
+
+/// An established, encrypted connection to the peer.
+pub trait Connection: Clone + Send + Sync + 'static {
+    type Send: SendStream;
+    type Recv: RecvStream;
+
+    fn open_bi(&self) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
+    fn accept_bi(&self) -> impl Future<Output = io::Result<(Self::Send, Self::Recv)>> + Send;
+    /// Sends one unreliable datagram; may be dropped on the way (or locally when the
+    /// send buffer is full). Errors when the connection is gone or the datagram too big.
+    fn send_datagram(&self, data: Bytes) -> io::Result<()>;
+    fn read_datagram(&self) -> impl Future<Output = io::Result<Bytes>> + Send;
+    /// Largest datagram the current path carries; `None` if the peer disabled datagrams.
+    fn max_datagram_size(&self) -> Option<usize>;
+    fn close(&self, code: u32, reason: &[u8]);
+    /// Resolves when the connection has ended, with the reason.
+    fn closed(&self) -> impl Future<Output = ConnectionEnd> + Send;
+    /// The reason if the connection has already ended.
+    fn close_reason(&self) -> Option<ConnectionEnd>;
+    /// Who the peer is (EndpointId, fingerprint or address), for logs and per-peer limits.
+    fn peer(&self) -> String;
+}
+
+/// The server side of a transport: hands out incoming connections.
+pub trait Acceptor: Send + Sync + 'static {
+    type Conn: Connection;
+    /// The transport handshake of one incoming connection; the engine runs it in its
+    /// own task under a timeout so a slow peer cannot stall the accept loop.
+    type Handshake: Future<Output = io::Result<Self::Conn>> + Send + 'static;
+
+    /// The next incoming connection, or `None` once the endpoint is closed.
+    fn accept(&self) -> impl Future<Output = Option<Self::Handshake>> + Send;
+}
+
+/// The client side of a transport: dials the server.
+pub trait Connector: Send + Sync + 'static {
+    type Conn: Connection;
+    fn connect(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+}

@@ -1,0 +1,29 @@
+//! porthole's protocol as plain data: no sockets, no tokio, no clocks of its own.
+//!
+//! Everything a peer can send us is decoded here, with hard size limits, into typed
+//! values ("parse, don't validate"). The engine and the transports drive these types
+//! from the outside, the way `quinn` drives `quinn-proto`.
+//!
+//! - [`token`]: the 18-character checksummed auth tokens (tunnel-rs compatible).
+//! - [`key`]: the server's Ed25519 secret key file and the EndpointId derived from it.
+//! - [`ticket`]: one copy-pasteable string naming a server (id, relays, direct addresses).
+//! - [`source`]: `tcp://host:port` / `udp://host:port` forward sources.
+//! - [`message`] and [`frame`]: control messages and their length-prefixed framing.
+//! - [`datagram`]: the UDP datagram header, fragmentation and reassembly.
+//! - [`close`]: application close and stream error codes.
+
+pub mod close;
+pub mod datagram;
+pub mod frame;
+pub mod key;
+pub mod message;
+pub mod source;
+pub mod ticket;
+pub mod token;
+
+/// The QUIC ALPN of porthole's peer protocol, version 1.
+pub const ALPN: &[u8] = b"porthole/1";
+
+/// The protocol version carried in the auth request. A server refuses versions it
+/// does not speak with a clear reason, so old and new peers fail loudly, not oddly.
+pub const PROTOCOL_VERSION: u16 = 1;

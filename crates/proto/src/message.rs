@@ -1,0 +1,206 @@
+//! Control messages of the porthole peer protocol (see docs/PROTOCOL.md).
+//!
+//! Sequence on the client's first bidirectional stream (the control stream):
+//! 1. client -> [`AuthRequest`]; server -> [`AuthResponse`] or closes the connection
+//!    with [`crate::close::CloseCode::AuthFailed`] / `AuthTimeout` / `UnsupportedVersion`.
+//! 2. For each forward, client -> [`ControlRequest::OpenForward`];
+//!    server -> [`ControlResponse`] accepted (with a forward id) or rejected (with a reason).
+//!
+//! Each TCP connection then rides its own bidirectional stream that starts with a
+//! [`StreamHeader`] frame, immediately followed by the user's bytes.
+
+use std::fmt;
+
+use serde::{Deserialize, Serialize};
+use zeroize::{Zeroize, ZeroizeOnDrop};
+
+use crate::source::Source;
+
+/// Longest free-text detail in a rejection (truncated by the sender).
+pub const MAX_DETAIL_LEN: usize = 200;
+
+/// First message on the control stream. The version comes first so that any future
+/// layout can still be told apart and refused cleanly.
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct AuthRequest {
+    pub version: u16,
+    /// The token as sent; the server parses and compares it in constant time.
+    pub token: String,
+}
+
+impl fmt::Debug for AuthRequest {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequest")
+            .field("version", &self.version)
+            .field("token", &"<redacted>")
+            .finish()
+    }
+}
+
+/// The server's answer to a valid token.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum AuthResponse {
+    Accepted {
+        version: u16,
+        /// Per-connection limit on concurrent TCP streams plus UDP flows.
+        max_streams: u32,
+    },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlRequest {
+    OpenForward { request_id: u32, source: Source },
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum ControlResponse {
+    ForwardAccepted {
+        request_id: u32,
+        forward_id: u16,
+    },
+    ForwardRejected {
+        request_id: u32,
+        reason: RejectReason,
+        detail: String,
+    },
+}
+
+/// Why the server refused a forward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RejectReason {
+    /// The server's allow-list for this protocol is empty.
+    ProtocolDisabled,
+    /// The address (or every address the name resolved to) is outside the allow-list.
+    NotAllowed,
+    /// The hostname did not resolve.
+    ResolveFailed,
+    /// This connection already has the maximum number of forwards.
+    TooManyForwards,
+}
+
+impl fmt::Display for RejectReason {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(match self {
+            RejectReason::ProtocolDisabled => "protocol not enabled on the server",
+            RejectReason::NotAllowed => "address not in the server's allow-list",
+            RejectReason::ResolveFailed => "host name did not resolve on the server",
+            RejectReason::TooManyForwards => "too many forwards on one connection",
+        })
+    }
+}
+
+/// First frame on every TCP data stream.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct StreamHeader {
+    pub forward_id: u16,
+}
+
+/// Truncates a rejection detail to [`MAX_DETAIL_LEN`] characters.
+pub fn clamp_detail(s: &str) -> String {
+    s.chars().take(MAX_DETAIL_LEN).collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::frame::{self, FrameError};
+    use proptest::prelude::*;
+
+    fn round_trip<T>(m: &T) -> T
+    where
+        T: Serialize + serde::de::DeserializeOwned,
+    {
+        let bytes = frame::encode(m).unwrap();
+        let (back, used) = frame::decode::<T>(&bytes).unwrap().unwrap();
+        assert_eq!(used, bytes.len());
+        back
+    }
+
+    #[test]
+    fn messages_round_trip() {
+        let a = AuthRequest {
+            version: 1,
+            token: "iABCDEFGHIJKLMNOPL".into(),
+        };
+        let b = round_trip(&a);
+        assert_eq!((b.version, b.token.as_str()), (1, "iABCDEFGHIJKLMNOPL"));
+        assert!(!format!("{a:?}").contains("ABCDEF"));
+
+        let r = AuthResponse::Accepted {
+            version: 1,
+            max_streams: 1024,
+        };
+        assert_eq!(round_trip(&r), r);
+        let q = ControlRequest::OpenForward {
+            request_id: 7,
+            source: "udp://[::1]:53".parse().unwrap(),
+        };
+        assert_eq!(round_trip(&q), q);
+        let p = ControlResponse::ForwardRejected {
+            request_id: 7,
+            reason: RejectReason::NotAllowed,
+            detail: "10.0.0.1 not in 127.0.0.0/8".into(),
+        };
+        assert_eq!(round_trip(&p), p);
+        let h = StreamHeader { forward_id: 3 };
+        assert_eq!(round_trip(&h), h);
+    }
+
+    #[test]
+    fn oversized_and_trailing_frames_are_refused() {
+        assert_eq!(
+            frame::body_len([0xff, 0xff]),
+            Err(FrameError::TooLarge(65535))
+        );
+        assert_eq!(frame::body_len([0, 0]), Err(FrameError::Empty));
+        let mut bytes = frame::encode(&StreamHeader { forward_id: 1 }).unwrap();
+        bytes.push(0);
+        bytes[1] += 1;
+        assert!(matches!(
+            frame::decode::<StreamHeader>(&bytes),
+            Err(FrameError::Trailing(1))
+        ));
+        let huge = AuthRequest {
+            version: 1,
+            token: "x".repeat(5000),
+        };
+        assert!(matches!(frame::encode(&huge), Err(FrameError::TooLarge(_))));
+    }
+
+    #[test]
+    fn invalid_source_in_request_is_malformed() {
+        // Hand-encode an OpenForward whose source string is not a valid source.
+        #[derive(Serialize)]
+        enum Raw {
+            OpenForward { request_id: u32, source: String },
+        }
+        let bytes = frame::encode(&Raw::OpenForward {
+            request_id: 1,
+            source: "tcp://x:0".into(),
+        })
+        .unwrap();
+        assert!(matches!(
+            frame::decode::<ControlRequest>(&bytes),
+            Err(FrameError::Malformed(_))
+        ));
+    }
+
+    proptest! {
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..600)) {
+            let _ = frame::decode::<AuthRequest>(&bytes);
+            let _ = frame::decode::<ControlRequest>(&bytes);
+            let _ = frame::decode::<ControlResponse>(&bytes);
+            let _ = frame::decode::<AuthResponse>(&bytes);
+            let _ = frame::decode::<StreamHeader>(&bytes);
+            let _ = frame::decode_body::<ControlRequest>(&bytes);
+        }
+
+        #[test]
+        fn open_forward_round_trips(id in any::<u32>(), port in 1u16.., a in any::<[u8;4]>()) {
+            let source = format!("tcp://{}:{port}", std::net::Ipv4Addr::from(a)).parse().unwrap();
+            let q = ControlRequest::OpenForward { request_id: id, source };
+            prop_assert_eq!(round_trip(&q), q);
+        }
+    }
+}
