@@ -1,0 +1,246 @@
+//! Command-line interface (clap derive). Flags mirror tunnel-rs so its users feel at home.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "porthole",
+    version,
+    about = "Forward TCP and UDP ports between machines behind NATs, over QUIC",
+    long_about = "Forward TCP and UDP ports between machines behind NATs and firewalls, with no open port \
+and no VPN.\n\nA `server` runs next to the services, a `client` next to the user. They meet over QUIC \
+(iroh): hole-punched when the NATs allow it, through a relay when they don't. The client proves itself \
+with an auth token, then asks for sources (tcp://host:port, udp://host:port) that the server forwards \
+only if they are inside its allow-list.",
+    after_help = "Quick start (one machine, offline):\n  \
+porthole relay --http-bind 127.0.0.1:3340 &\n  \
+porthole generate-token > token.txt\n  \
+porthole server --relay-url http://127.0.0.1:3340 --allowed-tcp 127.0.0.0/8 --auth-tokens-file token.txt\n  \
+porthole client --relay-url http://127.0.0.1:3340 --ticket <TICKET printed by the server> \\\n    \
+--source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n\n\
+Logs: -v / -vv for more, -q / -qq for less; RUST_LOG overrides both."
+)]
+pub struct Cli {
+    /// More log output (repeat for more).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true)]
+    pub verbose: u8,
+    /// Less log output (repeat for less).
+    #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
+    pub quiet: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Run next to the services: accept clients and forward what they ask for, within the allow-list.
+    Server(ServerArgs),
+    /// Run next to the user: listen locally and carry each connection to the server.
+    Client(ClientArgs),
+    /// Run a self-hosted iroh relay (plain HTTP for local use, HTTPS + QUIC address discovery for NAT traversal).
+    Relay(RelayArgs),
+    /// Print new auth tokens (18 characters, checksummed), one per line.
+    GenerateToken(GenerateTokenArgs),
+    /// Create the server's secret key file (mode 0600) and print its EndpointId on stderr.
+    GenerateServerKey(GenerateServerKeyArgs),
+    /// Print the EndpointId of a secret key file.
+    ShowServerId(ShowServerIdArgs),
+}
+
+/// Transport / compatibility mode.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Mode {
+    /// iroh: hole punching, relay fallback, discovery (default).
+    Iroh,
+    /// Plain QUIC + STUN with copy-paste signaling (no iroh infrastructure).
+    Manual,
+    /// NodePass v1.14 compatible TLS pool (direct links).
+    Nodepass,
+}
+
+impl Mode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Mode::Iroh => "iroh",
+            Mode::Manual => "manual",
+            Mode::Nodepass => "nodepass",
+        }
+    }
+}
+
+#[derive(Debug, Args, Default)]
+pub struct ConfigArgs {
+    /// Read settings from this TOML file (flags given on the command line win).
+    #[arg(short, long, value_name = "FILE", conflicts_with = "default_config")]
+    pub config: Option<PathBuf>,
+    /// Read $XDG_CONFIG_HOME/porthole/<role>.toml (~/.config/porthole/<role>.toml).
+    #[arg(long)]
+    pub default_config: bool,
+    /// Transport: iroh (default), manual, nodepass.
+    #[arg(long, value_enum)]
+    pub mode: Option<Mode>,
+}
+
+/// Settings shared by server and client in iroh mode.
+#[derive(Debug, Args, Default)]
+pub struct IrohArgs {
+    /// Relay server URL (repeatable). `none` disables relays (direct addresses only).
+    /// Without it, iroh's public relays and discovery are used. Append `?quic-port=N`
+    /// when the relay's QUIC address discovery is not on UDP 7842.
+    #[arg(long = "relay-url", value_name = "URL")]
+    pub relay_urls: Vec<String>,
+    /// PEM file with a CA certificate to trust for the relay's TLS (added to the standard roots).
+    #[arg(long, value_name = "PEM")]
+    pub relay_ca: Option<PathBuf>,
+    /// Use only the relay: never a direct path (command line only).
+    #[arg(long)]
+    pub relay_only: bool,
+    /// Discovery by EndpointId: a pkarr URL (https://dns.example.com/pkarr) or `none`.
+    #[arg(long, value_name = "URL|none")]
+    pub dns_server: Option<String>,
+    /// Do not ask the home router for a port mapping (UPnP / PCP / NAT-PMP).
+    #[arg(long)]
+    pub no_portmap: bool,
+    /// Local UDP address for QUIC (repeatable; default all interfaces).
+    #[arg(long = "bind", value_name = "ADDR")]
+    pub bind: Vec<SocketAddr>,
+    /// Close a UDP flow after this much silence (e.g. 60s, 5m).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub udp_idle_timeout: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  porthole generate-server-key --output server.key\n  \
+porthole server --secret-file server.key --allowed-tcp 127.0.0.1/32:22 --auth-tokens-file tokens.txt"
+)]
+pub struct ServerArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// Secret key file (from generate-server-key); else env PORTHOLE_SECRET; else a new identity per run.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+    /// Allowed TCP destinations: CIDR with optional ports, e.g. 127.0.0.0/8, 10.0.0.0/8:5432 (repeatable).
+    #[arg(long = "allowed-tcp", value_name = "CIDR")]
+    pub allowed_tcp: Vec<String>,
+    /// Allowed UDP destinations, same syntax (repeatable). Empty = UDP refused.
+    #[arg(long = "allowed-udp", value_name = "CIDR")]
+    pub allowed_udp: Vec<String>,
+    /// Accepted auth token (repeatable). Visible to other local users in the process
+    /// list: prefer --auth-tokens-file.
+    #[arg(long = "auth-tokens", value_name = "TOKEN")]
+    pub auth_tokens: Vec<String>,
+    /// File with accepted tokens, one per line (# comments allowed).
+    #[arg(long, value_name = "FILE")]
+    pub auth_tokens_file: Option<PathBuf>,
+    /// Most concurrent client connections (default 100).
+    #[arg(long, value_name = "N")]
+    pub max_sessions: Option<usize>,
+    #[command(flatten)]
+    pub iroh: IrohArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+porthole client --ticket pt1... --source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n  \
+porthole client --server-node-id <ID> --source udp://10.0.0.1:51820 --target 127.0.0.1:51820 \\\n    \
+--source tcp://127.0.0.1:5432 --target 127.0.0.1:5432   # several forwards: repeat the pair\n\n\
+Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refused, 5 version mismatch.")]
+pub struct ClientArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The server's EndpointId (printed by the server and by show-server-id).
+    #[arg(long, value_name = "ID", conflicts_with = "ticket")]
+    pub server_node_id: Option<String>,
+    /// The ticket printed by the server (id + relays + addresses in one string).
+    #[arg(long, value_name = "TICKET")]
+    pub ticket: Option<String>,
+    /// A direct address of the server (repeatable): reach it on a LAN or offline, no relay needed.
+    #[arg(long = "server-addr", value_name = "IP:PORT")]
+    pub server_addrs: Vec<SocketAddr>,
+    /// What to reach on the server's side: tcp://HOST:PORT or udp://HOST:PORT (pairs with --target).
+    #[arg(long = "source", value_name = "URL")]
+    pub sources: Vec<String>,
+    /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source).
+    #[arg(long = "target", value_name = "ADDR")]
+    pub targets: Vec<String>,
+    /// Auth token. Visible to other local users in the process list: prefer
+    /// --auth-token-file or the PORTHOLE_AUTH_TOKEN variable.
+    #[arg(long, value_name = "TOKEN")]
+    pub auth_token: Option<String>,
+    /// File holding the auth token.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub iroh: IrohArgs,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+porthole relay --http-bind 127.0.0.1:3340                     # local/dev: relaying only\n  \
+porthole relay --https-bind 0.0.0.0:443 --tls-cert cert.pem --tls-key key.pem --quic-bind 0.0.0.0:7842\n\n\
+Peers behind NATs learn their public address only from an HTTPS relay with QUIC address discovery;\n\
+with a plain-HTTP relay they stay on the relay path. Clients of a private CA trust it with --relay-ca.")]
+pub struct RelayArgs {
+    /// Plain HTTP address (the relay itself without TLS; the captive-portal probe with TLS).
+    #[arg(long, value_name = "ADDR", default_value = "0.0.0.0:3340")]
+    pub http_bind: SocketAddr,
+    /// HTTPS address (needs --tls-cert and --tls-key).
+    #[arg(long, value_name = "ADDR", requires_all = ["tls_cert", "tls_key"])]
+    pub https_bind: Option<SocketAddr>,
+    /// PEM certificate chain for HTTPS and QUIC address discovery.
+    #[arg(long, value_name = "FILE", requires = "https_bind")]
+    pub tls_cert: Option<PathBuf>,
+    /// PEM private key for --tls-cert.
+    #[arg(long, value_name = "FILE", requires = "https_bind")]
+    pub tls_key: Option<PathBuf>,
+    /// UDP address for QUIC address discovery (default 0.0.0.0:7842 with HTTPS; `none` to disable).
+    #[arg(long, value_name = "ADDR|none")]
+    pub quic_bind: Option<String>,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateTokenArgs {
+    /// How many tokens to print.
+    #[arg(short = 'c', long = "count", value_name = "N", default_value_t = 1,
+          value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub count: u32,
+    /// Write the tokens to this file (created with mode 0600) instead of stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: Option<PathBuf>,
+    /// Replace an existing --output file.
+    #[arg(long, requires = "output")]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct GenerateServerKeyArgs {
+    /// Where to write the key (mode 0600); `-` writes it to stdout.
+    #[arg(short, long, value_name = "FILE")]
+    pub output: PathBuf,
+    /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowServerIdArgs {
+    /// Secret key file; else env PORTHOLE_SECRET.
+    #[arg(long, value_name = "FILE")]
+    pub secret_file: Option<PathBuf>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use clap::CommandFactory;
+
+    #[test]
+    fn cli_is_consistent() {
+        Cli::command().debug_assert();
+    }
+}

@@ -1,0 +1,88 @@
+//! `porthole server`.
+
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use iroh::Watcher;
+use porthole_engine::server::ServerConfig;
+use porthole_iroh::{IrohAcceptor, RelaySetting};
+use tracing::{info, warn};
+
+use crate::cli::{Mode, ServerArgs};
+use crate::config::resolve::{self, ServerSettings};
+use crate::exit::Exit;
+
+pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
+    let settings = resolve::server(args).map_err(Exit::usage)?;
+    match settings.mode {
+        Mode::Iroh => run_iroh(settings).await.map_err(Exit::from),
+        other => Err(Exit::usage(anyhow::anyhow!(
+            "mode {:?} is not available for `porthole server` yet",
+            other.as_str()
+        ))),
+    }
+}
+
+fn engine_config(s: &ServerSettings) -> ServerConfig {
+    let mut c = ServerConfig::new(s.tokens.clone(), s.policy.clone());
+    c.max_sessions = s.max_sessions;
+    c.udp_idle_timeout = s.udp_idle_timeout;
+    c
+}
+
+async fn run_iroh(s: ServerSettings) -> Result<()> {
+    if s.secret.is_none() {
+        warn!(
+            "no --secret-file: this server gets a new EndpointId on every start; create a stable one with: porthole generate-server-key --output server.key"
+        );
+    }
+    let config = engine_config(&s);
+    let mut opts = s.iroh.clone();
+    opts.max_streams = config.max_streams;
+    let endpoint = porthole_iroh::bind(&opts)
+        .await
+        .context("starting the iroh endpoint")?;
+    wait_addressable(&endpoint, &opts.relays, opts.relay_only).await;
+    let ticket = porthole_iroh::ticket::ticket_for(&endpoint, &opts.relays)
+        .encode()
+        .context("building the ticket")?;
+    println!("EndpointId: {}", endpoint.id());
+    println!("Ticket: {ticket}");
+    info!(tcp = %s.policy.tcp, udp = %s.policy.udp, max_sessions = s.max_sessions, "serving");
+    let shutdown = crate::commands::shutdown_on_signal();
+    porthole_engine::server::run(IrohAcceptor::new(endpoint.clone()), config, shutdown).await?;
+    endpoint.close().await;
+    Ok(())
+}
+
+/// Waits (bounded) until clients can reach us: registered at a relay when relays are
+/// on, else bound with at least one direct address.
+async fn wait_addressable(endpoint: &iroh::Endpoint, relays: &RelaySetting, relay_only: bool) {
+    let limit = Duration::from_secs(10);
+    if !matches!(relays, RelaySetting::Disabled) {
+        if tokio::time::timeout(limit, endpoint.online())
+            .await
+            .is_err()
+        {
+            warn!(
+                "no relay reachable after {limit:?}; clients can still use direct addresses (--server-addr)"
+            );
+        }
+        return;
+    }
+    if relay_only {
+        return;
+    }
+    let mut watcher = endpoint.watch_addr();
+    let ready = async {
+        loop {
+            if watcher.get().ip_addrs().next().is_some() {
+                return;
+            }
+            if watcher.updated().await.is_err() {
+                return;
+            }
+        }
+    };
+    let _ = tokio::time::timeout(limit, ready).await;
+}

@@ -1,0 +1,188 @@
+//! Configuration files: `raw` (serde, strict) -> validated, then merged with the
+//! command line in `resolve` (flags win; a non-empty list on the command line replaces
+//! the file's list).
+//!
+//! Relative paths inside a file are relative to the file's own directory.
+
+pub mod raw;
+pub mod resolve;
+
+use std::path::{Path, PathBuf};
+
+use anyhow::{Context, Result, bail};
+
+pub use raw::{ClientFile, ServerFile};
+
+/// Which subcommand is reading the file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+impl Role {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Server => "server",
+            Role::Client => "client",
+        }
+    }
+}
+
+/// `$XDG_CONFIG_HOME/porthole/<role>.toml`, else `~/.config/porthole/<role>.toml`.
+pub fn default_path(role: Role) -> Result<PathBuf> {
+    let base = match std::env::var_os("XDG_CONFIG_HOME").filter(|v| !v.is_empty()) {
+        Some(x) => PathBuf::from(x),
+        None => {
+            let home =
+                std::env::var_os("HOME").context("neither XDG_CONFIG_HOME nor HOME is set")?;
+            PathBuf::from(home).join(".config")
+        }
+    };
+    Ok(base
+        .join("porthole")
+        .join(format!("{}.toml", role.as_str())))
+}
+
+/// Reads and parses a file for `role`; errors name the file, the key and the fix.
+pub fn read_server(path: &Path) -> Result<ServerFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let mut file =
+        parse_server(&text).with_context(|| format!("config file {}", path.display()))?;
+    file.rebase(path.parent().unwrap_or(Path::new(".")));
+    Ok(file)
+}
+
+pub fn read_client(path: &Path) -> Result<ClientFile> {
+    let text = std::fs::read_to_string(path)
+        .with_context(|| format!("cannot read config file {}", path.display()))?;
+    let mut file =
+        parse_client(&text).with_context(|| format!("config file {}", path.display()))?;
+    file.rebase(path.parent().unwrap_or(Path::new(".")));
+    Ok(file)
+}
+
+pub fn parse_server(text: &str) -> Result<ServerFile> {
+    check_role(text, Role::Server)?;
+    let file: ServerFile = toml::from_str(text).map_err(explain_toml)?;
+    file.validate()?;
+    Ok(file)
+}
+
+pub fn parse_client(text: &str) -> Result<ClientFile> {
+    check_role(text, Role::Client)?;
+    let file: ClientFile = toml::from_str(text).map_err(explain_toml)?;
+    file.validate()?;
+    Ok(file)
+}
+
+/// `role` is required and must match the subcommand, so a client file handed to
+/// `porthole server` fails with a sentence, not with a dozen unknown keys.
+fn check_role(text: &str, expected: Role) -> Result<()> {
+    let table: toml::Table = toml::from_str(text).map_err(explain_toml)?;
+    match table.get("role") {
+        None => bail!(
+            "missing key `role`: add `role = \"{}\"` at the top of the file",
+            expected.as_str()
+        ),
+        Some(toml::Value::String(r)) if r == expected.as_str() => Ok(()),
+        Some(toml::Value::String(r)) if r == "server" || r == "client" => bail!(
+            "`role = \"{r}\"` but this is `porthole {}`: use a {} config file, or run `porthole {r}`",
+            expected.as_str(),
+            expected.as_str()
+        ),
+        Some(other) => bail!("`role` must be \"server\" or \"client\", got {other}"),
+    }
+}
+
+fn explain_toml(e: toml::de::Error) -> anyhow::Error {
+    let msg = e.to_string();
+    if msg.contains("relay_only") {
+        anyhow::anyhow!(
+            "`relay_only` cannot be set in a config file (it would silently change how peers meet): use --relay-only on the command line\n{msg}"
+        )
+    } else {
+        anyhow::anyhow!("{msg}")
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fixtures(kind: &str) -> Vec<PathBuf> {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/config")
+            .join(kind);
+        let mut v: Vec<PathBuf> = std::fs::read_dir(&dir)
+            .unwrap_or_else(|e| panic!("{}: {e}", dir.display()))
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .collect();
+        v.sort();
+        assert!(!v.is_empty(), "no fixtures in {}", dir.display());
+        v
+    }
+
+    fn parse_any(path: &Path) -> Result<()> {
+        let text = std::fs::read_to_string(path)?;
+        let name = path.file_name().unwrap().to_string_lossy();
+        if name.starts_with("server") {
+            parse_server(&text).map(|_| ())
+        } else if name.starts_with("client") {
+            parse_client(&text).map(|_| ())
+        } else {
+            panic!("fixture {name} must start with server or client")
+        }
+    }
+
+    #[test]
+    fn examples_parse() {
+        let root = Path::new(env!("CARGO_MANIFEST_DIR"));
+        let s = std::fs::read_to_string(root.join("server.toml.example")).unwrap();
+        parse_server(&s).unwrap();
+        let c = std::fs::read_to_string(root.join("client.toml.example")).unwrap();
+        parse_client(&c).unwrap();
+    }
+
+    #[test]
+    fn valid_fixtures_parse() {
+        for p in fixtures("valid") {
+            parse_any(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));
+        }
+    }
+
+    /// Each invalid fixture starts with `# expect: <text>`: the error must contain it.
+    #[test]
+    fn invalid_fixtures_fail_with_their_message() {
+        for p in fixtures("invalid") {
+            let text = std::fs::read_to_string(&p).unwrap();
+            let expect = text
+                .lines()
+                .next()
+                .and_then(|l| l.strip_prefix("# expect: "))
+                .unwrap_or_else(|| panic!("{} lacks a `# expect:` first line", p.display()));
+            match parse_any(&p) {
+                Ok(()) => panic!("{} parsed but should fail", p.display()),
+                Err(e) => {
+                    let msg = format!("{e:#}");
+                    assert!(
+                        msg.contains(expect),
+                        "{}: expected {expect:?} in:\n{msg}",
+                        p.display()
+                    );
+                }
+            }
+        }
+    }
+
+    #[test]
+    fn secrets_are_masked_in_debug() {
+        let f =
+            parse_server("role = \"server\"\nauth_tokens = [\"iABCDEFGHIJKLMNOPL\"]\n").unwrap();
+        assert!(!format!("{f:?}").contains("ABCDEF"));
+        let f = parse_client("role = \"client\"\nauth_token = \"iABCDEFGHIJKLMNOPL\"\n").unwrap();
+        assert!(!format!("{f:?}").contains("ABCDEF"));
+    }
+}

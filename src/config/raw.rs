@@ -1,0 +1,242 @@
+//! The config files as written: strict serde structs (unknown keys are errors) with
+//! secrets masked in Debug, plus checks that need no I/O.
+
+use std::fmt;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use porthole_engine::policy::AllowRule;
+use porthole_iroh::{DnsSetting, RelaySpec};
+use porthole_proto::key::EndpointId;
+use porthole_proto::source::Source;
+use porthole_proto::ticket::Ticket;
+use porthole_proto::token::AuthToken;
+use serde::Deserialize;
+
+use crate::cli::Mode;
+
+/// A secret string: deserialized as-is, never shown by Debug.
+#[derive(Clone, Deserialize, PartialEq, Eq)]
+#[serde(transparent)]
+pub struct Secret(pub String);
+
+impl fmt::Debug for Secret {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("<redacted>")
+    }
+}
+
+impl Drop for Secret {
+    fn drop(&mut self) {
+        zeroize::Zeroize::zeroize(&mut self.0);
+    }
+}
+
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedSources {
+    #[serde(default)]
+    pub tcp: Vec<String>,
+    #[serde(default)]
+    pub udp: Vec<String>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ServerFile {
+    /// Checked by `check_role` before this struct is parsed.
+    #[serde(rename = "role")]
+    pub _role: String,
+    pub mode: Option<Mode>,
+    pub secret_file: Option<PathBuf>,
+    #[serde(default)]
+    pub auth_tokens: Vec<Secret>,
+    pub auth_tokens_file: Option<PathBuf>,
+    pub max_sessions: Option<usize>,
+    #[serde(default)]
+    pub allowed_sources: AllowedSources,
+    #[serde(default)]
+    pub relay_urls: Vec<String>,
+    pub relay_ca: Option<PathBuf>,
+    pub dns_server: Option<String>,
+    #[serde(default)]
+    pub bind: Vec<SocketAddr>,
+    pub portmap: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub udp_idle_timeout: Option<Duration>,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ForwardEntry {
+    pub source: String,
+    pub target: String,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClientFile {
+    /// Checked by `check_role` before this struct is parsed.
+    #[serde(rename = "role")]
+    pub _role: String,
+    pub mode: Option<Mode>,
+    pub server_node_id: Option<String>,
+    pub ticket: Option<String>,
+    #[serde(default)]
+    pub server_addrs: Vec<SocketAddr>,
+    pub auth_token: Option<Secret>,
+    pub auth_token_file: Option<PathBuf>,
+    /// Shorthand for a single forward.
+    pub source: Option<String>,
+    pub target: Option<String>,
+    #[serde(default)]
+    pub forwards: Vec<ForwardEntry>,
+    #[serde(default)]
+    pub relay_urls: Vec<String>,
+    pub relay_ca: Option<PathBuf>,
+    pub dns_server: Option<String>,
+    #[serde(default)]
+    pub bind: Vec<SocketAddr>,
+    pub portmap: Option<bool>,
+    #[serde(default, with = "humantime_serde")]
+    pub udp_idle_timeout: Option<Duration>,
+}
+
+fn rebase(base: &Path, p: &mut Option<PathBuf>) {
+    if let Some(path) = p
+        && path.is_relative()
+    {
+        *path = base.join(&*path);
+    }
+}
+
+/// Checks a list of relay URLs (`none` alone disables relays).
+pub fn check_relays(key: &str, urls: &[String]) -> Result<()> {
+    if urls.iter().any(|u| u == "none") {
+        if urls.len() > 1 {
+            bail!("{key}: \"none\" disables relays and cannot be combined with relay URLs");
+        }
+        return Ok(());
+    }
+    for (i, u) in urls.iter().enumerate() {
+        u.parse::<RelaySpec>()
+            .with_context(|| format!("{key}[{i}]"))?;
+    }
+    Ok(())
+}
+
+pub fn check_dns(key: &str, dns: Option<&String>) -> Result<()> {
+    if let Some(d) = dns {
+        d.parse::<DnsSetting>()
+            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+    }
+    Ok(())
+}
+
+impl ServerFile {
+    pub fn validate(&self) -> Result<()> {
+        for (proto, rules) in [
+            ("tcp", &self.allowed_sources.tcp),
+            ("udp", &self.allowed_sources.udp),
+        ] {
+            for (i, r) in rules.iter().enumerate() {
+                r.parse::<AllowRule>()
+                    .with_context(|| format!("allowed_sources.{proto}[{i}]"))?;
+            }
+        }
+        for (i, t) in self.auth_tokens.iter().enumerate() {
+            t.0.parse::<AuthToken>().with_context(|| {
+                format!(
+                    "auth_tokens[{i}]: invalid token (generate one with: porthole generate-token)"
+                )
+            })?;
+        }
+        if self.max_sessions == Some(0) {
+            bail!("max_sessions: must be at least 1");
+        }
+        check_relays("relay_urls", &self.relay_urls)?;
+        check_dns("dns_server", self.dns_server.as_ref())?;
+        Ok(())
+    }
+
+    pub fn rebase(&mut self, base: &Path) {
+        rebase(base, &mut self.secret_file);
+        rebase(base, &mut self.auth_tokens_file);
+        rebase(base, &mut self.relay_ca);
+    }
+}
+
+impl ClientFile {
+    pub fn validate(&self) -> Result<()> {
+        if let Some(id) = &self.server_node_id {
+            id.parse::<EndpointId>().context("server_node_id")?;
+        }
+        if let Some(t) = &self.ticket {
+            t.parse::<Ticket>().context("ticket")?;
+        }
+        if self.server_node_id.is_some() && self.ticket.is_some() {
+            bail!(
+                "server_node_id and ticket: give one or the other (a ticket already names the server)"
+            );
+        }
+        if let Some(t) = &self.auth_token {
+            t.0.parse::<AuthToken>().context("auth_token")?;
+        }
+        if self.auth_token.is_some() && self.auth_token_file.is_some() {
+            bail!("auth_token and auth_token_file: give one or the other");
+        }
+        match (&self.source, &self.target) {
+            (Some(_), None) => bail!(
+                "source without target: add `target = \"127.0.0.1:PORT\"` (where to listen locally)"
+            ),
+            (None, Some(_)) => bail!(
+                "target without source: add `source = \"tcp://HOST:PORT\"` (what to reach on the server's side)"
+            ),
+            _ => {}
+        }
+        if self.source.is_some() && !self.forwards.is_empty() {
+            bail!(
+                "source/target and [[forwards]]: use one form (put the single forward in [[forwards]])"
+            );
+        }
+        if let (Some(s), Some(t)) = (&self.source, &self.target) {
+            check_forward("source/target", s, t)?;
+        }
+        for (i, f) in self.forwards.iter().enumerate() {
+            check_forward(&format!("forwards[{i}]"), &f.source, &f.target)?;
+        }
+        check_relays("relay_urls", &self.relay_urls)?;
+        check_dns("dns_server", self.dns_server.as_ref())?;
+        Ok(())
+    }
+
+    pub fn rebase(&mut self, base: &Path) {
+        rebase(base, &mut self.auth_token_file);
+        rebase(base, &mut self.relay_ca);
+    }
+
+    /// The file's forwards as (source, target) pairs.
+    pub fn forward_pairs(&self) -> Vec<(String, String)> {
+        match (&self.source, &self.target) {
+            (Some(s), Some(t)) => vec![(s.clone(), t.clone())],
+            _ => self
+                .forwards
+                .iter()
+                .map(|f| (f.source.clone(), f.target.clone()))
+                .collect(),
+        }
+    }
+}
+
+/// Parses a forward pair; used for the file and the command line alike.
+pub fn check_forward(key: &str, source: &str, target: &str) -> Result<(Source, SocketAddr)> {
+    let s: Source = source.parse().with_context(|| format!("{key}: source"))?;
+    let t: SocketAddr = target.parse().map_err(|_| {
+        anyhow::anyhow!(
+            "{key}: target {target:?} is not a local address: write IP:PORT, e.g. 127.0.0.1:2222 or [::1]:2222"
+        )
+    })?;
+    Ok((s, t))
+}

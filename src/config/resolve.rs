@@ -1,0 +1,389 @@
+//! Merging the command line over a config file into validated settings.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use porthole_engine::auth::TokenSet;
+use porthole_engine::client::ForwardSpec;
+use porthole_engine::policy::{AllowList, Policy};
+use porthole_iroh::options::parse_pem_certs;
+use porthole_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
+use porthole_proto::key::{EndpointId, SecretKey};
+use porthole_proto::ticket::Ticket;
+use porthole_proto::token::AuthToken;
+use tracing::warn;
+
+use super::raw::{ClientFile, ServerFile, check_forward};
+use super::{Role, read_client, read_server};
+use crate::cli::{ClientArgs, ConfigArgs, IrohArgs, Mode, ServerArgs};
+use crate::secrets;
+
+pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(60);
+
+#[derive(Debug)]
+pub struct ServerSettings {
+    pub mode: Mode,
+    pub secret: Option<SecretKey>,
+    pub tokens: TokenSet,
+    pub policy: Policy,
+    pub max_sessions: usize,
+    pub iroh: IrohOptions,
+    pub udp_idle_timeout: Duration,
+}
+
+#[derive(Debug)]
+pub struct ClientSettings {
+    pub mode: Mode,
+    pub token: AuthToken,
+    pub forwards: Vec<ForwardSpec>,
+    pub server_id: Option<EndpointId>,
+    pub server_addrs: Vec<SocketAddr>,
+    pub iroh: IrohOptions,
+    pub udp_idle_timeout: Duration,
+}
+
+fn config_path(args: &ConfigArgs, role: Role) -> Result<Option<PathBuf>> {
+    if args.default_config {
+        let p = super::default_path(role)?;
+        if !p.exists() {
+            bail!(
+                "--default-config: {} does not exist (copy {}.toml.example there, or pass -c FILE)",
+                p.display(),
+                role.as_str()
+            );
+        }
+        return Ok(Some(p));
+    }
+    Ok(args.config.clone())
+}
+
+/// A non-empty list on the command line replaces the file's list.
+fn list<T: Clone>(cli: &[T], file: &[T]) -> Vec<T> {
+    if cli.is_empty() {
+        file.to_vec()
+    } else {
+        cli.to_vec()
+    }
+}
+
+fn relay_setting(urls: &[String]) -> Result<RelaySetting> {
+    super::raw::check_relays("--relay-url", urls)?;
+    if urls.is_empty() {
+        return Ok(RelaySetting::Public);
+    }
+    if urls.iter().any(|u| u == "none") {
+        return Ok(RelaySetting::Disabled);
+    }
+    Ok(RelaySetting::Custom(
+        urls.iter()
+            .map(|u| u.parse::<RelaySpec>())
+            .collect::<Result<_, _>>()?,
+    ))
+}
+
+struct IrohFileSettings<'a> {
+    relay_urls: &'a [String],
+    relay_ca: Option<&'a PathBuf>,
+    dns_server: Option<&'a String>,
+    bind: &'a [SocketAddr],
+    portmap: Option<bool>,
+}
+
+fn iroh_options(
+    args: &IrohArgs,
+    file: IrohFileSettings<'_>,
+    relays_fallback: &[String],
+) -> Result<IrohOptions> {
+    let mut urls = list(&args.relay_urls, file.relay_urls);
+    if urls.is_empty() {
+        urls = relays_fallback.to_vec();
+    }
+    let relays = relay_setting(&urls)?;
+    let relay_ca = match args.relay_ca.as_ref().or(file.relay_ca) {
+        Some(p) => {
+            let pem = std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read relay CA {}", p.display()))?;
+            parse_pem_certs(&pem).with_context(|| format!("relay CA {}", p.display()))?
+        }
+        None => Vec::new(),
+    };
+    let dns = match args.dns_server.as_ref().or(file.dns_server) {
+        Some(d) => d.parse::<DnsSetting>().map_err(|e| anyhow::anyhow!(e))?,
+        None => DnsSetting::Auto,
+    };
+    if args.relay_only && matches!(relays, RelaySetting::Disabled) {
+        bail!("--relay-only with --relay-url none leaves no way to connect: drop one of them");
+    }
+    Ok(IrohOptions {
+        relays,
+        relay_ca,
+        relay_only: args.relay_only,
+        dns,
+        bind: list(&args.bind, file.bind),
+        portmap: !args.no_portmap && file.portmap.unwrap_or(true),
+        ..IrohOptions::default()
+    })
+}
+
+pub fn server(args: &ServerArgs) -> Result<ServerSettings> {
+    let path = config_path(&args.config, Role::Server)?;
+    let file = match &path {
+        Some(p) => Some(read_server(p)?),
+        None => None,
+    };
+    let f = file.as_ref();
+    let mode = args
+        .config
+        .mode
+        .or(f.and_then(|f| f.mode))
+        .unwrap_or(Mode::Iroh);
+
+    let tcp_rules = list(
+        &args.allowed_tcp,
+        f.map(|f| f.allowed_sources.tcp.as_slice())
+            .unwrap_or_default(),
+    );
+    let udp_rules = list(
+        &args.allowed_udp,
+        f.map(|f| f.allowed_sources.udp.as_slice())
+            .unwrap_or_default(),
+    );
+    let policy = Policy {
+        tcp: AllowList::parse(&tcp_rules).context("--allowed-tcp / allowed_sources.tcp")?,
+        udp: AllowList::parse(&udp_rules).context("--allowed-udp / allowed_sources.udp")?,
+    };
+    if policy.tcp.is_empty() && policy.udp.is_empty() {
+        warn!(
+            "no allowed sources: every forward will be refused (add --allowed-tcp / --allowed-udp)"
+        );
+    }
+
+    let tokens = server_tokens(args, f)?;
+    let secret_file = args
+        .secret_file
+        .clone()
+        .or(f.and_then(|f| f.secret_file.clone()));
+    let secret = secrets::load_server_key(secret_file.as_deref())?;
+
+    let max_sessions = args
+        .max_sessions
+        .or(f.and_then(|f| f.max_sessions))
+        .unwrap_or(100);
+    if max_sessions == 0 {
+        bail!("--max-sessions must be at least 1");
+    }
+    let empty: Vec<String> = Vec::new();
+    let mut iroh = iroh_options(
+        &args.iroh,
+        IrohFileSettings {
+            relay_urls: f.map(|f| f.relay_urls.as_slice()).unwrap_or(&empty),
+            relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
+            dns_server: f.and_then(|f| f.dns_server.as_ref()),
+            bind: f.map(|f| f.bind.as_slice()).unwrap_or_default(),
+            portmap: f.and_then(|f| f.portmap),
+        },
+        &[],
+    )?;
+    iroh.secret = secret.clone();
+    iroh.accept = true;
+    Ok(ServerSettings {
+        mode,
+        secret,
+        tokens,
+        policy,
+        max_sessions,
+        iroh,
+        udp_idle_timeout: args
+            .iroh
+            .udp_idle_timeout
+            .or(f.and_then(|f| f.udp_idle_timeout))
+            .unwrap_or(DEFAULT_UDP_IDLE),
+    })
+}
+
+fn server_tokens(args: &ServerArgs, f: Option<&ServerFile>) -> Result<TokenSet> {
+    let mut tokens: Vec<AuthToken> = Vec::new();
+    if !args.auth_tokens.is_empty() {
+        warn!(
+            "auth tokens on the command line are visible to other local users (ps): prefer --auth-tokens-file"
+        );
+        for (i, t) in args.auth_tokens.iter().enumerate() {
+            tokens.push(
+                t.parse()
+                    .with_context(|| format!("--auth-tokens #{}", i + 1))?,
+            );
+        }
+    } else if let Some(f) = f {
+        for t in &f.auth_tokens {
+            tokens.push(t.0.parse().context("auth_tokens")?);
+        }
+    }
+    let file = args
+        .auth_tokens_file
+        .clone()
+        .or(f.and_then(|f| f.auth_tokens_file.clone()));
+    if let Some(p) = file {
+        tokens.extend(secrets::load_token_file(&p)?);
+    }
+    TokenSet::new(tokens).context(
+        "no auth tokens: give --auth-tokens-file FILE (or auth_tokens in the config); create one with: porthole generate-token > tokens.txt",
+    )
+}
+
+pub fn client(args: &ClientArgs) -> Result<ClientSettings> {
+    let path = config_path(&args.config, Role::Client)?;
+    let file = match &path {
+        Some(p) => Some(read_client(p)?),
+        None => None,
+    };
+    let f = file.as_ref();
+    let mode = args
+        .config
+        .mode
+        .or(f.and_then(|f| f.mode))
+        .unwrap_or(Mode::Iroh);
+
+    let token = client_token(args, f)?;
+    let forwards = client_forwards(args, f)?;
+
+    // The server: an id, or a ticket carrying id + relays + addresses.
+    let ticket_text = args.ticket.clone().or_else(|| {
+        if args.server_node_id.is_some() {
+            None
+        } else {
+            f.and_then(|f| f.ticket.clone())
+        }
+    });
+    let ticket: Option<Ticket> = match &ticket_text {
+        Some(t) => Some(t.parse().context("--ticket")?),
+        None => None,
+    };
+    let server_id = match (
+        &args.server_node_id,
+        &ticket,
+        f.and_then(|f| f.server_node_id.as_ref()),
+    ) {
+        (Some(id), _, _) => Some(id.parse::<EndpointId>().context("--server-node-id")?),
+        (None, Some(t), _) => Some(t.endpoint_id),
+        (None, None, Some(id)) => Some(id.parse::<EndpointId>().context("server_node_id")?),
+        (None, None, None) => None,
+    };
+    if server_id.is_none() && mode == Mode::Iroh {
+        bail!(
+            "which server? give --server-node-id ID or --ticket TICKET (both printed by `porthole server`)"
+        );
+    }
+    let mut server_addrs = list(
+        &args.server_addrs,
+        f.map(|f| f.server_addrs.as_slice()).unwrap_or_default(),
+    );
+    if let Some(t) = &ticket {
+        for a in &t.direct_addrs {
+            if !server_addrs.contains(a) {
+                server_addrs.push(*a);
+            }
+        }
+    }
+    let ticket_relays = ticket
+        .as_ref()
+        .map(|t| t.relay_urls.clone())
+        .unwrap_or_default();
+    let empty: Vec<String> = Vec::new();
+    let iroh = iroh_options(
+        &args.iroh,
+        IrohFileSettings {
+            relay_urls: f.map(|f| f.relay_urls.as_slice()).unwrap_or(&empty),
+            relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
+            dns_server: f.and_then(|f| f.dns_server.as_ref()),
+            bind: f.map(|f| f.bind.as_slice()).unwrap_or_default(),
+            portmap: f.and_then(|f| f.portmap),
+        },
+        &ticket_relays,
+    )?;
+    Ok(ClientSettings {
+        mode,
+        token,
+        forwards,
+        server_id,
+        server_addrs,
+        iroh,
+        udp_idle_timeout: args
+            .iroh
+            .udp_idle_timeout
+            .or(f.and_then(|f| f.udp_idle_timeout))
+            .unwrap_or(DEFAULT_UDP_IDLE),
+    })
+}
+
+fn client_token(args: &ClientArgs, f: Option<&ClientFile>) -> Result<AuthToken> {
+    if let Some(t) = &args.auth_token {
+        warn!(
+            "an auth token on the command line is visible to other local users (ps): prefer --auth-token-file or {}",
+            secrets::ENV_AUTH_TOKEN
+        );
+        return t.parse().context("--auth-token");
+    }
+    if let Some(p) = &args.auth_token_file {
+        return secrets::load_single_token(p);
+    }
+    if let Ok(t) = std::env::var(secrets::ENV_AUTH_TOKEN) {
+        let t = zeroize::Zeroizing::new(t);
+        return t
+            .parse()
+            .with_context(|| secrets::ENV_AUTH_TOKEN.to_string());
+    }
+    if let Some(f) = f {
+        if let Some(t) = &f.auth_token {
+            return t.0.parse().context("auth_token");
+        }
+        if let Some(p) = &f.auth_token_file {
+            return secrets::load_single_token(p);
+        }
+    }
+    bail!(
+        "no auth token: give --auth-token-file FILE, set {}, or put auth_token_file in the config",
+        secrets::ENV_AUTH_TOKEN
+    )
+}
+
+fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<ForwardSpec>> {
+    if args.sources.len() != args.targets.len() {
+        bail!(
+            "--source and --target come in pairs: got {} --source and {} --target",
+            args.sources.len(),
+            args.targets.len()
+        );
+    }
+    let pairs: Vec<(String, String)> = if !args.sources.is_empty() {
+        args.sources
+            .iter()
+            .cloned()
+            .zip(args.targets.iter().cloned())
+            .collect()
+    } else {
+        f.map(|f| f.forward_pairs()).unwrap_or_default()
+    };
+    if pairs.is_empty() {
+        bail!(
+            "nothing to forward: give --source tcp://HOST:PORT --target 127.0.0.1:PORT (repeatable)"
+        );
+    }
+    let mut out = Vec::with_capacity(pairs.len());
+    for (i, (s, t)) in pairs.iter().enumerate() {
+        let (source, listen) = check_forward(&format!("forward #{}", i + 1), s, t)?;
+        if out
+            .iter()
+            .any(|o: &ForwardSpec| o.listen == listen && o.source.protocol == source.protocol)
+        {
+            bail!(
+                "forward #{}: {listen} is used twice for {}",
+                i + 1,
+                source.protocol
+            );
+        }
+        out.push(ForwardSpec { source, listen });
+    }
+    Ok(out)
+}
