@@ -48,6 +48,8 @@ pub enum Command {
     GenerateServerKey(GenerateServerKeyArgs),
     /// Print the EndpointId of a secret key file.
     ShowServerId(ShowServerIdArgs),
+    /// Create a private CA and a relay certificate signed by it (for `relay --tls-cert`, peers use `--relay-ca`).
+    GenerateRelayCert(GenerateRelayCertArgs),
 }
 
 /// Transport / compatibility mode.
@@ -223,6 +225,24 @@ pub struct GenerateServerKeyArgs {
     #[arg(short, long, value_name = "FILE")]
     pub output: PathBuf,
     /// Replace an existing file.
+    #[arg(long)]
+    pub force: bool,
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "Example:\n  porthole generate-relay-cert --name relay.example.com --name 203.0.113.7 --out-dir relay-tls\n  \
+porthole relay --https-bind 0.0.0.0:443 --tls-cert relay-tls/cert.pem --tls-key relay-tls/key.pem\n  \
+porthole server --relay-url https://relay.example.com --relay-ca relay-tls/ca.pem ..."
+)]
+pub struct GenerateRelayCertArgs {
+    /// A DNS name or IP address the relay is reached by (repeatable).
+    #[arg(long = "name", value_name = "NAME|IP", required = true)]
+    pub names: Vec<String>,
+    /// Directory for ca.pem, cert.pem and key.pem (key.pem is created 0600).
+    #[arg(long, value_name = "DIR")]
+    pub out_dir: PathBuf,
+    /// Replace existing files.
     #[arg(long)]
     pub force: bool,
 }

@@ -37,6 +37,7 @@ fn dispatch(command: Command) -> Result<(), Exit> {
         Command::GenerateToken(a) => commands::token::run(&a).map_err(Exit::from),
         Command::GenerateServerKey(a) => commands::keys::generate(&a).map_err(Exit::from),
         Command::ShowServerId(a) => commands::keys::show(&a).map_err(Exit::from),
+        Command::GenerateRelayCert(a) => commands::keys::relay_cert(&a).map_err(Exit::from),
         Command::Server(a) => runtime()?.block_on(commands::server::run(&a)),
         Command::Client(a) => runtime()?.block_on(commands::client::run(&a)),
         Command::Relay(a) => runtime()?

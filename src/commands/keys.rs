@@ -6,7 +6,7 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use porthole_proto::key::SecretKey;
 
-use crate::cli::{GenerateServerKeyArgs, ShowServerIdArgs};
+use crate::cli::{GenerateRelayCertArgs, GenerateServerKeyArgs, ShowServerIdArgs};
 use crate::secrets;
 
 pub fn generate(args: &GenerateServerKeyArgs) -> Result<()> {
@@ -30,5 +30,30 @@ pub fn show(args: &ShowServerIdArgs) -> Result<()> {
         "no key: give --secret-file FILE or set PORTHOLE_SECRET (create a key with: porthole generate-server-key --output FILE)",
     )?;
     println!("{}", key.endpoint_id());
+    Ok(())
+}
+
+pub fn relay_cert(args: &GenerateRelayCertArgs) -> Result<()> {
+    let certs = porthole_relay::certs::generate(&args.names).context("generating certificates")?;
+    std::fs::create_dir_all(&args.out_dir)
+        .with_context(|| format!("cannot create {}", args.out_dir.display()))?;
+    let ca = args.out_dir.join("ca.pem");
+    let cert = args.out_dir.join("cert.pem");
+    let key = args.out_dir.join("key.pem");
+    for p in [&ca, &cert, &key] {
+        if p.exists() && !args.force {
+            anyhow::bail!("{} already exists; pass --force to replace it", p.display());
+        }
+    }
+    secrets::write_private_file(&key, certs.key_pem.as_bytes(), args.force)?;
+    std::fs::write(&cert, &certs.cert_pem)
+        .with_context(|| format!("cannot write {}", cert.display()))?;
+    std::fs::write(&ca, &certs.ca_pem).with_context(|| format!("cannot write {}", ca.display()))?;
+    eprintln!(
+        "wrote {} (give to peers: --relay-ca), {} and {} (for porthole relay --tls-cert/--tls-key)",
+        ca.display(),
+        cert.display(),
+        key.display()
+    );
     Ok(())
 }

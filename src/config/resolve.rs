@@ -245,8 +245,8 @@ pub fn client(args: &ClientArgs) -> Result<ClientSettings> {
         .or(f.and_then(|f| f.mode))
         .unwrap_or(Mode::Iroh);
 
-    let token = client_token(args, f)?;
     let forwards = client_forwards(args, f)?;
+    let token = client_token(args, f)?;
 
     // The server: an id, or a ticket carrying id + relays + addresses.
     let ticket_text = args.ticket.clone().or_else(|| {

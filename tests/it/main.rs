@@ -1,1 +1,9 @@
+//! porthole's integration tests: one binary (as ripgrep does), modules by area.
 
+// Test helpers may panic freely: a panic is a test failure with a message.
+#![allow(clippy::unwrap_used)]
+
+mod cli;
+mod process;
+mod support;
+mod tunnel;

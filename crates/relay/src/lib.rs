@@ -5,6 +5,8 @@
 //! - HTTPS relaying plus QUIC address discovery (QAD) with a certificate from files,
 //!   which lets peers learn their public addresses and hole-punch to a direct path.
 
+pub mod certs;
+
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;

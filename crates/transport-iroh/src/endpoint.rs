@@ -4,9 +4,10 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
+use std::time::Duration;
 
 use iroh::address_lookup::{PkarrPublisher, PkarrResolver};
-use iroh::endpoint::{PortmapperConfig, QuicTransportConfig, VarInt, presets};
+use iroh::endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, VarInt, presets};
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, SecretKey};
 use iroh_relay::tls::CaTlsConfig;
 use porthole_engine::transport::{Acceptor, Connector};
@@ -76,13 +77,24 @@ pub async fn bind(opts: &IrohOptions) -> Result<Endpoint, IrohError> {
     b.bind().await.map_err(|e| IrohError::Bind(e.to_string()))
 }
 
-/// QUIC settings: enough flow-control window for fast links, a stream limit that
-/// doubles as the per-connection TCP session limit, no unidirectional streams.
+/// QUIC settings: a stream limit that doubles as the per-connection TCP session limit,
+/// no unidirectional streams, and flow-control windows sized with care.
+///
+/// The per-stream window must stay below ~1024 packets: noq's reassembly buffer kills
+/// the whole connection ("too many gaps in stream buffer") when one stream holds more
+/// than 1024 discontiguous chunks, which a 4 MiB window reached during a relay -> direct
+/// path switch (packets from both paths interleave). 1 MiB is ~870 full packets.
+/// Per-stream receive window (see [`transport_config`]).
+pub const STREAM_WINDOW: u32 = 1 << 20;
+
 fn transport_config(max_streams: u32) -> QuicTransportConfig {
+    // A dead peer is noticed after this much silence (keep-alives flow every 5 s).
+    let idle = IdleTimeout::try_from(Duration::from_secs(20)).ok();
     QuicTransportConfig::builder()
+        .max_idle_timeout(idle)
         .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        .stream_receive_window(VarInt::from_u32(4 << 20))
+        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(32 << 20))
         .send_window(32 << 20)
         .datagram_receive_buffer_size(Some(4 << 20))

@@ -1,0 +1,263 @@
+//! The real binary end to end: exit codes, signals, and reconnecting after the
+//! server is killed and restarted.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+use crate::support::{OTHER_TOKEN, TOKEN};
+
+const LONG: Duration = Duration::from_secs(30);
+
+struct Setup {
+    dir: tempfile::TempDir,
+    relay: Proc,
+    relay_url: String,
+}
+
+impl Setup {
+    fn new() -> Setup {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokens.txt"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("token.txt"), format!("{TOKEN}\n")).unwrap();
+        std::fs::write(dir.path().join("wrong.txt"), format!("{OTHER_TOKEN}\n")).unwrap();
+        let out = bin()
+            .args(["generate-server-key", "--output"])
+            .arg(dir.path().join("server.key"))
+            .output()
+            .unwrap();
+        assert!(out.status.success());
+        let http = free_tcp_port();
+        let mut cmd = bin();
+        cmd.args(["relay", "--http-bind", &format!("127.0.0.1:{http}")]);
+        let relay = Proc::spawn("relay", cmd);
+        relay.wait_line("relay URL", LONG);
+        Setup {
+            dir,
+            relay,
+            relay_url: format!("http://127.0.0.1:{http}"),
+        }
+    }
+
+    fn path(&self, name: &str) -> String {
+        self.dir.path().join(name).to_str().unwrap().to_string()
+    }
+
+    fn server(&self, bind_port: u16) -> (Proc, String) {
+        let mut cmd = bin();
+        cmd.args([
+            "server",
+            "--secret-file",
+            &self.path("server.key"),
+            "--relay-url",
+            &self.relay_url,
+        ])
+        .args([
+            "--allowed-tcp",
+            "127.0.0.0/8",
+            "--auth-tokens-file",
+            &self.path("tokens.txt"),
+        ])
+        .args([
+            "--bind",
+            &format!("127.0.0.1:{bind_port}"),
+            "--no-portmap",
+            "--dns-server",
+            "none",
+        ]);
+        let p = Proc::spawn("server", cmd);
+        let id = p
+            .wait_line("EndpointId: ", LONG)
+            .trim_start_matches("EndpointId: ")
+            .to_string();
+        p.wait_line("serving", LONG);
+        (p, id)
+    }
+
+    fn client(
+        &self,
+        id: &str,
+        server_port: u16,
+        token_file: &str,
+        source: &str,
+        listen: u16,
+    ) -> Proc {
+        let mut cmd = bin();
+        cmd.args([
+            "client",
+            "--server-node-id",
+            id,
+            "--relay-url",
+            &self.relay_url,
+        ])
+        .args(["--server-addr", &format!("127.0.0.1:{server_port}")])
+        .args([
+            "--source",
+            source,
+            "--target",
+            &format!("127.0.0.1:{listen}"),
+        ])
+        .args([
+            "--auth-token-file",
+            &self.path(token_file),
+            "--no-portmap",
+            "--dns-server",
+            "none",
+        ]);
+        Proc::spawn("client", cmd)
+    }
+}
+
+fn echo_server() -> u16 {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = l.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        for s in l.incoming() {
+            let Ok(mut s) = s else { continue };
+            std::thread::spawn(move || {
+                let mut buf = [0u8; 65536];
+                loop {
+                    match s.read(&mut buf) {
+                        Ok(0) | Err(_) => break,
+                        Ok(n) => {
+                            if s.write_all(&buf[..n]).is_err() {
+                                break;
+                            }
+                        }
+                    }
+                }
+            });
+        }
+    });
+    port
+}
+
+/// One request/response through the tunnel; `None` if it failed.
+fn try_echo(port: u16, msg: &[u8]) -> Option<Vec<u8>> {
+    let mut s = TcpStream::connect(("127.0.0.1", port)).ok()?;
+    s.set_read_timeout(Some(Duration::from_secs(5))).ok()?;
+    s.write_all(msg).ok()?;
+    let mut got = vec![0u8; msg.len()];
+    s.read_exact(&mut got).ok()?;
+    Some(got)
+}
+
+fn eventually_echo(port: u16, limit: Duration) -> Duration {
+    let start = Instant::now();
+    loop {
+        if try_echo(port, b"ping through porthole").as_deref()
+            == Some(b"ping through porthole".as_slice())
+        {
+            return start.elapsed();
+        }
+        assert!(
+            start.elapsed() < limit,
+            "no echo through the tunnel within {limit:?}"
+        );
+        std::thread::sleep(Duration::from_millis(200));
+    }
+}
+
+#[test]
+fn wrong_token_exits_3_with_a_clear_message() {
+    let s = Setup::new();
+    let port = free_udp_port();
+    let (_server, id) = s.server(port);
+    let mut client = s.client(
+        &id,
+        port,
+        "wrong.txt",
+        "tcp://127.0.0.1:22",
+        free_tcp_port(),
+    );
+    assert_eq!(client.wait_exit(LONG), 3);
+    assert!(
+        client.output().contains("refused the auth token"),
+        "{}",
+        client.output()
+    );
+}
+
+#[test]
+fn refused_source_exits_4_before_any_user_connection() {
+    let s = Setup::new();
+    let port = free_udp_port();
+    let (_server, id) = s.server(port);
+    let mut client = s.client(&id, port, "token.txt", "tcp://10.9.8.7:22", free_tcp_port());
+    assert_eq!(client.wait_exit(LONG), 4);
+    let out = client.output();
+    assert!(
+        out.contains("tcp://10.9.8.7:22") && out.contains("allow-list"),
+        "{out}"
+    );
+    let mut client = s.client(
+        &id,
+        port,
+        "token.txt",
+        "udp://127.0.0.1:53",
+        free_tcp_port(),
+    );
+    assert_eq!(client.wait_exit(LONG), 4);
+    assert!(
+        client.output().contains("protocol not enabled"),
+        "{}",
+        client.output()
+    );
+}
+
+#[test]
+fn reconnects_after_server_restart_and_exits_0_on_sigterm() {
+    let s = Setup::new();
+    let target = echo_server();
+    let port = free_udp_port();
+    let (mut server, id) = s.server(port);
+    let listen = free_tcp_port();
+    let mut client = s.client(
+        &id,
+        port,
+        "token.txt",
+        &format!("tcp://127.0.0.1:{target}"),
+        listen,
+    );
+    client.wait_line("tunnel up", LONG);
+    eventually_echo(listen, LONG);
+
+    // Kill the server hard, with a transfer in flight: the local application must
+    // see an error, not a silent clean end of stream.
+    let mut inflight = TcpStream::connect(("127.0.0.1", listen)).unwrap();
+    inflight.write_all(b"hello").unwrap();
+    let mut five = [0u8; 5];
+    inflight
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    inflight.read_exact(&mut five).unwrap();
+    server.kill();
+    inflight
+        .set_read_timeout(Some(Duration::from_secs(45)))
+        .unwrap();
+    let mut buf = [0u8; 16];
+    let r = inflight.read(&mut buf);
+    assert!(
+        r.is_err(),
+        "expected a reset after the server died, got {r:?}"
+    );
+
+    // Restart on the same address with the same key: the client comes back by itself.
+    let (mut server, _) = s.server(port);
+    let took = eventually_echo(listen, Duration::from_secs(60));
+    assert!(
+        client.is_running(),
+        "the client must survive the server restart"
+    );
+    assert!(client.count_lines("tunnel up") >= 2, "{}", client.output());
+    eprintln!("reconnected and forwarding {took:?} after the restart");
+
+    client.signal("TERM");
+    assert_eq!(client.wait_exit(LONG), 0);
+    server.signal("TERM");
+    assert_eq!(server.wait_exit(LONG), 0);
+    assert!(Path::new(&s.path("server.key")).exists());
+    drop(s.relay);
+}
