@@ -4,6 +4,7 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod install;
 mod process;
 mod support;
 mod tunnel;

@@ -1,0 +1,76 @@
+//! install.sh: installs, is idempotent, writes systemd units, uninstalls, and says
+//! clearly when cargo is missing. Uses the dev profile (already built by the tests).
+
+use std::process::Command;
+
+fn install(
+    args: &[&str],
+    prefix: &std::path::Path,
+    units: &std::path::Path,
+) -> std::process::Output {
+    // A clean environment: variables cargo sets for tests would change build
+    // fingerprints and force a full rebuild inside the test.
+    Command::new(concat!(env!("CARGO_MANIFEST_DIR"), "/install.sh"))
+        .args(args)
+        .env_clear()
+        .env("PATH", std::env::var_os("PATH").unwrap_or_default())
+        .env("HOME", std::env::var_os("HOME").unwrap_or_default())
+        .env("PREFIX", prefix)
+        .env("SYSTEMD_DIR", units)
+        .env("CONFIG_DIR", units.join("etc"))
+        .env("INSTALL_PROFILE", "dev")
+        .output()
+        .unwrap()
+}
+
+#[test]
+fn install_reinstall_systemd_uninstall() {
+    let dir = tempfile::tempdir().unwrap();
+    let prefix = dir.path().join("prefix");
+    let units = dir.path().join("units");
+    for _ in 0..2 {
+        let out = install(&[], &prefix, &units);
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let v = Command::new(prefix.join("bin/porthole"))
+            .arg("--version")
+            .output()
+            .unwrap();
+        assert!(String::from_utf8_lossy(&v.stdout).starts_with("porthole "));
+    }
+    let out = install(&["--systemd"], &prefix, &units);
+    assert!(
+        out.status.success(),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let unit = std::fs::read_to_string(units.join("porthole-server.service")).unwrap();
+    assert!(
+        unit.contains("porthole server -c") && unit.contains("etc/server.toml"),
+        "{unit}"
+    );
+    assert!(units.join("porthole-client.service").exists());
+    assert!(units.join("etc/server.toml.example").exists());
+
+    let out = install(&["--uninstall", "--systemd"], &prefix, &units);
+    assert!(out.status.success());
+    assert!(!prefix.join("bin/porthole").exists());
+    assert!(!units.join("porthole-server.service").exists());
+}
+
+#[test]
+fn missing_cargo_is_a_clear_error() {
+    let dir = tempfile::tempdir().unwrap();
+    let out = Command::new("/bin/bash")
+        .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/install.sh"))
+        .env("PATH", "/usr/bin:/bin")
+        .env("HOME", dir.path())
+        .env("PREFIX", dir.path())
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("rustup.rs"));
+}
