@@ -11,12 +11,15 @@
 //! - [`message`] and [`frame`]: control messages and their length-prefixed framing.
 //! - [`datagram`]: the UDP datagram header, fragmentation and reassembly.
 //! - [`close`]: application close and stream error codes.
+//! - [`signal`] and [`punch`]: manual mode's copy-paste offer/answer and hole-punching probes.
 
 pub mod close;
 pub mod datagram;
 pub mod frame;
 pub mod key;
 pub mod message;
+pub mod punch;
+pub mod signal;
 pub mod source;
 pub mod ticket;
 pub mod token;
