@@ -115,10 +115,32 @@ pub struct IrohArgs {
     pub udp_idle_timeout: Option<std::time::Duration>,
 }
 
+/// Settings of manual mode (plain QUIC + STUN, copy-paste signaling).
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Manual mode (--mode manual)")]
+pub struct ManualArgs {
+    /// STUN server for learning the public address (repeatable); `none` = local addresses
+    /// only (LAN). Default: stun.l.google.com:19302 and stun.cloudflare.com:3478.
+    #[arg(long = "stun-server", value_name = "HOST:PORT|none")]
+    pub stun_servers: Vec<String>,
+    /// The offer: the client writes it here, the server reads it from here (waiting for
+    /// it to appear). Default: client prints it on stdout, server reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub offer_file: Option<PathBuf>,
+    /// The answer: the server writes it here, the client reads it from here. Default:
+    /// server prints it on stdout, client reads stdin.
+    #[arg(long, value_name = "FILE")]
+    pub answer_file: Option<PathBuf>,
+    /// Give up hole punching after this long (default: client 30s, server 120s).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub punch_timeout: Option<std::time::Duration>,
+}
+
 #[derive(Debug, Args)]
 #[command(
-    after_help = "Example:\n  porthole generate-server-key --output server.key\n  \
-porthole server --secret-file server.key --allowed-tcp 127.0.0.1/32:22 --auth-tokens-file tokens.txt"
+    after_help = "Examples:\n  porthole generate-server-key --output server.key\n  \
+porthole server --secret-file server.key --allowed-tcp 127.0.0.1/32:22 --auth-tokens-file tokens.txt\n  \
+porthole server --mode manual --allowed-tcp 127.0.0.1/32:22 --auth-tokens-file tokens.txt   # then paste the client's offer"
 )]
 pub struct ServerArgs {
     #[command(flatten)]
@@ -144,13 +166,17 @@ pub struct ServerArgs {
     pub max_sessions: Option<usize>,
     #[command(flatten)]
     pub iroh: IrohArgs,
+    #[command(flatten)]
+    pub manual: ManualArgs,
 }
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
 porthole client --ticket pt1... --source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n  \
 porthole client --server-node-id <ID> --source udp://10.0.0.1:51820 --target 127.0.0.1:51820 \\\n    \
---source tcp://127.0.0.1:5432 --target 127.0.0.1:5432   # several forwards: repeat the pair\n\n\
+--source tcp://127.0.0.1:5432 --target 127.0.0.1:5432   # several forwards: repeat the pair\n  \
+porthole client --mode manual --source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n    \
+# prints an offer for the server, then reads the server's answer\n\n\
 Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refused, 5 version mismatch.")]
 pub struct ClientArgs {
     #[command(flatten)]
@@ -179,6 +205,8 @@ pub struct ClientArgs {
     pub auth_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub iroh: IrohArgs,
+    #[command(flatten)]
+    pub manual: ManualArgs,
 }
 
 #[derive(Debug, Args)]
@@ -203,6 +231,13 @@ pub struct RelayArgs {
     /// UDP address for QUIC address discovery (default 0.0.0.0:7842 with HTTPS; `none` to disable).
     #[arg(long, value_name = "ADDR|none")]
     pub quic_bind: Option<String>,
+    /// Also answer STUN binding requests on this UDP address (repeatable; for manual mode).
+    /// Two addresses let peers tell cone from symmetric NATs.
+    #[arg(long, value_name = "ADDR")]
+    pub stun_bind: Vec<SocketAddr>,
+    /// Run only the STUN responder(s), no iroh relay.
+    #[arg(long, requires = "stun_bind")]
+    pub stun_only: bool,
 }
 
 #[derive(Debug, Args)]

@@ -12,6 +12,12 @@ pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
     let settings = resolve::client(args).map_err(Exit::usage)?;
     match settings.mode {
         Mode::Iroh => run_iroh(settings).await.map_err(Exit::from),
+        Mode::Manual => {
+            let shutdown = crate::commands::shutdown_on_signal();
+            super::manual::run_client(settings, shutdown)
+                .await
+                .map_err(Exit::from)
+        }
         other => Err(Exit::usage(anyhow::anyhow!(
             "mode {:?} is not available for `porthole client` yet",
             other.as_str()

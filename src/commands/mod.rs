@@ -2,6 +2,7 @@
 
 pub mod client;
 pub mod keys;
+pub mod manual;
 pub mod relay;
 pub mod server;
 pub mod token;

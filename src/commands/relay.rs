@@ -34,6 +34,18 @@ pub async fn run(args: &RelayArgs) -> Result<()> {
         }
         _ => bail!("HTTPS needs all of --https-bind, --tls-cert and --tls-key"),
     };
+    let stun = porthole_relay::spawn_stun(&args.stun_bind).await?;
+    for a in stun.addrs() {
+        println!(
+            "STUN server for manual mode: --stun-server {}",
+            show_host(*a)
+        );
+    }
+    let shutdown = super::shutdown_on_signal();
+    if args.stun_only {
+        shutdown.cancelled().await;
+        return Ok(());
+    }
     let mut relay = porthole_relay::spawn(RelayOptions {
         http_bind: args.http_bind,
         tls,
@@ -54,12 +66,21 @@ pub async fn run(args: &RelayArgs) -> Result<()> {
         "relay URL for clients and servers: --relay-url {}",
         relay.client_url(&host)
     );
-    let shutdown = super::shutdown_on_signal();
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = relay.join() => bail!("the relay stopped unexpectedly"),
     }
     info!("relay stopping");
     relay.shutdown().await;
+    drop(stun);
     Ok(())
+}
+
+/// An address to show users: the wildcard becomes a placeholder for this host's name.
+fn show_host(a: SocketAddr) -> String {
+    if a.ip().is_unspecified() {
+        format!("<this-host>:{}", a.port())
+    } else {
+        a.to_string()
+    }
 }

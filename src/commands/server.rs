@@ -16,6 +16,12 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
     let settings = resolve::server(args).map_err(Exit::usage)?;
     match settings.mode {
         Mode::Iroh => run_iroh(settings).await.map_err(Exit::from),
+        Mode::Manual => {
+            let shutdown = crate::commands::shutdown_on_signal();
+            super::manual::run_server(settings, shutdown)
+                .await
+                .map_err(Exit::from)
+        }
         other => Err(Exit::usage(anyhow::anyhow!(
             "mode {:?} is not available for `porthole server` yet",
             other.as_str()
@@ -23,7 +29,7 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
     }
 }
 
-fn engine_config(s: &ServerSettings) -> ServerConfig {
+pub fn engine_config(s: &ServerSettings) -> ServerConfig {
     let mut c = ServerConfig::new(s.tokens.clone(), s.policy.clone());
     c.max_sessions = s.max_sessions;
     c.udp_idle_timeout = s.udp_idle_timeout;

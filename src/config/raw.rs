@@ -66,6 +66,15 @@ pub struct ServerFile {
     pub portmap: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
+    /// Manual mode: STUN servers (`["none"]` for LAN only).
+    #[serde(default)]
+    pub stun_servers: Vec<String>,
+    /// Manual mode: where the offer is written / read.
+    pub offer_file: Option<PathBuf>,
+    /// Manual mode: where the answer is written / read.
+    pub answer_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub punch_timeout: Option<Duration>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -102,6 +111,15 @@ pub struct ClientFile {
     pub portmap: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
+    /// Manual mode: STUN servers (`["none"]` for LAN only).
+    #[serde(default)]
+    pub stun_servers: Vec<String>,
+    /// Manual mode: where the offer is written / read.
+    pub offer_file: Option<PathBuf>,
+    /// Manual mode: where the answer is written / read.
+    pub answer_file: Option<PathBuf>,
+    #[serde(default, with = "humantime_serde")]
+    pub punch_timeout: Option<Duration>,
 }
 
 fn rebase(base: &Path, p: &mut Option<PathBuf>) {
@@ -158,6 +176,7 @@ impl ServerFile {
         }
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
+        check_stun("stun_servers", &self.stun_servers)?;
         Ok(())
     }
 
@@ -165,6 +184,8 @@ impl ServerFile {
         rebase(base, &mut self.secret_file);
         rebase(base, &mut self.auth_tokens_file);
         rebase(base, &mut self.relay_ca);
+        rebase(base, &mut self.offer_file);
+        rebase(base, &mut self.answer_file);
     }
 }
 
@@ -209,12 +230,15 @@ impl ClientFile {
         }
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
+        check_stun("stun_servers", &self.stun_servers)?;
         Ok(())
     }
 
     pub fn rebase(&mut self, base: &Path) {
         rebase(base, &mut self.auth_token_file);
         rebase(base, &mut self.relay_ca);
+        rebase(base, &mut self.offer_file);
+        rebase(base, &mut self.answer_file);
     }
 
     /// The file's forwards as (source, target) pairs.
@@ -228,6 +252,27 @@ impl ClientFile {
                 .collect(),
         }
     }
+}
+
+/// Checks STUN server entries: HOST:PORT, or `none` alone.
+pub fn check_stun(key: &str, servers: &[String]) -> Result<()> {
+    if servers.iter().any(|s| s == "none") {
+        if servers.len() > 1 {
+            bail!("{key}: \"none\" disables STUN and cannot be combined with servers");
+        }
+        return Ok(());
+    }
+    for (i, s) in servers.iter().enumerate() {
+        let ok = s
+            .rsplit_once(':')
+            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+        if !ok {
+            bail!(
+                "{key}[{i}]: {s:?} is not HOST:PORT (e.g. stun.example.com:3478 or 192.0.2.1:3478)"
+            );
+        }
+    }
+    Ok(())
 }
 
 /// Parses a forward pair; used for the file and the command line alike.

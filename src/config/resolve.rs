@@ -17,10 +17,56 @@ use tracing::warn;
 
 use super::raw::{ClientFile, ServerFile, check_forward};
 use super::{Role, read_client, read_server};
-use crate::cli::{ClientArgs, ConfigArgs, IrohArgs, Mode, ServerArgs};
+use crate::cli::{ClientArgs, ConfigArgs, IrohArgs, ManualArgs, Mode, ServerArgs};
 use crate::secrets;
 
 pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(60);
+/// Public STUN servers used by manual mode unless told otherwise.
+pub const DEFAULT_STUN: [&str; 2] = ["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
+
+/// Manual mode's settings (resolved STUN addresses are looked up at start).
+#[derive(Debug, Clone)]
+pub struct ManualSettings {
+    /// HOST:PORT entries; empty means local candidates only.
+    pub stun: Vec<String>,
+    pub offer_file: Option<PathBuf>,
+    pub answer_file: Option<PathBuf>,
+    pub punch_timeout: Option<Duration>,
+    pub bind: Option<SocketAddr>,
+}
+
+struct ManualFileSettings<'a> {
+    stun: &'a [String],
+    offer_file: Option<&'a PathBuf>,
+    answer_file: Option<&'a PathBuf>,
+    punch_timeout: Option<Duration>,
+}
+
+fn manual_settings(
+    args: &ManualArgs,
+    file: ManualFileSettings<'_>,
+    bind: &[SocketAddr],
+) -> Result<ManualSettings> {
+    let stun = list(&args.stun_servers, file.stun);
+    super::raw::check_stun("--stun-server", &stun)?;
+    let stun = if stun.is_empty() {
+        DEFAULT_STUN.iter().map(|s| s.to_string()).collect()
+    } else if stun.iter().any(|s| s == "none") {
+        Vec::new()
+    } else {
+        stun
+    };
+    if bind.len() > 1 {
+        bail!("manual mode uses one UDP socket: give a single --bind address");
+    }
+    Ok(ManualSettings {
+        stun,
+        offer_file: args.offer_file.clone().or(file.offer_file.cloned()),
+        answer_file: args.answer_file.clone().or(file.answer_file.cloned()),
+        punch_timeout: args.punch_timeout.or(file.punch_timeout),
+        bind: bind.first().copied(),
+    })
+}
 
 #[derive(Debug)]
 pub struct ServerSettings {
@@ -30,6 +76,7 @@ pub struct ServerSettings {
     pub policy: Policy,
     pub max_sessions: usize,
     pub iroh: IrohOptions,
+    pub manual: ManualSettings,
     pub udp_idle_timeout: Duration,
 }
 
@@ -41,6 +88,7 @@ pub struct ClientSettings {
     pub server_id: Option<EndpointId>,
     pub server_addrs: Vec<SocketAddr>,
     pub iroh: IrohOptions,
+    pub manual: ManualSettings,
     pub udp_idle_timeout: Duration,
 }
 
@@ -188,6 +236,16 @@ pub fn server(args: &ServerArgs) -> Result<ServerSettings> {
     )?;
     iroh.secret = secret.clone();
     iroh.accept = true;
+    let manual = manual_settings(
+        &args.manual,
+        ManualFileSettings {
+            stun: f.map(|f| f.stun_servers.as_slice()).unwrap_or_default(),
+            offer_file: f.and_then(|f| f.offer_file.as_ref()),
+            answer_file: f.and_then(|f| f.answer_file.as_ref()),
+            punch_timeout: f.and_then(|f| f.punch_timeout),
+        },
+        &iroh.bind,
+    )?;
     Ok(ServerSettings {
         mode,
         secret,
@@ -195,6 +253,7 @@ pub fn server(args: &ServerArgs) -> Result<ServerSettings> {
         policy,
         max_sessions,
         iroh,
+        manual,
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout
@@ -302,6 +361,16 @@ pub fn client(args: &ClientArgs) -> Result<ClientSettings> {
         },
         &ticket_relays,
     )?;
+    let manual = manual_settings(
+        &args.manual,
+        ManualFileSettings {
+            stun: f.map(|f| f.stun_servers.as_slice()).unwrap_or_default(),
+            offer_file: f.and_then(|f| f.offer_file.as_ref()),
+            answer_file: f.and_then(|f| f.answer_file.as_ref()),
+            punch_timeout: f.and_then(|f| f.punch_timeout),
+        },
+        &iroh.bind,
+    )?;
     Ok(ClientSettings {
         mode,
         token,
@@ -309,6 +378,7 @@ pub fn client(args: &ClientArgs) -> Result<ClientSettings> {
         server_id,
         server_addrs,
         iroh,
+        manual,
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout

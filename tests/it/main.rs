@@ -5,6 +5,7 @@
 
 mod cli;
 mod install;
+mod manual;
 mod process;
 mod support;
 mod tunnel;

@@ -53,7 +53,11 @@ impl Probe {
             _ => return None,
         };
         let nonce = u64::from_be_bytes(buf[21..29].try_into().ok()?);
-        Some(Probe { kind, session_id: *session_id, nonce })
+        Some(Probe {
+            kind,
+            session_id: *session_id,
+            nonce,
+        })
     }
 }
 
@@ -64,7 +68,11 @@ mod tests {
 
     #[test]
     fn round_trip_and_session_filter() {
-        let p = Probe { kind: ProbeType::Select, session_id: [3; 16], nonce: 42 };
+        let p = Probe {
+            kind: ProbeType::Select,
+            session_id: [3; 16],
+            nonce: 42,
+        };
         let b = p.encode();
         assert_eq!(b[0] & 0x40, 0, "QUIC fixed bit must be clear");
         assert_eq!(Probe::decode(&b, &[3; 16]), Some(p));

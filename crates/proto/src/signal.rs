@@ -81,9 +81,13 @@ pub struct Signal {
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 pub enum SignalError {
-    #[error("no `-----BEGIN PORTHOLE {0}-----` line found: paste the whole blob, both marker lines included")]
+    #[error(
+        "no `-----BEGIN PORTHOLE {0}-----` line found: paste the whole blob, both marker lines included"
+    )]
     NoBegin(&'static str),
-    #[error("the blob has no `-----END PORTHOLE {0}-----` line: it was cut off; copy it again, whole")]
+    #[error(
+        "the blob has no `-----END PORTHOLE {0}-----` line: it was cut off; copy it again, whole"
+    )]
     NoEnd(&'static str),
     #[error("this is an {found}, but an {expected} is expected here ({hint})")]
     WrongKind {
@@ -97,7 +101,9 @@ pub enum SignalError {
     Truncated,
     #[error("checksum mismatch: the blob was truncated, mistyped or altered; copy it again, whole")]
     Checksum,
-    #[error("made by a porthole speaking signaling version {0}, this one speaks {SIGNAL_VERSION}: use the same porthole version on both sides")]
+    #[error(
+        "made by a porthole speaking signaling version {0}, this one speaks {SIGNAL_VERSION}: use the same porthole version on both sides"
+    )]
     Version(u8),
     #[error("the blob is malformed: {0}")]
     Malformed(String),
@@ -116,7 +122,8 @@ impl Signal {
             return Err(SignalError::TooManyCandidates(self.candidates.len()));
         }
         let mut payload = vec![SIGNAL_VERSION];
-        payload.extend(postcard::to_stdvec(self).map_err(|e| SignalError::Malformed(e.to_string()))?);
+        payload
+            .extend(postcard::to_stdvec(self).map_err(|e| SignalError::Malformed(e.to_string()))?);
         let crc = crc32fast::hash(&payload);
         payload.extend_from_slice(&crc.to_be_bytes());
         let b64 = STANDARD.encode(&payload);
@@ -137,7 +144,10 @@ impl Signal {
         }
         let lines: Vec<&str> = text
             .lines()
-            .map(|l| l.trim_start_matches(|c: char| c == '>' || c.is_whitespace()).trim_end())
+            .map(|l| {
+                l.trim_start_matches(|c: char| c == '>' || c.is_whitespace())
+                    .trim_end()
+            })
             .collect();
         let other = match expected {
             SignalKind::Offer => SignalKind::Answer,
@@ -150,8 +160,12 @@ impl Signal {
                     found: kind_name(other),
                     expected: kind_name(expected),
                     hint: match expected {
-                        SignalKind::Offer => "an answer goes to the client; the server reads the client's offer",
-                        SignalKind::Answer => "an offer goes to the server; the client reads the server's answer",
+                        SignalKind::Offer => {
+                            "an answer goes to the client; the server reads the client's offer"
+                        }
+                        SignalKind::Answer => {
+                            "an offer goes to the server; the client reads the server's answer"
+                        }
                     },
                 });
             }
@@ -162,7 +176,9 @@ impl Signal {
             return Err(SignalError::NoEnd(expected.label()));
         };
         let body: String = lines[start + 1..start + 1 + len].concat();
-        let payload = STANDARD.decode(body.as_bytes()).map_err(|_| SignalError::Base64)?;
+        let payload = STANDARD
+            .decode(body.as_bytes())
+            .map_err(|_| SignalError::Base64)?;
         if payload.len() < 1 + 4 {
             return Err(SignalError::Truncated);
         }
@@ -173,8 +189,8 @@ impl Signal {
         if data[0] != SIGNAL_VERSION {
             return Err(SignalError::Version(data[0]));
         }
-        let (signal, rest): (Signal, _) =
-            postcard::take_from_bytes(&data[1..]).map_err(|e| SignalError::Malformed(e.to_string()))?;
+        let (signal, rest): (Signal, _) = postcard::take_from_bytes(&data[1..])
+            .map_err(|e| SignalError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
             return Err(SignalError::Malformed("trailing bytes".into()));
         }
@@ -222,8 +238,14 @@ mod tests {
             fingerprint: [9; 32],
             nat: NatKind::EndpointIndependent,
             candidates: vec![
-                Candidate { addr: "192.168.1.5:40000".parse().unwrap(), kind: CandidateKind::Host },
-                Candidate { addr: "203.0.113.9:51000".parse().unwrap(), kind: CandidateKind::ServerReflexive },
+                Candidate {
+                    addr: "192.168.1.5:40000".parse().unwrap(),
+                    kind: CandidateKind::Host,
+                },
+                Candidate {
+                    addr: "203.0.113.9:51000".parse().unwrap(),
+                    kind: CandidateKind::ServerReflexive,
+                },
             ],
         }
     }
@@ -232,8 +254,17 @@ mod tests {
     fn round_trip_with_noise_and_quoting() {
         let s = sample(SignalKind::Offer);
         let text = s.encode().unwrap();
-        assert!(text.lines().all(|l| l.len() <= 64 || l.starts_with("-----")));
-        let noisy = format!("hi, here it is:\n\n{}\nthanks", text.lines().map(|l| format!(">  {l}  ")).collect::<Vec<_>>().join("\n"));
+        assert!(
+            text.lines()
+                .all(|l| l.len() <= 64 || l.starts_with("-----"))
+        );
+        let noisy = format!(
+            "hi, here it is:\n\n{}\nthanks",
+            text.lines()
+                .map(|l| format!(">  {l}  "))
+                .collect::<Vec<_>>()
+                .join("\n")
+        );
         assert_eq!(Signal::decode(&noisy, SignalKind::Offer, 999).unwrap(), s);
     }
 
@@ -243,12 +274,21 @@ mod tests {
         let lines: Vec<&str> = text.lines().collect();
         // Missing END line.
         let cut = lines[..lines.len() - 1].join("\n");
-        assert!(matches!(Signal::decode(&cut, SignalKind::Answer, 0), Err(SignalError::NoEnd(_))));
+        assert!(matches!(
+            Signal::decode(&cut, SignalKind::Answer, 0),
+            Err(SignalError::NoEnd(_))
+        ));
         // A body line dropped.
         let mut dropped = lines.clone();
         dropped.remove(1);
         let e = Signal::decode(&dropped.join("\n"), SignalKind::Answer, 0).unwrap_err();
-        assert!(matches!(e, SignalError::Base64 | SignalError::Checksum | SignalError::Truncated), "{e}");
+        assert!(
+            matches!(
+                e,
+                SignalError::Base64 | SignalError::Checksum | SignalError::Truncated
+            ),
+            "{e}"
+        );
         // One character changed.
         let mut body: Vec<u8> = lines[1].bytes().collect();
         body[10] = if body[10] == b'A' { b'B' } else { b'A' };
@@ -256,24 +296,39 @@ mod tests {
         let changed = String::from_utf8(body).unwrap();
         typo[1] = &changed;
         let e = Signal::decode(&typo.join("\n"), SignalKind::Answer, 0).unwrap_err();
-        assert!(matches!(e, SignalError::Checksum | SignalError::Base64), "{e}");
+        assert!(
+            matches!(e, SignalError::Checksum | SignalError::Base64),
+            "{e}"
+        );
     }
 
     #[test]
     fn expiry_kind_and_version_are_checked() {
         let text = sample(SignalKind::Offer).encode().unwrap();
-        assert_eq!(Signal::decode(&text, SignalKind::Offer, 1_060).unwrap_err(), SignalError::Expired(60));
+        assert_eq!(
+            Signal::decode(&text, SignalKind::Offer, 1_060).unwrap_err(),
+            SignalError::Expired(60)
+        );
         let e = Signal::decode(&text, SignalKind::Answer, 0).unwrap_err();
         assert!(matches!(e, SignalError::WrongKind { .. }), "{e}");
         assert!(e.to_string().contains("offer"));
-        assert!(matches!(Signal::decode("nothing here", SignalKind::Offer, 0), Err(SignalError::NoBegin(_))));
+        assert!(matches!(
+            Signal::decode("nothing here", SignalKind::Offer, 0),
+            Err(SignalError::NoBegin(_))
+        ));
         // A future version, correctly checksummed.
         let mut payload = vec![2u8];
         payload.extend(postcard::to_stdvec(&sample(SignalKind::Offer)).unwrap());
         let crc = crc32fast::hash(&payload);
         payload.extend_from_slice(&crc.to_be_bytes());
-        let blob = format!("-----BEGIN PORTHOLE OFFER-----\n{}\n-----END PORTHOLE OFFER-----\n", STANDARD.encode(&payload));
-        assert_eq!(Signal::decode(&blob, SignalKind::Offer, 0).unwrap_err(), SignalError::Version(2));
+        let blob = format!(
+            "-----BEGIN PORTHOLE OFFER-----\n{}\n-----END PORTHOLE OFFER-----\n",
+            STANDARD.encode(&payload)
+        );
+        assert_eq!(
+            Signal::decode(&blob, SignalKind::Offer, 0).unwrap_err(),
+            SignalError::Version(2)
+        );
     }
 
     proptest! {

@@ -154,3 +154,42 @@ fn load_tls(cert: &PathBuf, key: &PathBuf) -> Result<rustls::ServerConfig, Relay
         .with_single_cert(certs, key_der)
         .map_err(|e| RelayError::Tls(e.to_string()))
 }
+
+/// STUN binding responders (for manual mode), one per address.
+#[derive(Debug)]
+pub struct StunHandle {
+    addrs: Vec<SocketAddr>,
+    tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+}
+
+impl StunHandle {
+    pub fn addrs(&self) -> &[SocketAddr] {
+        &self.addrs
+    }
+}
+
+impl Drop for StunHandle {
+    fn drop(&mut self) {
+        for t in &self.tasks {
+            t.abort();
+        }
+    }
+}
+
+/// Starts a STUN responder on each address.
+pub async fn spawn_stun(binds: &[SocketAddr]) -> Result<StunHandle, RelayError> {
+    let mut addrs = Vec::new();
+    let mut tasks = Vec::new();
+    for b in binds {
+        let socket = tokio::net::UdpSocket::bind(b)
+            .await
+            .map_err(|e| RelayError::Spawn(format!("STUN on {b}: {e}")))?;
+        let addr = socket
+            .local_addr()
+            .map_err(|e| RelayError::Spawn(e.to_string()))?;
+        info!("STUN responder on udp://{addr}");
+        addrs.push(addr);
+        tasks.push(tokio::spawn(porthole_quic::stun::respond(socket)));
+    }
+    Ok(StunHandle { addrs, tasks })
+}

@@ -1,0 +1,306 @@
+//! Manual-mode sessions: the client prepares an offer, the server answers it, both
+//! punch, and each side ends up with a quinn endpoint on the punched socket.
+//!
+//! The blobs themselves are moved by the caller (stdout/stdin, files, or a test), so
+//! this module stays free of terminal I/O.
+
+use std::future::Future;
+use std::io;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use porthole_engine::transport::{Acceptor, Connector};
+use porthole_proto::signal::{NatKind, Signal, SignalError, SignalKind};
+use tokio::net::UdpSocket;
+use tracing::{debug, info};
+
+use crate::conn::QuicConn;
+use crate::gather;
+use crate::punch::{self, PunchError, PunchPlan, Role};
+use crate::tls::{self, Identity, TlsError};
+
+#[derive(Debug, Clone)]
+pub struct ManualOptions {
+    /// Local UDP address for candidates, punching and QUIC.
+    pub bind: SocketAddr,
+    /// STUN servers; empty = local addresses only (LAN).
+    pub stun: Vec<SocketAddr>,
+    /// How long a blob stays valid.
+    pub expiry: Duration,
+    /// Override of the punching deadline (default: client 30 s, server 120 s).
+    pub punch_timeout: Option<Duration>,
+    pub max_streams: u32,
+}
+
+impl Default for ManualOptions {
+    fn default() -> Self {
+        Self {
+            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            stun: Vec::new(),
+            expiry: Duration::from_secs(600),
+            punch_timeout: None,
+            max_streams: 1024,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ManualError {
+    #[error("cannot bind {0}: {1}")]
+    Bind(SocketAddr, io::Error),
+    #[error(transparent)]
+    Tls(#[from] TlsError),
+    #[error(transparent)]
+    Signal(#[from] SignalError),
+    #[error(
+        "this answer belongs to another offer (session mismatch): use the answer the server printed for this client's offer"
+    )]
+    SessionMismatch,
+    #[error("hole punching failed: {0}")]
+    Punch(#[from] PunchError),
+    #[error("cannot start QUIC on the punched socket: {0}")]
+    Endpoint(io::Error),
+}
+
+pub fn now_unix() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or_default()
+}
+
+fn random_session() -> [u8; 16] {
+    let mut s = [0u8; 16];
+    let _ = getrandom::fill(&mut s);
+    s
+}
+
+async fn bind(addr: SocketAddr) -> Result<UdpSocket, ManualError> {
+    UdpSocket::bind(addr)
+        .await
+        .map_err(|e| ManualError::Bind(addr, e))
+}
+
+fn punch_plan(
+    role: Role,
+    opts: &ManualOptions,
+    session: [u8; 16],
+    local_nat: NatKind,
+    remote: &Signal,
+) -> PunchPlan {
+    let mut plan = PunchPlan::new(
+        role,
+        session,
+        local_nat,
+        remote.nat,
+        remote.candidates.clone(),
+    );
+    if let Some(t) = opts.punch_timeout {
+        plan.timeout = t;
+    }
+    plan
+}
+
+fn endpoint(
+    socket: std::net::UdpSocket,
+    server: Option<quinn::ServerConfig>,
+) -> Result<quinn::Endpoint, ManualError> {
+    let runtime = Arc::new(quinn::TokioRuntime);
+    quinn::Endpoint::new(quinn::EndpointConfig::default(), server, socket, runtime)
+        .map_err(ManualError::Endpoint)
+}
+
+/// A client that has gathered its candidates and made its offer.
+pub struct PreparedClient {
+    opts: ManualOptions,
+    socket: UdpSocket,
+    identity: Identity,
+    offer: Signal,
+}
+
+impl PreparedClient {
+    pub async fn new(opts: ManualOptions) -> Result<Self, ManualError> {
+        let socket = bind(opts.bind).await?;
+        let identity = Identity::generate()?;
+        let (candidates, nat) = gather::gather(&socket, &opts.stun).await;
+        let offer = Signal {
+            kind: SignalKind::Offer,
+            session_id: random_session(),
+            expires_unix: now_unix() + opts.expiry.as_secs(),
+            fingerprint: identity.fingerprint,
+            nat,
+            candidates,
+        };
+        Ok(Self {
+            opts,
+            socket,
+            identity,
+            offer,
+        })
+    }
+
+    pub fn offer(&self) -> &Signal {
+        &self.offer
+    }
+
+    /// Punches towards the server described by `answer` and prepares QUIC to it.
+    pub async fn connect(self, answer: Signal) -> Result<ManualConnector, ManualError> {
+        if answer.session_id != self.offer.session_id {
+            return Err(ManualError::SessionMismatch);
+        }
+        info!(nat = %answer.nat, "server answered with {} candidate(s); punching", answer.candidates.len());
+        let plan = punch_plan(
+            Role::Client,
+            &self.opts,
+            self.offer.session_id,
+            self.offer.nat,
+            &answer,
+        );
+        let punched = punch::punch(self.socket, plan).await?;
+        info!(
+            "path=direct remote={} punched in {:.0?} via {}",
+            punched.remote, punched.elapsed, punched.method
+        );
+        let endpoint = endpoint(punched.socket, None)?;
+        let config = tls::client_config(&self.identity, answer.fingerprint, self.opts.max_streams)?;
+        Ok(ManualConnector {
+            endpoint,
+            remote: punched.remote,
+            config,
+        })
+    }
+}
+
+/// A server that has read an offer and made its answer.
+pub struct PreparedServer {
+    opts: ManualOptions,
+    socket: UdpSocket,
+    identity: Identity,
+    offer: Signal,
+    answer: Signal,
+}
+
+impl PreparedServer {
+    pub async fn new(opts: ManualOptions, offer: Signal) -> Result<Self, ManualError> {
+        let socket = bind(opts.bind).await?;
+        let identity = Identity::generate()?;
+        let (candidates, nat) = gather::gather(&socket, &opts.stun).await;
+        let answer = Signal {
+            kind: SignalKind::Answer,
+            session_id: offer.session_id,
+            expires_unix: now_unix() + opts.expiry.as_secs(),
+            fingerprint: identity.fingerprint,
+            nat,
+            candidates,
+        };
+        Ok(Self {
+            opts,
+            socket,
+            identity,
+            offer,
+            answer,
+        })
+    }
+
+    pub fn answer(&self) -> &Signal {
+        &self.answer
+    }
+
+    /// Punches towards the client and starts a QUIC server on the punched socket that
+    /// accepts only the client's pinned certificate.
+    pub async fn accept(self) -> Result<ManualAcceptor, ManualError> {
+        info!(nat = %self.offer.nat, "punching towards the client's {} candidate(s)", self.offer.candidates.len());
+        let plan = punch_plan(
+            Role::Server,
+            &self.opts,
+            self.offer.session_id,
+            self.answer.nat,
+            &self.offer,
+        );
+        let punched = punch::punch(self.socket, plan).await?;
+        info!(
+            "path=direct remote={} punched in {:.0?} via {}",
+            punched.remote, punched.elapsed, punched.method
+        );
+        let config = tls::server_config(
+            &self.identity,
+            self.offer.fingerprint,
+            self.opts.max_streams,
+        )?;
+        let endpoint = endpoint(punched.socket, Some(config))?;
+        Ok(ManualAcceptor { endpoint })
+    }
+}
+
+/// The engine's connector: QUIC to the punched address (reconnects reuse the socket).
+#[derive(Debug, Clone)]
+pub struct ManualConnector {
+    endpoint: quinn::Endpoint,
+    remote: SocketAddr,
+    config: quinn::ClientConfig,
+}
+
+impl ManualConnector {
+    pub fn remote(&self) -> SocketAddr {
+        self.remote
+    }
+}
+
+impl Connector for ManualConnector {
+    type Conn = QuicConn;
+
+    async fn connect(&self) -> io::Result<QuicConn> {
+        let connecting = self
+            .endpoint
+            .connect_with(self.config.clone(), self.remote, tls::SERVER_NAME)
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        let conn = connecting
+            .await
+            .map_err(|e| io::Error::other(e.to_string()))?;
+        debug!("QUIC connected to {}", self.remote);
+        Ok(QuicConn::new(conn))
+    }
+}
+
+/// The engine's acceptor over the punched endpoint.
+#[derive(Debug, Clone)]
+pub struct ManualAcceptor {
+    endpoint: quinn::Endpoint,
+}
+
+impl ManualAcceptor {
+    pub fn local_addr(&self) -> io::Result<SocketAddr> {
+        self.endpoint.local_addr()
+    }
+
+    pub async fn close(&self) {
+        self.endpoint.close(0u32.into(), b"bye");
+        self.endpoint.wait_idle().await;
+    }
+}
+
+type Handshake = Pin<Box<dyn Future<Output = io::Result<QuicConn>> + Send>>;
+
+impl Acceptor for ManualAcceptor {
+    type Conn = QuicConn;
+    type Handshake = Handshake;
+
+    async fn accept(&self) -> Option<Handshake> {
+        loop {
+            let incoming = self.endpoint.accept().await?;
+            match incoming.accept() {
+                Ok(connecting) => {
+                    return Some(Box::pin(async move {
+                        let c = connecting
+                            .await
+                            .map_err(|e| io::Error::other(e.to_string()))?;
+                        Ok(QuicConn::new(c))
+                    }));
+                }
+                Err(e) => debug!("incoming QUIC connection failed: {e}"),
+            }
+        }
+    }
+}

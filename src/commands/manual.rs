@@ -1,0 +1,153 @@
+//! `--mode manual` for server and client: copy-paste signaling, hole punching, then the
+//! same engine as iroh mode over plain QUIC.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+use anyhow::{Context, Result, bail};
+use porthole_engine::client::Client;
+use porthole_proto::signal::{Signal, SignalKind};
+use porthole_quic::session::now_unix;
+use porthole_quic::{ManualOptions, PreparedClient, PreparedServer};
+use tokio::io::{AsyncBufReadExt, BufReader};
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::config::resolve::{ClientSettings, ManualSettings, ServerSettings};
+use crate::secrets;
+
+pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
+    let opts = options(&s.manual).await;
+    let offer = tokio::select! {
+        o = read_blob(SignalKind::Offer, s.manual.offer_file.as_deref()) => o?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    info!(nat = %offer.nat, "offer received with {} candidate(s)", offer.candidates.len());
+    let prepared = PreparedServer::new(opts, offer).await?;
+    write_blob(
+        &prepared.answer().encode()?,
+        s.manual.answer_file.as_deref(),
+        "answer",
+        "client",
+    )?;
+    let acceptor = tokio::select! {
+        a = prepared.accept() => a?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let config = super::server::engine_config(&s);
+    info!(tcp = %s.policy.tcp, udp = %s.policy.udp, "serving over the punched path");
+    porthole_engine::server::run(acceptor.clone(), config, shutdown).await?;
+    acceptor.close().await;
+    Ok(())
+}
+
+pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
+    let client = Client::bind(super::client::engine_config(&s)).await?;
+    let prepared = PreparedClient::new(options(&s.manual).await).await?;
+    write_blob(
+        &prepared.offer().encode()?,
+        s.manual.offer_file.as_deref(),
+        "offer",
+        "server",
+    )?;
+    let answer = tokio::select! {
+        a = read_blob(SignalKind::Answer, s.manual.answer_file.as_deref()) => a?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    let connector = tokio::select! {
+        c = prepared.connect(answer) => c?,
+        _ = shutdown.cancelled() => return Ok(()),
+    };
+    client.run(connector, shutdown).await?;
+    Ok(())
+}
+
+async fn options(m: &ManualSettings) -> ManualOptions {
+    ManualOptions {
+        bind: m.bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
+        stun: resolve_stun(&m.stun).await,
+        punch_timeout: m.punch_timeout,
+        ..ManualOptions::default()
+    }
+}
+
+/// Looks up STUN servers (IPv4, since manual mode punches over IPv4).
+async fn resolve_stun(servers: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in servers {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
+            .await
+        {
+            Ok(Ok(addrs)) => match addrs.into_iter().find(|a| a.is_ipv4()) {
+                Some(a) => out.push(a),
+                None => warn!("STUN server {s} has no IPv4 address; skipped"),
+            },
+            Ok(Err(e)) => warn!("STUN server {s}: {e}; skipped"),
+            Err(_) => warn!("STUN server {s}: lookup timed out; skipped"),
+        }
+    }
+    if out.is_empty() && !servers.is_empty() {
+        warn!("no STUN server reachable: only local addresses will be offered (works on a LAN)");
+    }
+    out
+}
+
+fn write_blob(text: &str, file: Option<&Path>, what: &str, peer: &str) -> Result<()> {
+    match file {
+        Some(path) => {
+            secrets::write_private_file(path, text.as_bytes(), true)?;
+            info!(
+                "{what} written to {}: hand it to the {peer}",
+                path.display()
+            );
+        }
+        None => {
+            eprintln!(
+                "---- give this {what} to the {peer} (copy all lines, markers included) ----"
+            );
+            print!("{text}");
+            use std::io::Write;
+            std::io::stdout().flush()?;
+        }
+    }
+    Ok(())
+}
+
+/// Reads a blob from a file (waiting for it to appear) or from stdin (pasted).
+async fn read_blob(kind: SignalKind, file: Option<&Path>) -> Result<Signal> {
+    let label = match kind {
+        SignalKind::Offer => "offer",
+        SignalKind::Answer => "answer",
+    };
+    if let Some(path) = file {
+        info!("waiting for the {label} in {}", path.display());
+        loop {
+            if let Ok(text) = tokio::fs::read_to_string(path).await
+                && text.contains(&format!("-----END PORTHOLE {}-----", label.to_uppercase()))
+            {
+                return Signal::decode(&text, kind, now_unix())
+                    .with_context(|| format!("{}", path.display()));
+            }
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+    eprintln!("---- paste the {label} here (all lines, markers included) ----");
+    let mut lines = BufReader::new(tokio::io::stdin()).lines();
+    let end = format!("-----END PORTHOLE {}-----", label.to_uppercase());
+    let mut text = String::new();
+    while let Some(line) = lines.next_line().await? {
+        text.push_str(&line);
+        text.push('\n');
+        if line.trim().trim_start_matches('>').trim() == end {
+            match Signal::decode(&text, kind, now_unix()) {
+                Ok(s) => return Ok(s),
+                Err(e) => {
+                    eprintln!("that {label} is not usable: {e}\n---- paste it again ----");
+                    text.clear();
+                }
+            }
+        }
+    }
+    bail!("stdin closed before a complete {label} arrived")
+}
