@@ -19,4 +19,6 @@ fi
 
 cargo fmt --all -- --check
 cargo clippy --workspace --all-targets --locked -- -D warnings
+# Build every binary first: the NAT lab runs porthole-labtool inside namespaces.
+cargo build --workspace --locked
 cargo test --workspace --locked "$@"

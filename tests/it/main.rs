@@ -6,6 +6,7 @@
 mod cli;
 mod install;
 mod manual;
+mod natlab;
 mod process;
 mod support;
 mod tunnel;

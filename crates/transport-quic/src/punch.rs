@@ -111,7 +111,7 @@ pub enum PunchError {
     Timeout(Duration, String),
     #[error("the peer offered no candidate of our address family")]
     NoCandidates,
-    #[error("socket: {0}")]
+    #[error("socket")]
     Io(#[from] std::io::Error),
 }
 

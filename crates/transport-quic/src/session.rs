@@ -58,7 +58,7 @@ pub enum ManualError {
         "this answer belongs to another offer (session mismatch): use the answer the server printed for this client's offer"
     )]
     SessionMismatch,
-    #[error("hole punching failed: {0}")]
+    #[error("hole punching failed")]
     Punch(#[from] PunchError),
     #[error("cannot start QUIC on the punched socket: {0}")]
     Endpoint(io::Error),

@@ -19,9 +19,9 @@ pub const SERVER_NAME: &str = "porthole.invalid";
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
-    #[error("cannot create a certificate: {0}")]
+    #[error("cannot create a certificate")]
     Cert(#[from] rcgen::Error),
-    #[error("TLS configuration: {0}")]
+    #[error("TLS configuration")]
     Rustls(#[from] rustls::Error),
     #[error("QUIC crypto configuration: {0}")]
     Quic(String),

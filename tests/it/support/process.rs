@@ -8,17 +8,22 @@ use std::time::{Duration, Instant};
 
 pub fn bin() -> Command {
     let mut c = Command::new(env!("CARGO_BIN_EXE_porthole"));
+    scrub(&mut c);
+    c
+}
+
+/// No inherited log filter or secrets: each test says what it means.
+pub fn scrub(c: &mut Command) {
     c.env_remove("RUST_LOG")
         .env_remove("PORTHOLE_AUTH_TOKEN")
         .env_remove("PORTHOLE_SECRET")
         .env("NO_COLOR", "1");
-    c
 }
 
 pub struct Proc {
     pub name: String,
     child: Child,
-    out: Arc<Mutex<Vec<String>>>,
+    out: Arc<Mutex<Vec<(Instant, String)>>>,
 }
 
 impl Proc {
@@ -35,7 +40,7 @@ impl Proc {
             let out = out.clone();
             std::thread::spawn(move || {
                 for line in BufReader::new(pipe).lines().map_while(Result::ok) {
-                    out.lock().unwrap().push(line);
+                    out.lock().unwrap().push((Instant::now(), line));
                 }
             });
         }
@@ -47,14 +52,24 @@ impl Proc {
     }
 
     pub fn output(&self) -> String {
-        self.out.lock().unwrap().join("\n")
+        self.out.lock().unwrap().iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+    }
+
+    /// When the first line containing `needle` was read, if any.
+    pub fn first_seen(&self, needle: &str) -> Option<Instant> {
+        self.out.lock().unwrap().iter().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t)
+    }
+
+    /// The last line containing `needle`, if any.
+    pub fn last_line(&self, needle: &str) -> Option<String> {
+        self.out.lock().unwrap().iter().rev().find(|(_, l)| l.contains(needle)).map(|(_, l)| l.clone())
     }
 
     /// Waits for a line containing `needle`; returns it.
     pub fn wait_line(&self, needle: &str, limit: Duration) -> String {
         let start = Instant::now();
         loop {
-            if let Some(l) = self.out.lock().unwrap().iter().find(|l| l.contains(needle)) {
+            if let Some((_, l)) = self.out.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
                 return l.clone();
             }
             if start.elapsed() > limit {
@@ -73,7 +88,7 @@ impl Proc {
             .lock()
             .unwrap()
             .iter()
-            .filter(|l| l.contains(needle))
+            .filter(|(_, l)| l.contains(needle))
             .count()
     }
 
