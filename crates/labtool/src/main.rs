@@ -18,7 +18,10 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 
 #[derive(Parser)]
-#[command(name = "porthole-labtool", about = "NAT lab helpers (run inside network namespaces)")]
+#[command(
+    name = "porthole-labtool",
+    about = "NAT lab helpers (run inside network namespaces)"
+)]
 struct Cli {
     #[command(subcommand)]
     cmd: Cmd,
@@ -65,10 +68,23 @@ enum Cmd {
 
 fn main() -> ExitCode {
     let r = match Cli::parse().cmd {
-        Cmd::Netem { queue, delay_ms, loss } => netem(queue, Duration::from_millis(delay_ms), loss),
+        Cmd::Netem {
+            queue,
+            delay_ms,
+            loss,
+        } => netem(queue, Duration::from_millis(delay_ms), loss),
         Cmd::Echo { tcp, udp } => echo(tcp, udp),
-        Cmd::TcpCheck { addr, bytes, timeout_s } => tcp_check(addr, bytes, Duration::from_secs(timeout_s)),
-        Cmd::UdpCheck { addr, size, count, timeout_s } => udp_check(addr, size, count, Duration::from_secs(timeout_s)),
+        Cmd::TcpCheck {
+            addr,
+            bytes,
+            timeout_s,
+        } => tcp_check(addr, bytes, Duration::from_secs(timeout_s)),
+        Cmd::UdpCheck {
+            addr,
+            size,
+            count,
+            timeout_s,
+        } => udp_check(addr, size, count, Duration::from_secs(timeout_s)),
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -205,7 +221,11 @@ fn tcp_once(addr: SocketAddr, data: &[u8], start: Instant) -> Result<Duration> {
 
 fn udp_check(addr: SocketAddr, size: usize, count: usize, limit: Duration) -> Result<()> {
     let start = Instant::now();
-    let any: SocketAddr = if addr.is_ipv4() { ([0, 0, 0, 0], 0).into() } else { (std::net::Ipv6Addr::UNSPECIFIED, 0).into() };
+    let any: SocketAddr = if addr.is_ipv4() {
+        ([0, 0, 0, 0], 0).into()
+    } else {
+        (std::net::Ipv6Addr::UNSPECIFIED, 0).into()
+    };
     let s = UdpSocket::bind(any)?;
     s.connect(addr)?;
     s.set_read_timeout(Some(Duration::from_millis(500)))?;
@@ -216,7 +236,10 @@ fn udp_check(addr: SocketAddr, size: usize, count: usize, limit: Duration) -> Re
         payload[0] = i as u8;
         loop {
             if start.elapsed() > limit {
-                return Err(format!("datagram {i} of {count} ({size} bytes) never echoed within {limit:?}").into());
+                return Err(format!(
+                    "datagram {i} of {count} ({size} bytes) never echoed within {limit:?}"
+                )
+                .into());
             }
             s.send(&payload)?;
             match s.recv(&mut buf) {

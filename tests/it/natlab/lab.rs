@@ -70,18 +70,31 @@ pub fn available() -> Result<(), String> {
 }
 
 fn probe() -> Result<(), String> {
-    let uid = Command::new("id").arg("-u").output().map_err(|e| e.to_string())?;
+    let uid = Command::new("id")
+        .arg("-u")
+        .output()
+        .map_err(|e| e.to_string())?;
     if String::from_utf8_lossy(&uid.stdout).trim() != "0" {
         return Err("not root (network namespaces need root)".into());
     }
     for tool in ["ip", "iptables"] {
-        let ok = Command::new("sh").args(["-c", &format!("command -v {tool}")]).output().map(|o| o.status.success()).unwrap_or(false);
+        let ok = Command::new("sh")
+            .args(["-c", &format!("command -v {tool}")])
+            .output()
+            .map(|o| o.status.success())
+            .unwrap_or(false);
         if !ok {
-            return Err(format!("`{tool}` is not installed (Debian: iproute2, iptables)"));
+            return Err(format!(
+                "`{tool}` is not installed (Debian: iproute2, iptables)"
+            ));
         }
     }
     let probe = format!("phprobe{}", std::process::id());
-    let ok = Command::new("ip").args(["netns", "add", &probe]).status().map(|s| s.success()).unwrap_or(false);
+    let ok = Command::new("ip")
+        .args(["netns", "add", &probe])
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
     let _ = Command::new("ip").args(["netns", "del", &probe]).status();
     if !ok {
         return Err("`ip netns add` failed (no namespace support here)".into());
@@ -138,7 +151,11 @@ pub struct Lab {
 
 fn run(cmd: &mut Command) {
     let out = cmd.output().unwrap_or_else(|e| panic!("{cmd:?}: {e}"));
-    assert!(out.status.success(), "{cmd:?} failed: {}", String::from_utf8_lossy(&out.stderr));
+    assert!(
+        out.status.success(),
+        "{cmd:?} failed: {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
 }
 
 impl Lab {
@@ -171,7 +188,10 @@ impl Lab {
 
     /// A veth pair with one end in each namespace.
     fn link(&self, ns1: &str, if1: &str, ns2: &str, if2: &str) {
-        run(Command::new("ip").args(["link", "add", "name", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns", ns2]));
+        run(Command::new("ip").args([
+            "link", "add", "name", if1, "netns", ns1, "type", "veth", "peer", "name", if2, "netns",
+            ns2,
+        ]));
         self.ip(ns1, &["link", "set", if1, "up"]);
         self.ip(ns2, &["link", "set", if2, "up"]);
     }
@@ -202,10 +222,42 @@ impl Lab {
         ipt(&["-A", "FORWARD", "-i", lan, "-o", wan, "-j", "ACCEPT"]);
         // Hosts on the same LAN talk to each other (bridged traffic may traverse FORWARD).
         ipt(&["-A", "FORWARD", "-i", lan, "-o", lan, "-j", "ACCEPT"]);
-        ipt(&["-A", "FORWARD", "-i", wan, "-o", lan, "-m", "conntrack", "--ctstate", "ESTABLISHED,RELATED", "-j", "ACCEPT"]);
+        ipt(&[
+            "-A",
+            "FORWARD",
+            "-i",
+            wan,
+            "-o",
+            lan,
+            "-m",
+            "conntrack",
+            "--ctstate",
+            "ESTABLISHED,RELATED",
+            "-j",
+            "ACCEPT",
+        ]);
         match nat {
-            Nat::Symmetric => ipt(&["-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE", "--random-fully"]),
-            _ => ipt(&["-t", "nat", "-A", "POSTROUTING", "-o", wan, "-j", "MASQUERADE"]),
+            Nat::Symmetric => ipt(&[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                wan,
+                "-j",
+                "MASQUERADE",
+                "--random-fully",
+            ]),
+            _ => ipt(&[
+                "-t",
+                "nat",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                wan,
+                "-j",
+                "MASQUERADE",
+            ]),
         }
         if nat == Nat::UdpBlocked {
             ipt(&["-I", "FORWARD", "-p", "udp", "-j", "DROP"]);
@@ -213,16 +265,44 @@ impl Lab {
     }
 
     fn impair(&mut self, ns: &str, wan: &str, imp: Impair) {
-        self.exec(ns, &["iptables", "-t", "mangle", "-A", "POSTROUTING", "-o", wan, "-j", "NFQUEUE", "--queue-num", "0", "--queue-bypass"]);
+        self.exec(
+            ns,
+            &[
+                "iptables",
+                "-t",
+                "mangle",
+                "-A",
+                "POSTROUTING",
+                "-o",
+                wan,
+                "-j",
+                "NFQUEUE",
+                "--queue-num",
+                "0",
+                "--queue-bypass",
+            ],
+        );
         let mut cmd = Command::new("ip");
-        cmd.args(["netns", "exec", ns]).arg(labtool()).args(["netem", "--delay-ms", &imp.delay_ms.to_string(), "--loss", &imp.loss.to_string()]);
+        cmd.args(["netns", "exec", ns]).arg(labtool()).args([
+            "netem",
+            "--delay-ms",
+            &imp.delay_ms.to_string(),
+            "--loss",
+            &imp.loss.to_string(),
+        ]);
         let p = Proc::spawn(&format!("netem-{ns}"), cmd);
         p.wait_line("netem: queue", Duration::from_secs(10));
         self.procs.push(p);
     }
 
     /// One side: a NAT router with a LAN bridge and a host (and a second host on A's side).
-    fn side(&mut self, inet: &str, side: char, nat: Nat, imp: Option<Impair>) -> (String, Option<String>) {
+    fn side(
+        &mut self,
+        inet: &str,
+        side: char,
+        nat: Nat,
+        imp: Option<Impair>,
+    ) -> (String, Option<String>) {
         let (wan_ip, lan_net, wan_port) = match side {
             'a' => ("198.18.0.11", "192.168.1", "a-wan"),
             _ => ("198.18.0.12", "192.168.2", "b-wan"),
@@ -256,13 +336,19 @@ impl Lab {
         self.link(&nat_ns, "lan1", &host, "eth0");
         self.ip(&nat_ns, &["link", "set", "lan1", "master", "brlan"]);
         self.addr(&host, "eth0", &format!("{lan_net}.2/24"));
-        self.ip(&host, &["route", "add", "default", "via", &format!("{lan_net}.1")]);
+        self.ip(
+            &host,
+            &["route", "add", "default", "via", &format!("{lan_net}.1")],
+        );
         let second = if side == 'a' {
             let h2 = self.add_ns("hosta2");
             self.link(&nat_ns, "lan2", &h2, "eth0");
             self.ip(&nat_ns, &["link", "set", "lan2", "master", "brlan"]);
             self.addr(&h2, "eth0", &format!("{lan_net}.3/24"));
-            self.ip(&h2, &["route", "add", "default", "via", &format!("{lan_net}.1")]);
+            self.ip(
+                &h2,
+                &["route", "add", "default", "via", &format!("{lan_net}.1")],
+            );
             Some(h2)
         } else {
             None
@@ -312,12 +398,32 @@ impl Lab {
             .arg(self.dir.path().join("tls"))
             .output()
             .unwrap();
-        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
         let mut cmd = self.cmd(relay_ns);
-        cmd.args(["relay", "--http-bind", &format!("{RELAY_IP}:80"), "--https-bind", &format!("{RELAY_IP}:443")])
-            .args(["--tls-cert", &self.path("tls/cert.pem"), "--tls-key", &self.path("tls/key.pem")])
-            .args(["--quic-bind", &format!("{RELAY_IP}:7842")])
-            .args(["--stun-bind", &format!("{RELAY_IP}:3478"), "--stun-bind", &format!("{RELAY_IP}:3479")]);
+        cmd.args([
+            "relay",
+            "--http-bind",
+            &format!("{RELAY_IP}:80"),
+            "--https-bind",
+            &format!("{RELAY_IP}:443"),
+        ])
+        .args([
+            "--tls-cert",
+            &self.path("tls/cert.pem"),
+            "--tls-key",
+            &self.path("tls/key.pem"),
+        ])
+        .args(["--quic-bind", &format!("{RELAY_IP}:7842")])
+        .args([
+            "--stun-bind",
+            &format!("{RELAY_IP}:3478"),
+            "--stun-bind",
+            &format!("{RELAY_IP}:3479"),
+        ]);
         let p = Proc::spawn("relay", cmd);
         p.wait_line("relay URL", Duration::from_secs(20));
         self.procs.push(p);

@@ -22,14 +22,20 @@ struct Outcome {
 fn record(o: &Outcome) {
     let dir = concat!(env!("CARGO_MANIFEST_DIR"), "/target/natlab");
     let _ = std::fs::create_dir_all(dir);
-    let report = format!("{dir}/{}-{}.row", o.mode, o.pair.replace(|c: char| !c.is_ascii_alphanumeric(), "_"));
+    let report = format!(
+        "{dir}/{}-{}.row",
+        o.mode,
+        o.pair.replace(|c: char| !c.is_ascii_alphanumeric(), "_")
+    );
     let line = format!(
         "| {} | {} | {} | {} ms | {} | {} |\n",
         o.mode,
         o.pair,
         o.path,
         o.ttfb_ms,
-        o.direct_after_ms.map(|d| format!("{d} ms")).unwrap_or_else(|| "-".into()),
+        o.direct_after_ms
+            .map(|d| format!("{d} ms"))
+            .unwrap_or_else(|| "-".into()),
         o.note
     );
     eprint!("NATLAB {line}");
@@ -38,7 +44,11 @@ fn record(o: &Outcome) {
 
 fn json_field(json: &str, key: &str) -> Option<u128> {
     let at = json.find(&format!("\"{key}\":"))? + key.len() + 3;
-    json[at..].split(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    json[at..]
+        .split(|c: char| !c.is_ascii_digit())
+        .next()?
+        .parse()
+        .ok()
 }
 
 /// Runs a check tool inside `ns`, returning its JSON line (panics with its stderr on failure).
@@ -77,25 +87,106 @@ fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -
     start_services(&mut lab, &host_b);
     let mut server = lab.cmd(&host_b);
     server
-        .args(["server", "--secret-file", &lab.path("server.key"), "--auth-tokens-file", &lab.path("tokens.txt")])
-        .args(["--relay-url", &lab.relay_url(), "--relay-ca", &lab.ca(), "--dns-server", "none", "--no-portmap"])
-        .args(["--allowed-tcp", "127.0.0.0/8", "--allowed-udp", "127.0.0.0/8"]);
+        .args([
+            "server",
+            "--secret-file",
+            &lab.path("server.key"),
+            "--auth-tokens-file",
+            &lab.path("tokens.txt"),
+        ])
+        .args([
+            "--relay-url",
+            &lab.relay_url(),
+            "--relay-ca",
+            &lab.ca(),
+            "--dns-server",
+            "none",
+            "--no-portmap",
+        ])
+        .args([
+            "--allowed-tcp",
+            "127.0.0.0/8",
+            "--allowed-udp",
+            "127.0.0.0/8",
+        ]);
     let s = lab.spawn("server", server);
-    let ticket = lab.procs[s].wait_line("Ticket: ", Duration::from_secs(30)).trim_start_matches("Ticket: ").to_string();
+    let ticket = lab.procs[s]
+        .wait_line("Ticket: ", Duration::from_secs(30))
+        .trim_start_matches("Ticket: ")
+        .to_string();
     lab.procs[s].wait_line("serving", Duration::from_secs(30));
 
     let started = Instant::now();
     let mut client = lab.cmd(&host_a);
     client
-        .args(["client", "--ticket", &ticket, "--auth-token-file", &lab.path("tokens.txt")])
-        .args(["--relay-ca", &lab.ca(), "--dns-server", "none", "--no-portmap"])
-        .args(["--source", "tcp://127.0.0.1:7000", "--target", "127.0.0.1:8000"])
-        .args(["--source", "udp://127.0.0.1:7000", "--target", "127.0.0.1:8000"]);
+        .args([
+            "client",
+            "--ticket",
+            &ticket,
+            "--auth-token-file",
+            &lab.path("tokens.txt"),
+        ])
+        .args([
+            "--relay-ca",
+            &lab.ca(),
+            "--dns-server",
+            "none",
+            "--no-portmap",
+        ])
+        .args([
+            "--source",
+            "tcp://127.0.0.1:7000",
+            "--target",
+            "127.0.0.1:8000",
+        ])
+        .args([
+            "--source",
+            "udp://127.0.0.1:7000",
+            "--target",
+            "127.0.0.1:8000",
+        ]);
     let c = lab.spawn("client", client);
-    let tcp = check(&lab, &host_a, &["tcp-check", "127.0.0.1:8000", "--bytes", "200000", "--timeout-s", "60"]);
+    let tcp = check(
+        &lab,
+        &host_a,
+        &[
+            "tcp-check",
+            "127.0.0.1:8000",
+            "--bytes",
+            "200000",
+            "--timeout-s",
+            "60",
+        ],
+    );
     let ttfb = json_field(&tcp, "ttfb_ms").unwrap_or_default();
-    check(&lab, &host_a, &["udp-check", "127.0.0.1:8000", "--size", "1472", "--count", "10", "--timeout-s", "30"]);
-    check(&lab, &host_a, &["udp-check", "127.0.0.1:8000", "--size", "8192", "--count", "3", "--timeout-s", "30"]);
+    check(
+        &lab,
+        &host_a,
+        &[
+            "udp-check",
+            "127.0.0.1:8000",
+            "--size",
+            "1472",
+            "--count",
+            "10",
+            "--timeout-s",
+            "30",
+        ],
+    );
+    check(
+        &lab,
+        &host_a,
+        &[
+            "udp-check",
+            "127.0.0.1:8000",
+            "--size",
+            "8192",
+            "--count",
+            "3",
+            "--timeout-s",
+            "30",
+        ],
+    );
 
     // Give hole punching its chance, then read the path the client reports.
     let wait_direct = Duration::from_secs(if expect_direct == Some(false) { 8 } else { 20 });
@@ -105,20 +196,36 @@ fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -
     }
     let direct_at = lab.procs[c].first_seen("path=direct");
     let last = lab.procs[c].last_line("path=").unwrap_or_default();
-    let path = if last.contains("path=direct") { "direct" } else if last.contains("path=relay") { "relay" } else { "?" };
+    let path = if last.contains("path=direct") {
+        "direct"
+    } else if last.contains("path=relay") {
+        "relay"
+    } else {
+        "?"
+    };
     let outcome = Outcome {
         mode: "iroh",
         pair: pair_name(a, b, imp),
         path: path.to_string(),
         ttfb_ms: ttfb,
         direct_after_ms: direct_at.map(|t| t.duration_since(started).as_millis()),
-        note: last.split("path=").nth(1).map(|s| format!("path={}", s.trim())).unwrap_or_default(),
+        note: last
+            .split("path=")
+            .nth(1)
+            .map(|s| format!("path={}", s.trim()))
+            .unwrap_or_default(),
     };
     record(&outcome);
     match expect_direct {
-        Some(true) => assert_eq!(outcome.path, "direct", "expected a direct path: {outcome:?}"),
+        Some(true) => assert_eq!(
+            outcome.path, "direct",
+            "expected a direct path: {outcome:?}"
+        ),
         Some(false) => {
-            assert!(direct_at.is_none(), "no direct path can exist here, yet: {outcome:?}");
+            assert!(
+                direct_at.is_none(),
+                "no direct path can exist here, yet: {outcome:?}"
+            );
             assert_eq!(outcome.path, "relay", "{outcome:?}");
             assert!(last.contains(RELAY_IP), "{last}");
         }
@@ -146,16 +253,42 @@ macro_rules! lab_test {
     };
 }
 
-lab_test!(iroh_cone_cone_goes_direct, iroh_pair(Nat::Cone, Nat::Cone, None, Some(true)));
+lab_test!(
+    iroh_cone_cone_goes_direct,
+    iroh_pair(Nat::Cone, Nat::Cone, None, Some(true))
+);
 lab_test!(
     iroh_cone_cone_with_delay_and_loss_goes_direct,
-    iroh_pair(Nat::Cone, Nat::Cone, Some(Impair { delay_ms: 20, loss: 0.01 }), Some(true))
+    iroh_pair(
+        Nat::Cone,
+        Nat::Cone,
+        Some(Impair {
+            delay_ms: 20,
+            loss: 0.01
+        }),
+        Some(true)
+    )
 );
-lab_test!(iroh_double_nat_to_cone_goes_direct, iroh_pair(Nat::DoubleCone, Nat::Cone, None, Some(true)));
-lab_test!(iroh_cone_symmetric_works, iroh_pair(Nat::Cone, Nat::Symmetric, None, None));
-lab_test!(iroh_symmetric_cone_works, iroh_pair(Nat::Symmetric, Nat::Cone, None, None));
-lab_test!(iroh_symmetric_symmetric_works, iroh_pair(Nat::Symmetric, Nat::Symmetric, None, None));
-lab_test!(iroh_udp_blocked_uses_the_relay, iroh_pair(Nat::UdpBlocked, Nat::Cone, None, Some(false)));
+lab_test!(
+    iroh_double_nat_to_cone_goes_direct,
+    iroh_pair(Nat::DoubleCone, Nat::Cone, None, Some(true))
+);
+lab_test!(
+    iroh_cone_symmetric_works,
+    iroh_pair(Nat::Cone, Nat::Symmetric, None, None)
+);
+lab_test!(
+    iroh_symmetric_cone_works,
+    iroh_pair(Nat::Symmetric, Nat::Cone, None, None)
+);
+lab_test!(
+    iroh_symmetric_symmetric_works,
+    iroh_pair(Nat::Symmetric, Nat::Symmetric, None, None)
+);
+lab_test!(
+    iroh_udp_blocked_uses_the_relay,
+    iroh_pair(Nat::UdpBlocked, Nat::Cone, None, Some(false))
+);
 
 /// Manual mode: offer/answer through files in the lab's shared directory.
 fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcome> {
@@ -165,28 +298,78 @@ fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcom
     let mut lab = Lab::new(a, b, None);
     write_secrets(&lab);
     // LAN-only: server and client on the same LAN (host A and host A2), no STUN.
-    let (client_ns, server_ns) = if lan_only { (lab.a2.clone(), lab.a.clone()) } else { (lab.a.clone(), lab.b.clone()) };
+    let (client_ns, server_ns) = if lan_only {
+        (lab.a2.clone(), lab.a.clone())
+    } else {
+        (lab.a.clone(), lab.b.clone())
+    };
     start_services(&mut lab, &server_ns);
     let stun: Vec<&str> = if lan_only {
         vec!["--stun-server", "none"]
     } else {
-        vec!["--stun-server", "198.18.0.10:3478", "--stun-server", "198.18.0.10:3479"]
+        vec![
+            "--stun-server",
+            "198.18.0.10:3478",
+            "--stun-server",
+            "198.18.0.10:3479",
+        ]
     };
     let (offer, answer) = (lab.path("offer.txt"), lab.path("answer.txt"));
     let mut server = lab.cmd(&server_ns);
     server
-        .args(["server", "--mode", "manual", "--auth-tokens-file", &lab.path("tokens.txt")])
-        .args(["--allowed-tcp", "127.0.0.0/8", "--allowed-udp", "127.0.0.0/8"])
-        .args(["--offer-file", &offer, "--answer-file", &answer, "--punch-timeout", punch_timeout])
+        .args([
+            "server",
+            "--mode",
+            "manual",
+            "--auth-tokens-file",
+            &lab.path("tokens.txt"),
+        ])
+        .args([
+            "--allowed-tcp",
+            "127.0.0.0/8",
+            "--allowed-udp",
+            "127.0.0.0/8",
+        ])
+        .args([
+            "--offer-file",
+            &offer,
+            "--answer-file",
+            &answer,
+            "--punch-timeout",
+            punch_timeout,
+        ])
         .args(&stun);
     let s = lab.spawn("manual-server", server);
     let started = Instant::now();
     let mut client = lab.cmd(&client_ns);
     client
-        .args(["client", "--mode", "manual", "--auth-token-file", &lab.path("tokens.txt")])
-        .args(["--source", "tcp://127.0.0.1:7000", "--target", "127.0.0.1:8000"])
-        .args(["--source", "udp://127.0.0.1:7000", "--target", "127.0.0.1:8000"])
-        .args(["--offer-file", &offer, "--answer-file", &answer, "--punch-timeout", punch_timeout])
+        .args([
+            "client",
+            "--mode",
+            "manual",
+            "--auth-token-file",
+            &lab.path("tokens.txt"),
+        ])
+        .args([
+            "--source",
+            "tcp://127.0.0.1:7000",
+            "--target",
+            "127.0.0.1:8000",
+        ])
+        .args([
+            "--source",
+            "udp://127.0.0.1:7000",
+            "--target",
+            "127.0.0.1:8000",
+        ])
+        .args([
+            "--offer-file",
+            &offer,
+            "--answer-file",
+            &answer,
+            "--punch-timeout",
+            punch_timeout,
+        ])
         .args(&stun);
     let c = lab.spawn("manual-client", client);
 
@@ -211,11 +394,18 @@ fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcom
         if failed || Instant::now() > deadline {
             let o = Outcome {
                 mode: "manual",
-                pair: if lan_only { "LAN only (no STUN)".into() } else { pair_name(a, b, None) },
+                pair: if lan_only {
+                    "LAN only (no STUN)".into()
+                } else {
+                    pair_name(a, b, None)
+                },
                 path: "failed".into(),
                 ttfb_ms: 0,
                 direct_after_ms: None,
-                note: lab.procs[c].last_line("failed").or(lab.procs[c].last_line("error")).unwrap_or_default(),
+                note: lab.procs[c]
+                    .last_line("failed")
+                    .or(lab.procs[c].last_line("error"))
+                    .unwrap_or_default(),
             };
             record(&o);
             assert!(!must_work, "manual mode failed: {o:?}");
@@ -223,30 +413,79 @@ fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcom
         }
         std::thread::sleep(Duration::from_millis(100));
     }
-    let tcp = check(&lab, &client_ns, &["tcp-check", "127.0.0.1:8000", "--bytes", "200000", "--timeout-s", "30"]);
-    check(&lab, &client_ns, &["udp-check", "127.0.0.1:8000", "--size", "1472", "--count", "10", "--timeout-s", "30"]);
+    let tcp = check(
+        &lab,
+        &client_ns,
+        &[
+            "tcp-check",
+            "127.0.0.1:8000",
+            "--bytes",
+            "200000",
+            "--timeout-s",
+            "30",
+        ],
+    );
+    check(
+        &lab,
+        &client_ns,
+        &[
+            "udp-check",
+            "127.0.0.1:8000",
+            "--size",
+            "1472",
+            "--count",
+            "10",
+            "--timeout-s",
+            "30",
+        ],
+    );
     let punched = lab.procs[c].wait_line("punched in", Duration::from_secs(5));
     let o = Outcome {
         mode: "manual",
-        pair: if lan_only { "LAN only (no STUN)".into() } else { pair_name(a, b, None) },
+        pair: if lan_only {
+            "LAN only (no STUN)".into()
+        } else {
+            pair_name(a, b, None)
+        },
         path: "direct".into(),
         ttfb_ms: lab.procs[c]
             .first_seen("tunnel up")
             .map(|t| t.duration_since(started).as_millis())
             .unwrap_or_default()
             + json_field(&tcp, "ttfb_ms").unwrap_or_default(),
-        direct_after_ms: lab.procs[c].first_seen("punched in").map(|t| t.duration_since(started).as_millis()),
-        note: punched.split("punched").nth(1).map(|s| format!("punched{s}")).unwrap_or_default(),
+        direct_after_ms: lab.procs[c]
+            .first_seen("punched in")
+            .map(|t| t.duration_since(started).as_millis()),
+        note: punched
+            .split("punched")
+            .nth(1)
+            .map(|s| format!("punched{s}"))
+            .unwrap_or_default(),
     };
     record(&o);
     Some(o)
 }
 
-lab_test!(manual_cone_cone_goes_direct, manual_pair(Nat::Cone, Nat::Cone, false, true));
-lab_test!(manual_lan_only_without_stun, manual_pair(Nat::Cone, Nat::Cone, true, true));
-lab_test!(manual_cone_to_symmetric_server, manual_pair(Nat::Cone, Nat::Symmetric, false, true));
-lab_test!(manual_symmetric_client_to_cone, manual_pair(Nat::Symmetric, Nat::Cone, false, true));
-lab_test!(manual_symmetric_both_sides_is_reported, manual_pair(Nat::Symmetric, Nat::Symmetric, false, false));
+lab_test!(
+    manual_cone_cone_goes_direct,
+    manual_pair(Nat::Cone, Nat::Cone, false, true)
+);
+lab_test!(
+    manual_lan_only_without_stun,
+    manual_pair(Nat::Cone, Nat::Cone, true, true)
+);
+lab_test!(
+    manual_cone_to_symmetric_server,
+    manual_pair(Nat::Cone, Nat::Symmetric, false, true)
+);
+lab_test!(
+    manual_symmetric_client_to_cone,
+    manual_pair(Nat::Symmetric, Nat::Cone, false, true)
+);
+lab_test!(
+    manual_symmetric_both_sides_is_reported,
+    manual_pair(Nat::Symmetric, Nat::Symmetric, false, false)
+);
 
 /// The lab itself: a host behind a NAT is not reachable unsolicited.
 #[test]
@@ -265,9 +504,17 @@ fn lab_nat_blocks_unsolicited_inbound() {
     // private address behind it answers.
     let relay_ns = lab.a.replace("-hosta", "-relay");
     for target in ["198.18.0.12:7001", "192.168.2.2:7001"] {
-        let out = lab.tool(&relay_ns).args(["udp-check", target, "--count", "1", "--timeout-s", "2"]).output().unwrap();
+        let out = lab
+            .tool(&relay_ns)
+            .args(["udp-check", target, "--count", "1", "--timeout-s", "2"])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "UDP {target} reachable unsolicited");
-        let out = lab.tool(&relay_ns).args(["tcp-check", target, "--timeout-s", "2"]).output().unwrap();
+        let out = lab
+            .tool(&relay_ns)
+            .args(["tcp-check", target, "--timeout-s", "2"])
+            .output()
+            .unwrap();
         assert!(!out.status.success(), "TCP {target} reachable unsolicited");
     }
     // Outbound works: host A reaches the relay's HTTPS port through its NAT.
@@ -276,5 +523,9 @@ fn lab_nat_blocks_unsolicited_inbound() {
     relay_echo.args(["echo", "--tcp", "198.18.0.10:7002"]);
     lab.spawn("relay-echo", relay_echo);
     std::thread::sleep(Duration::from_millis(300));
-    check(&lab, &a, &["tcp-check", "198.18.0.10:7002", "--timeout-s", "5"]);
+    check(
+        &lab,
+        &a,
+        &["tcp-check", "198.18.0.10:7002", "--timeout-s", "5"],
+    );
 }

@@ -52,24 +52,47 @@ impl Proc {
     }
 
     pub fn output(&self) -> String {
-        self.out.lock().unwrap().iter().map(|(_, l)| l.as_str()).collect::<Vec<_>>().join("\n")
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .map(|(_, l)| l.as_str())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     /// When the first line containing `needle` was read, if any.
     pub fn first_seen(&self, needle: &str) -> Option<Instant> {
-        self.out.lock().unwrap().iter().find(|(_, l)| l.contains(needle)).map(|(t, _)| *t)
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(t, _)| *t)
     }
 
     /// The last line containing `needle`, if any.
     pub fn last_line(&self, needle: &str) -> Option<String> {
-        self.out.lock().unwrap().iter().rev().find(|(_, l)| l.contains(needle)).map(|(_, l)| l.clone())
+        self.out
+            .lock()
+            .unwrap()
+            .iter()
+            .rev()
+            .find(|(_, l)| l.contains(needle))
+            .map(|(_, l)| l.clone())
     }
 
     /// Waits for a line containing `needle`; returns it.
     pub fn wait_line(&self, needle: &str, limit: Duration) -> String {
         let start = Instant::now();
         loop {
-            if let Some((_, l)) = self.out.lock().unwrap().iter().find(|(_, l)| l.contains(needle)) {
+            if let Some((_, l)) = self
+                .out
+                .lock()
+                .unwrap()
+                .iter()
+                .find(|(_, l)| l.contains(needle))
+            {
                 return l.clone();
             }
             if start.elapsed() > limit {

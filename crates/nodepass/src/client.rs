@@ -1,0 +1,415 @@
+//! The client role: single-end (a plain local forwarder) or dual-end (handshake with a
+//! server, keep the pool filled, run the control channel, restart on failure).
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rustls_pki_types::CertificateDer;
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
+use crate::pool::{Io, Pool, PoolConn};
+use crate::relay::{self, Dialer, Limits};
+use crate::wire::http::{self, Reply};
+use crate::wire::url::{NodepassUrl, TlsMode};
+use crate::wire::{CONTROL_ID, PoolId, fingerprint, id_hex};
+
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    #[error("the server refused the handshake with {0}: {1}")]
+    Refused(u16, &'static str),
+    #[error("cannot listen on {0} for users: {1}")]
+    Bind(String, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+}
+
+/// Tunables that are not URL parameters.
+#[derive(Debug, Clone)]
+pub struct ClientOptions {
+    pub verify_after: Duration,
+    pub restart_delay: Duration,
+    /// Roots trusted for tls=2 besides the system's (and `SSL_CERT_FILE`).
+    pub extra_roots: Vec<CertificateDer<'static>>,
+}
+
+impl Default for ClientOptions {
+    fn default() -> Self {
+        Self {
+            verify_after: Duration::from_secs(5),
+            restart_delay: crate::server::RESTART_DELAY,
+            extra_roots: Vec::new(),
+        }
+    }
+}
+
+pub async fn run(
+    url: NodepassUrl,
+    opts: ClientOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let p = &url.params;
+    // Single-end: mode=1, or mode=0 when the tunnel address is ours to listen on.
+    let local = match p.mode {
+        1 => Some(
+            TcpListener::bind(url.tunnel.listen())
+                .await
+                .map_err(|e| ClientError::Bind(url.tunnel.listen(), e))?,
+        ),
+        0 => TcpListener::bind(url.tunnel.listen()).await.ok(),
+        _ => None,
+    };
+    if let Some(listener) = local {
+        return single_end(url, listener, shutdown).await;
+    }
+    dual_end(url, opts, shutdown).await
+}
+
+/// A plain local forwarder: no server, users connect to the tunnel address and are
+/// forwarded to the targets (TCP and UDP).
+async fn single_end(
+    url: NodepassUrl,
+    listener: TcpListener,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let p = &url.params;
+    info!(
+        "single-end mode: forwarding {} to {:?}",
+        url.tunnel.listen(),
+        url.targets
+            .iter()
+            .map(|t| t.to_string())
+            .collect::<Vec<_>>()
+    );
+    let dialer = Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy));
+    let limits = Arc::new(Limits::from_params(p));
+    if !p.noudp
+        && let Ok(u) = UdpSocket::bind(url.tunnel.listen()).await
+    {
+        tokio::spawn(single_end_udp(
+            Arc::new(u),
+            dialer.clone(),
+            shutdown.clone(),
+        ));
+    }
+    if p.notcp {
+        shutdown.cancelled().await;
+        return Ok(());
+    }
+    loop {
+        let (user, from) = tokio::select! {
+            _ = shutdown.cancelled() => return Ok(()),
+            a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
+        };
+        let dialer = dialer.clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            match dialer.tcp().await {
+                Ok((target, _)) => {
+                    relay::splice(user, target, &limits).await;
+                }
+                Err(e) => warn!("{from}: target unreachable: {e}"),
+            }
+        });
+    }
+}
+
+async fn single_end_udp(socket: Arc<UdpSocket>, dialer: Arc<Dialer>, shutdown: CancellationToken) {
+    use std::collections::HashMap;
+    let mut sessions: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = shutdown.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+        };
+        let target = match sessions.get(&from) {
+            Some(t) => t.clone(),
+            None => {
+                let Ok(t) = dialer.udp().await else { continue };
+                let t = Arc::new(t);
+                sessions.insert(from, t.clone());
+                let (back, sock) = (t.clone(), socket.clone());
+                tokio::spawn(async move {
+                    let mut b = vec![0u8; 65536];
+                    while let Ok(Ok(n)) =
+                        tokio::time::timeout(relay::UDP_IDLE, back.recv(&mut b)).await
+                    {
+                        let _ = sock.send_to(&b[..n], from).await;
+                    }
+                });
+                t
+            }
+        };
+        let _ = target.send(&buf[..n]).await;
+    }
+}
+
+async fn dual_end(
+    url: NodepassUrl,
+    opts: ClientOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ClientError> {
+    let p = url.params.clone();
+    let key = url.key();
+    let limits = Arc::new(Limits::from_params(&p));
+    let dialer = Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy));
+    let (tunnels_tx, tunnels_rx) = watch::channel::<Option<Arc<TunnelHandle>>>(None);
+    let user_cancel = shutdown.child_token();
+    let mut user_side_bound = false;
+    let result = loop {
+        let reply = tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            r = handshake(&url, &key) => match r {
+                Ok(r) => r,
+                Err(e) => break Err(e),
+            },
+        };
+        let forward = reply.flow == "+";
+        let tls = TlsMode::from_code(&reply.tls).unwrap_or(TlsMode::Plain);
+        info!(flow = %reply.flow, max = reply.max, tls = %reply.tls, "handshake accepted");
+        // Forward flow: we accept the users, on our first target.
+        if forward && !user_side_bound {
+            let (tcp, udp) = relay::bind_user_side(&url.targets[0], p.notcp, p.noudp)
+                .await
+                .map_err(|e| ClientError::Bind(url.targets[0].listen(), e))?;
+            if let Some(l) = tcp {
+                tokio::spawn(relay::accept_tcp(
+                    l,
+                    tunnels_rx.clone(),
+                    limits.clone(),
+                    user_cancel.clone(),
+                ));
+            }
+            if let Some(u) = udp {
+                tokio::spawn(relay::accept_udp(
+                    u,
+                    tunnels_rx.clone(),
+                    user_cancel.clone(),
+                ));
+            }
+            user_side_bound = true;
+        }
+        let connector = match tls {
+            TlsMode::Plain => None,
+            TlsMode::SelfSigned => Some(crate::tls::client_unverified()?),
+            TlsMode::Verified => Some(crate::tls::client_verified(&opts.extra_roots)?),
+        };
+        let pool = Arc::new(Pool::default());
+        let tunnel_cancel = shutdown.child_token();
+        let dialing = PoolDialer {
+            url: url.clone(),
+            connector,
+            pool: pool.clone(),
+            min: p.min.min(reply.max as usize).max(1),
+        };
+        let (control_tx, control_rx) = tokio::sync::oneshot::channel::<PoolConn>();
+        // The first pool connection after the handshake is the control channel.
+        let first = dialing.dial_one().await;
+        match first {
+            Ok(conn) if conn.id == CONTROL_ID => {
+                let _ = control_tx.send(conn);
+            }
+            Ok(conn) => warn!(
+                "the first pool connection got id {} instead of 00000000",
+                id_hex(conn.id)
+            ),
+            Err(e) => warn!("first pool connection: {e}"),
+        }
+        let filler = tokio::spawn(dialing.fill(tunnel_cancel.clone()));
+        let end = match tokio::time::timeout(Duration::from_secs(5), control_rx).await {
+            Ok(Ok(conn)) => {
+                info!("control channel up");
+                let ctx = ControlCtx {
+                    key: key.clone(),
+                    tls,
+                    own_fp: None,
+                    accepting: forward,
+                    pool: pool.clone(),
+                    dialer: Some(dialer.clone()),
+                    limits: limits.clone(),
+                    verify_after: opts.verify_after,
+                };
+                control::run(conn, ctx, &tunnels_tx, &shutdown).await
+            }
+            _ => ControlEnd::Error("no control channel within 5 s".into()),
+        };
+        tunnel_cancel.cancel();
+        filler.abort();
+        pool.clear();
+        if matches!(end, ControlEnd::Shutdown) {
+            break Ok(());
+        }
+        warn!(
+            "tunnel ended ({end:?}); redoing the handshake in {:?}",
+            opts.restart_delay
+        );
+        tokio::select! {
+            _ = shutdown.cancelled() => break Ok(()),
+            _ = tokio::time::sleep(opts.restart_delay) => {}
+        }
+    };
+    user_cancel.cancel();
+    result
+}
+
+/// Handshake, retried on early EOF or connection errors (v1.14 servers may close before
+/// their reply is flushed); a refusal (401/404/405) is final.
+async fn handshake(url: &NodepassUrl, key: &str) -> Result<Reply, ClientError> {
+    let mut delay = Duration::from_secs(1);
+    loop {
+        match try_handshake(url, key).await {
+            Ok(Ok(reply)) => return Ok(reply),
+            Ok(Err(code)) => {
+                let why = match code {
+                    401 => {
+                        "wrong tunnel key (the URL's key@, or the port-derived key: both ends need the same)"
+                    }
+                    404 => "wrong path",
+                    405 => "wrong method",
+                    _ => "unexpected status",
+                };
+                return Err(ClientError::Refused(code, why));
+            }
+            Err(e) => {
+                warn!(
+                    "handshake with {} failed: {e}; retrying in {delay:?}",
+                    url.tunnel.dial()
+                );
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(3));
+            }
+        }
+    }
+}
+
+async fn try_handshake(url: &NodepassUrl, key: &str) -> std::io::Result<Result<Reply, u16>> {
+    let mut s = tokio::time::timeout(
+        Duration::from_secs(10),
+        TcpStream::connect(url.tunnel.dial()),
+    )
+    .await
+    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
+    s.write_all(http::request(&url.sni(), key).as_bytes())
+        .await?;
+    let mut buf = Vec::new();
+    let read = async {
+        let mut chunk = [0u8; 2048];
+        loop {
+            let n = s.read(&mut chunk).await?;
+            if n == 0 {
+                return Ok::<_, std::io::Error>(());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+            if buf.len() > http::MAX_HEAD + http::MAX_BODY {
+                return Ok(());
+            }
+        }
+    };
+    tokio::time::timeout(Duration::from_secs(10), read)
+        .await
+        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
+    if buf.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed before replying",
+        ));
+    }
+    match http::parse_response(&buf) {
+        Ok((200, Some(reply))) => Ok(Ok(reply)),
+        Ok((code, _)) => Ok(Err(code)),
+        Err(e) => Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            e.to_string(),
+        )),
+    }
+}
+
+struct PoolDialer {
+    url: NodepassUrl,
+    connector: Option<tokio_rustls::TlsConnector>,
+    pool: Arc<Pool>,
+    min: usize,
+}
+
+impl PoolDialer {
+    /// One pool connection: connect, TLS if asked, read the 4-byte ID.
+    async fn dial_one(&self) -> std::io::Result<PoolConn> {
+        let tcp = TcpStream::connect(self.url.tunnel.dial()).await?;
+        let _ = tcp.set_nodelay(true);
+        let _ = socket2::SockRef::from(&tcp)
+            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+        let (mut io, seen_fp): (Box<dyn Io>, Option<String>) = match &self.connector {
+            None => (Box::new(tcp), None),
+            Some(c) => {
+                let name = crate::tls::server_name(&self.url.sni(), &self.url.tunnel.host)
+                    .map_err(|e| std::io::Error::other(e.to_string()))?;
+                let tls = tokio::time::timeout(Duration::from_secs(10), c.connect(name, tcp))
+                    .await
+                    .map_err(|_| {
+                        std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
+                    })??;
+                let fp = tls
+                    .get_ref()
+                    .1
+                    .peer_certificates()
+                    .and_then(|c| c.first())
+                    .map(|c| fingerprint(c));
+                (Box::new(tls), fp)
+            }
+        };
+        let mut id: PoolId = [0; 4];
+        tokio::time::timeout(Duration::from_secs(60), io.read_exact(&mut id))
+            .await
+            .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no pool ID"))??;
+        Ok(PoolConn {
+            id,
+            io,
+            seen_fp,
+            since: std::time::Instant::now(),
+        })
+    }
+
+    /// Keeps at least `min` idle connections, checking every 100 ms.
+    async fn fill(self, cancel: CancellationToken) {
+        let this = Arc::new(self);
+        let mut failures = 0u32;
+        loop {
+            let missing = this.min.saturating_sub(this.pool.len());
+            if missing > 0 {
+                let batch = missing.min(16);
+                let mut set = tokio::task::JoinSet::new();
+                for _ in 0..batch {
+                    let t = this.clone();
+                    set.spawn(async move { t.dial_one().await });
+                }
+                while let Some(r) = set.join_next().await {
+                    match r {
+                        Ok(Ok(conn)) => {
+                            failures = 0;
+                            this.pool.push(conn);
+                        }
+                        Ok(Err(e)) => {
+                            failures += 1;
+                            debug!("pool connection: {e}");
+                        }
+                        Err(_) => {}
+                    }
+                }
+            }
+            let pause = if failures > 0 {
+                Duration::from_millis(100 * u64::from(failures.min(10)))
+            } else {
+                Duration::from_millis(100)
+            };
+            tokio::select! {
+                _ = cancel.cancelled() => return,
+                _ = tokio::time::sleep(pause) => {}
+            }
+        }
+    }
+}

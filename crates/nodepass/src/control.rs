@@ -1,0 +1,315 @@
+//! The control channel (pool connection `00000000`), shared by both roles: pings,
+//! launches, the tls=1 fingerprint check, flushes, and dead-peer detection.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::pool::{Pool, PoolConn};
+use crate::relay::{self, Dialer, Limits};
+use crate::wire::signal::{MAX_LINE, Signal};
+use crate::wire::url::TlsMode;
+use crate::wire::{id_hex, parse_id};
+
+/// Pings go out this often; this long without any line means the peer is dead.
+pub const PING_EVERY: Duration = Duration::from_secs(5);
+pub const DEAD_AFTER: Duration = Duration::from_secs(15);
+/// A launched pool connection is looked up for this long on the dialing side.
+pub const LOOKUP_WAIT: Duration = Duration::from_secs(5);
+
+/// What the accepting side needs to start sessions on the current tunnel.
+#[derive(Debug)]
+pub struct TunnelHandle {
+    pub pool: Arc<Pool>,
+    signals: mpsc::Sender<Signal>,
+    verified: watch::Receiver<bool>,
+    pub errors: AtomicU64,
+}
+
+impl TunnelHandle {
+    /// Takes the oldest idle pool connection and announces it (`tcp` / `udp`); the caller
+    /// relays at once, without waiting for an answer.
+    pub async fn launch(&self, kind: &str, remote: SocketAddr) -> Option<PoolConn> {
+        let mut v = self.verified.clone();
+        // Under tls=1 nothing is served before the peer's fingerprint was checked.
+        if tokio::time::timeout(Duration::from_secs(15), v.wait_for(|ok| *ok))
+            .await
+            .is_err()
+        {
+            warn!("peer not verified: refusing {remote}");
+            return None;
+        }
+        let mut conn = self.pool.take_oldest();
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
+        while conn.is_none() && tokio::time::Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            conn = self.pool.take_oldest();
+        }
+        let Some(conn) = conn else {
+            self.errors.fetch_add(1, Ordering::Relaxed);
+            warn!("no idle pool connection for {remote}");
+            return None;
+        };
+        let signal = Signal {
+            action: kind.into(),
+            remote: remote.to_string(),
+            id: id_hex(conn.id),
+            fp: String::new(),
+        };
+        if self.signals.send(signal).await.is_err() {
+            return None;
+        }
+        Some(conn)
+    }
+}
+
+/// Everything the control loop needs.
+pub struct ControlCtx {
+    pub key: String,
+    pub tls: TlsMode,
+    /// The server certificate fingerprint as this side knows it (servers: their own).
+    pub own_fp: Option<String>,
+    pub accepting: bool,
+    pub pool: Arc<Pool>,
+    pub dialer: Option<Arc<Dialer>>,
+    pub limits: Arc<Limits>,
+    /// When to send our own `verify` (tls=1): 5-10 s after the channel is up.
+    pub verify_after: Duration,
+}
+
+/// Why the control channel ended.
+#[derive(Debug)]
+pub enum ControlEnd {
+    Eof,
+    Dead,
+    VerifyMismatch,
+    Shutdown,
+    Error(String),
+}
+
+/// Runs the control channel on `conn` until it ends; publishes the tunnel handle
+/// (accepting side) while it runs.
+pub async fn run(
+    conn: PoolConn,
+    ctx: ControlCtx,
+    tunnels: &watch::Sender<Option<Arc<TunnelHandle>>>,
+    shutdown: &CancellationToken,
+) -> ControlEnd {
+    let control_fp = conn.seen_fp.clone();
+    let (reader, mut writer) = tokio::io::split(conn.io);
+    let mut lines = BufReader::new(reader);
+    let (tx, mut rx) = mpsc::channel::<Signal>(256);
+    let needs_verify = ctx.tls == TlsMode::SelfSigned;
+    let (verified_tx, verified_rx) = watch::channel(!needs_verify);
+    let handle = Arc::new(TunnelHandle {
+        pool: ctx.pool.clone(),
+        signals: tx.clone(),
+        verified: verified_rx,
+        errors: AtomicU64::new(0),
+    });
+    if ctx.accepting {
+        let _ = tunnels.send(Some(handle.clone()));
+    }
+    let key = ctx.key.clone();
+    let writer_task = tokio::spawn(async move {
+        let mut ping = tokio::time::interval(PING_EVERY);
+        loop {
+            let s = tokio::select! {
+                _ = ping.tick() => Signal::action("ping"),
+                s = rx.recv() => match s { Some(s) => s, None => return },
+            };
+            if writer.write_all(s.encode(&key).as_bytes()).await.is_err()
+                || writer.flush().await.is_err()
+            {
+                return;
+            }
+        }
+    });
+    let (end_tx, mut end_rx) = mpsc::channel::<ControlEnd>(4);
+
+    // Our own fingerprint check (tls=1): the NEWEST idle connection, unlike v1.14,
+    // which picks the oldest on both sides and can collide on small pools.
+    if needs_verify {
+        let pool = ctx.pool.clone();
+        let tx = tx.clone();
+        let own = ctx.own_fp.clone();
+        let delay = ctx.verify_after;
+        tokio::spawn(async move {
+            tokio::time::sleep(delay).await;
+            loop {
+                if let Some(c) = pool.take_newest() {
+                    let fp = own.clone().or(c.seen_fp.clone()).unwrap_or_default();
+                    let _ = tx
+                        .send(Signal {
+                            action: "verify".into(),
+                            remote: String::new(),
+                            id: id_hex(c.id),
+                            fp,
+                        })
+                        .await;
+                    debug!("sent verify for {}", id_hex(c.id));
+                    return;
+                }
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                if tx.is_closed() {
+                    return;
+                }
+            }
+        });
+    }
+
+    let mut flush_check = tokio::time::interval(Duration::from_secs(5));
+    let mut line = String::new();
+    let end = loop {
+        line.clear();
+        let read = tokio::time::timeout(DEAD_AFTER, read_line(&mut lines, &mut line));
+        tokio::select! {
+            _ = shutdown.cancelled() => break ControlEnd::Shutdown,
+            e = end_rx.recv() => break e.unwrap_or(ControlEnd::Error("control ended".into())),
+            _ = flush_check.tick() => {
+                let idle = ctx.pool.len() as u64;
+                let errors = handle.errors.load(Ordering::Relaxed);
+                if errors > 0 && errors > idle / 2 {
+                    info!(errors, idle, "too many pool errors: flushing idle connections");
+                    let _ = tx.send(Signal::action("flush")).await;
+                    ctx.pool.clear();
+                    handle.errors.store(0, Ordering::Relaxed);
+                }
+                continue;
+            }
+            r = read => match r {
+                Err(_) => break ControlEnd::Dead,
+                Ok(Err(e)) => break ControlEnd::Error(e.to_string()),
+                Ok(Ok(0)) => break ControlEnd::Eof,
+                Ok(Ok(_)) => {}
+            }
+        }
+        let signal = match Signal::decode(&line, &ctx.key) {
+            Ok(s) => s,
+            Err(e) => {
+                warn!("ignoring a malformed signal: {e}");
+                continue;
+            }
+        };
+        match signal.action.as_str() {
+            "ping" => {
+                let _ = tx.send(Signal::action("pong")).await;
+            }
+            "pong" => {}
+            "flush" => {
+                let n = ctx.pool.clear();
+                info!("peer asked for a flush: dropped {n} idle connection(s)");
+            }
+            kind @ ("tcp" | "udp") => {
+                let Some(dialer) = ctx.dialer.clone().filter(|_| !ctx.accepting) else {
+                    warn!("ignoring a {kind} launch: this side accepts user traffic itself");
+                    continue;
+                };
+                let Some(id) = parse_id(&signal.id) else {
+                    warn!("ignoring a {kind} launch with a bad id {:?}", signal.id);
+                    continue;
+                };
+                let remote = signal.remote.parse::<SocketAddr>().ok();
+                let pool = ctx.pool.clone();
+                let limits = ctx.limits.clone();
+                let errors_handle = handle.clone();
+                let udp = kind == "udp";
+                tokio::spawn(async move {
+                    let Some(conn) = pool.wait_take(id, LOOKUP_WAIT).await else {
+                        errors_handle.errors.fetch_add(1, Ordering::Relaxed);
+                        warn!("launch for unknown pool connection {}", id_hex(id));
+                        return;
+                    };
+                    if udp {
+                        relay::dial_udp(conn, &dialer).await;
+                    } else {
+                        relay::dial_tcp(conn, remote, &dialer, &limits).await;
+                    }
+                });
+            }
+            "verify" => {
+                let Some(id) = parse_id(&signal.id) else {
+                    continue;
+                };
+                let pool = ctx.pool.clone();
+                let own = ctx.own_fp.clone();
+                let control_fp = control_fp.clone();
+                let tls = ctx.tls;
+                let verified_tx = verified_tx.clone();
+                let end_tx = end_tx.clone();
+                tokio::spawn(async move {
+                    let conn = pool.wait_take(id, LOOKUP_WAIT).await;
+                    // tls=2 peers (v1.14) send an empty fingerprint: skip the check there.
+                    if tls != TlsMode::SelfSigned {
+                        let _ = verified_tx.send(true);
+                        return;
+                    }
+                    let mine = own
+                        .or_else(|| conn.as_ref().and_then(|c| c.seen_fp.clone()))
+                        .or(control_fp);
+                    match mine {
+                        Some(m) if m == signal.fp => {
+                            info!(
+                                "peer verified the TLS fingerprint {}",
+                                &m[..m.len().min(23)]
+                            );
+                            let _ = verified_tx.send(true);
+                        }
+                        Some(m) => {
+                            warn!(
+                                "TLS fingerprint mismatch: peer sees {:?}, we see {m:?}: tearing the tunnel down",
+                                signal.fp
+                            );
+                            let _ = end_tx.send(ControlEnd::VerifyMismatch).await;
+                        }
+                        None => {
+                            warn!("verify for unknown pool connection {}: ignored", id_hex(id));
+                            let _ = verified_tx.send(true);
+                        }
+                    }
+                });
+            }
+            other => debug!("ignoring unknown action {other:?}"),
+        }
+    };
+    writer_task.abort();
+    let _ = tunnels.send(None);
+    end
+}
+
+/// Reads one line with a length cap (a peer cannot make us buffer without bound).
+async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(
+    r: &mut R,
+    out: &mut String,
+) -> std::io::Result<usize> {
+    let mut total = 0;
+    loop {
+        let buf = r.fill_buf().await?;
+        if buf.is_empty() {
+            return Ok(total);
+        }
+        let (chunk, done) = match buf.iter().position(|&b| b == b'\n') {
+            Some(i) => (&buf[..=i], true),
+            None => (buf, false),
+        };
+        let n = chunk.len();
+        if total + n > MAX_LINE + 2 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "signal line too long",
+            ));
+        }
+        out.push_str(&String::from_utf8_lossy(chunk));
+        total += n;
+        r.consume(n);
+        if done {
+            return Ok(total);
+        }
+    }
+}

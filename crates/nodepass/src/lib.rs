@@ -1,0 +1,19 @@
+//! NodePass v1.14 compatible tunnels: porthole can stand in for either end of a
+//! NodePass TCP-pool (`type=0`) tunnel and talk to the real NodePass on the wire.
+//!
+//! - [`wire`]: the protocol as data (no I/O), tested on the documented byte examples.
+//! - [`tls`]: tls=0/1/2 server and client configurations.
+//! - [`pool`]: the idle pool connections, by ID.
+//! - [`server`] / [`client`]: the two roles (handshake, pool, control channel).
+//! - [`control`]: the control channel shared by both roles: signals, liveness, verify.
+//! - [`relay`]: user sessions over pool connections (TCP, UDP), targets, limits.
+
+pub mod client;
+pub mod control;
+pub mod pool;
+pub mod relay;
+pub mod server;
+pub mod tls;
+pub mod wire;
+
+pub use wire::url::{NodepassUrl, Role};

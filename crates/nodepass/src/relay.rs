@@ -1,0 +1,443 @@
+//! User sessions over pool connections: the accepting side's listeners, the dialing
+//! side's targets, the byte and datagram relays, and the session limits.
+
+use std::collections::HashMap;
+use std::io;
+use std::net::{IpAddr, SocketAddr};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, watch};
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::control::TunnelHandle;
+use crate::pool::PoolConn;
+use crate::wire::proxy;
+use crate::wire::url::{HostPort, Params};
+
+/// UDP sessions end after this much silence.
+pub const UDP_IDLE: Duration = Duration::from_secs(30);
+/// Dialing a target gives up after this long.
+pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
+const BUF: usize = 32 * 1024;
+
+/// `slot`, `rate` and `read` of the URL.
+#[derive(Debug)]
+pub struct Limits {
+    pub slots: Option<Arc<Semaphore>>,
+    pub rate: Option<RateLimiter>,
+    pub read: Option<Duration>,
+}
+
+impl Limits {
+    pub fn from_params(p: &Params) -> Self {
+        Self {
+            slots: (p.slot > 0).then(|| Arc::new(Semaphore::new(p.slot))),
+            rate: (p.rate > 0).then(|| RateLimiter::new(p.rate * 125_000)),
+            read: p.read,
+        }
+    }
+}
+
+/// A token bucket shared by every session of a tunnel (bytes per second).
+#[derive(Debug)]
+pub struct RateLimiter {
+    per_sec: u64,
+    state: Mutex<(f64, Instant)>,
+}
+
+impl RateLimiter {
+    pub fn new(per_sec: u64) -> Self {
+        Self {
+            per_sec,
+            state: Mutex::new((per_sec as f64, Instant::now())),
+        }
+    }
+
+    /// Waits until `n` bytes may pass.
+    pub async fn take(&self, n: usize) {
+        loop {
+            let wait = {
+                let mut s = self.state.lock().unwrap_or_else(|e| e.into_inner());
+                let now = Instant::now();
+                let cap = self.per_sec as f64;
+                s.0 = (s.0 + now.duration_since(s.1).as_secs_f64() * cap).min(cap);
+                s.1 = now;
+                if s.0 >= n as f64 || s.0 >= cap {
+                    s.0 -= n as f64;
+                    return;
+                }
+                Duration::from_secs_f64((n as f64 - s.0) / cap)
+            };
+            tokio::time::sleep(wait).await;
+        }
+    }
+}
+
+/// Copies both ways; EOF on one side finishes only that direction (half-close), an
+/// error or `read` idle time ends both. Returns bytes (a -> b, b -> a).
+pub async fn splice<A, B>(a: A, b: B, limits: &Limits) -> (u64, u64)
+where
+    A: AsyncRead + AsyncWrite + Unpin + Send,
+    B: AsyncRead + AsyncWrite + Unpin + Send,
+{
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let last = AtomicU64::new(0);
+    let start = Instant::now();
+    let up = copy(&mut ar, &mut bw, limits, &last, start);
+    let down = copy(&mut br, &mut aw, limits, &last, start);
+    let idle = async {
+        match limits.read {
+            None => std::future::pending::<()>().await,
+            Some(limit) => loop {
+                tokio::time::sleep(limit / 4 + Duration::from_millis(10)).await;
+                let idle_ms = (start.elapsed().as_millis() as u64)
+                    .saturating_sub(last.load(Ordering::Relaxed));
+                if Duration::from_millis(idle_ms) >= limit {
+                    debug!("session idle for {limit:?}: closing");
+                    return;
+                }
+            },
+        }
+    };
+    tokio::pin!(up, down, idle);
+    let (mut u, mut d) = (None, None);
+    loop {
+        tokio::select! {
+            r = &mut up, if u.is_none() => match r { Ok(n) => u = Some(n), Err(_) => break },
+            r = &mut down, if d.is_none() => match r { Ok(n) => d = Some(n), Err(_) => break },
+            _ = &mut idle => break,
+        }
+        if u.is_some() && d.is_some() {
+            break;
+        }
+    }
+    (u.unwrap_or_default(), d.unwrap_or_default())
+}
+
+async fn copy<R, W>(
+    r: &mut R,
+    w: &mut W,
+    limits: &Limits,
+    last: &AtomicU64,
+    start: Instant,
+) -> io::Result<u64>
+where
+    R: AsyncRead + Unpin,
+    W: AsyncWrite + Unpin,
+{
+    let mut buf = vec![0u8; BUF];
+    let mut total = 0;
+    loop {
+        let n = r.read(&mut buf).await?;
+        if n == 0 {
+            let _ = w.shutdown().await;
+            return Ok(total);
+        }
+        if let Some(rate) = &limits.rate {
+            rate.take(n).await;
+        }
+        w.write_all(&buf[..n]).await?;
+        total += n as u64;
+        last.store(start.elapsed().as_millis() as u64, Ordering::Relaxed);
+    }
+}
+
+/// The dialing side's targets: round robin, with failover to the next on error.
+#[derive(Debug)]
+pub struct Dialer {
+    pub targets: Vec<HostPort>,
+    next: AtomicUsize,
+    pub from: Option<IpAddr>,
+    pub proxy: bool,
+}
+
+impl Dialer {
+    pub fn new(targets: Vec<HostPort>, from: Option<IpAddr>, proxy: bool) -> Self {
+        Self {
+            targets,
+            next: AtomicUsize::new(0),
+            from,
+            proxy,
+        }
+    }
+
+    fn order(&self) -> Vec<&HostPort> {
+        let start = self.next.fetch_add(1, Ordering::Relaxed);
+        (0..self.targets.len())
+            .map(|i| &self.targets[(start + i) % self.targets.len()])
+            .collect()
+    }
+
+    pub async fn tcp(&self) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no target");
+        for t in self.order() {
+            match tokio::time::timeout(DIAL_TIMEOUT, self.tcp_one(t)).await {
+                Ok(Ok(s)) => return Ok(s),
+                Ok(Err(e)) => last = io::Error::new(e.kind(), format!("{t}: {e}")),
+                Err(_) => {
+                    last = io::Error::new(io::ErrorKind::TimedOut, format!("{t}: dial timed out"))
+                }
+            }
+        }
+        Err(last)
+    }
+
+    async fn tcp_one(&self, t: &HostPort) -> io::Result<(TcpStream, SocketAddr)> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
+        for addr in tokio::net::lookup_host(t.dial()).await? {
+            let socket = if addr.is_ipv4() {
+                TcpSocket::new_v4()?
+            } else {
+                TcpSocket::new_v6()?
+            };
+            if let Some(ip) = self.from.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
+                socket.bind(SocketAddr::new(ip, 0))?;
+            }
+            match socket.connect(addr).await {
+                Ok(s) => {
+                    let _ = s.set_nodelay(true);
+                    return Ok((s, addr));
+                }
+                Err(e) => last = e,
+            }
+        }
+        Err(last)
+    }
+
+    pub async fn udp(&self) -> io::Result<UdpSocket> {
+        let mut last = io::Error::new(io::ErrorKind::NotFound, "no target");
+        for t in self.order() {
+            let addr = match tokio::net::lookup_host(t.dial())
+                .await
+                .map(|mut a| a.next())
+            {
+                Ok(Some(a)) => a,
+                Ok(None) => continue,
+                Err(e) => {
+                    last = e;
+                    continue;
+                }
+            };
+            let local: SocketAddr = match (self.from, addr) {
+                (Some(ip), _) if ip.is_ipv4() == addr.is_ipv4() => SocketAddr::new(ip, 0),
+                (_, SocketAddr::V4(_)) => ([0, 0, 0, 0], 0).into(),
+                (_, SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
+            };
+            let s = UdpSocket::bind(local).await?;
+            s.connect(addr).await?;
+            return Ok(s);
+        }
+        Err(last)
+    }
+}
+
+/// Dialing side: a `tcp` launch. Dials a target and relays.
+pub async fn dial_tcp(
+    conn: PoolConn,
+    remote: Option<SocketAddr>,
+    dialer: &Dialer,
+    limits: &Limits,
+) {
+    let _slot = match &limits.slots {
+        Some(s) => match s.clone().try_acquire_owned() {
+            Ok(p) => Some(p),
+            Err(_) => {
+                warn!("slot limit reached: refusing a session");
+                return;
+            }
+        },
+        None => None,
+    };
+    let (mut target, addr) = match dialer.tcp().await {
+        Ok(t) => t,
+        Err(e) => {
+            warn!("target unreachable: {e}");
+            return;
+        }
+    };
+    if dialer.proxy
+        && let Some(src) = remote
+        && target
+            .write_all(proxy::v1_line(src, addr).as_bytes())
+            .await
+            .is_err()
+    {
+        return;
+    }
+    let (a, b) = splice(conn.io, target, limits).await;
+    debug!(to_target = a, from_target = b, "tcp session done");
+}
+
+/// Dialing side: a `udp` launch. Datagrams are written as-is; each read is one datagram.
+pub async fn dial_udp(conn: PoolConn, dialer: &Dialer) {
+    let socket = match dialer.udp().await {
+        Ok(s) => s,
+        Err(e) => {
+            warn!("UDP target: {e}");
+            return;
+        }
+    };
+    let (mut r, mut w) = tokio::io::split(conn.io);
+    let mut from_pool = vec![0u8; 65536];
+    let mut from_target = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            n = r.read(&mut from_pool) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => { let _ = socket.send(&from_pool[..n]).await; }
+            },
+            n = socket.recv(&mut from_target) => match n {
+                Ok(n) => if w.write_all(&from_target[..n]).await.is_err() { break },
+                Err(e) => debug!("UDP target: {e}"),
+            },
+            _ = tokio::time::sleep(UDP_IDLE) => break,
+        }
+    }
+}
+
+pub type Tunnels = watch::Receiver<Option<Arc<TunnelHandle>>>;
+
+/// Accepting side, TCP: each user connection rides a pool connection.
+pub async fn accept_tcp(
+    listener: TcpListener,
+    tunnels: Tunnels,
+    limits: Arc<Limits>,
+    cancel: CancellationToken,
+) {
+    loop {
+        let (user, from) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(x) => x,
+                Err(e) => { warn!("accept: {e}"); tokio::time::sleep(Duration::from_millis(100)).await; continue; }
+            },
+        };
+        let _ = user.set_nodelay(true);
+        let tunnel = tunnels.borrow().clone();
+        let limits = limits.clone();
+        tokio::spawn(async move {
+            let Some(tunnel) = tunnel else {
+                debug!("no tunnel: closing user connection from {from}");
+                return;
+            };
+            let _slot = match &limits.slots {
+                Some(s) => match s.clone().try_acquire_owned() {
+                    Ok(p) => Some(p),
+                    Err(_) => {
+                        warn!("slot limit reached: refusing {from}");
+                        return;
+                    }
+                },
+                None => None,
+            };
+            let Some(conn) = tunnel.launch("tcp", from).await else {
+                return;
+            };
+            let (a, b) = splice(user, conn.io, &limits).await;
+            debug!(%from, up = a, down = b, "tcp session done");
+        });
+    }
+}
+
+/// Accepting side, UDP: one pool connection per user address.
+pub async fn accept_udp(socket: Arc<UdpSocket>, tunnels: Tunnels, cancel: CancellationToken) {
+    let sessions: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>> = Arc::default();
+    let mut buf = vec![0u8; 65536];
+    loop {
+        let (n, from) = tokio::select! {
+            _ = cancel.cancelled() => return,
+            r = socket.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+        };
+        let datagram = buf[..n].to_vec();
+        let existing = sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&from)
+            .cloned();
+        let datagram = match existing {
+            None => datagram,
+            Some(tx) => match tx.try_send(datagram) {
+                Ok(()) => continue,
+                // A full queue drops the datagram, as a congested link would.
+                Err(mpsc::error::TrySendError::Full(_)) => continue,
+                // The session ended: start a new one with this datagram.
+                Err(mpsc::error::TrySendError::Closed(d)) => d,
+            },
+        };
+        let Some(tunnel) = tunnels.borrow().clone() else {
+            continue;
+        };
+        let (tx, rx) = mpsc::channel::<Vec<u8>>(256);
+        let _ = tx.try_send(datagram);
+        sessions
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .insert(from, tx);
+        let socket = socket.clone();
+        let sessions = sessions.clone();
+        tokio::spawn(async move {
+            if let Some(conn) = tunnel.launch("udp", from).await {
+                udp_session(conn, socket, from, rx).await;
+            }
+            sessions
+                .lock()
+                .unwrap_or_else(|e| e.into_inner())
+                .remove(&from);
+        });
+    }
+}
+
+async fn udp_session(
+    conn: PoolConn,
+    socket: Arc<UdpSocket>,
+    user: SocketAddr,
+    mut rx: mpsc::Receiver<Vec<u8>>,
+) {
+    let (mut r, mut w) = tokio::io::split(conn.io);
+    let mut buf = vec![0u8; 65536];
+    loop {
+        tokio::select! {
+            d = rx.recv() => match d {
+                Some(d) => if w.write_all(&d).await.is_err() { break },
+                None => break,
+            },
+            n = r.read(&mut buf) => match n {
+                Ok(0) | Err(_) => break,
+                Ok(n) => { let _ = socket.send_to(&buf[..n], user).await; }
+            },
+            _ = tokio::time::sleep(UDP_IDLE) => break,
+        }
+    }
+    debug!(%user, "udp session done");
+}
+
+/// Binds the accepting side's listeners on `addr` (TCP and/or UDP).
+pub async fn bind_user_side(
+    addr: &HostPort,
+    notcp: bool,
+    noudp: bool,
+) -> io::Result<(Option<TcpListener>, Option<Arc<UdpSocket>>)> {
+    let tcp = if notcp {
+        None
+    } else {
+        Some(TcpListener::bind(addr.listen()).await?)
+    };
+    let udp = if noudp {
+        None
+    } else {
+        Some(Arc::new(UdpSocket::bind(addr.listen()).await?))
+    };
+    if let Some(t) = &tcp {
+        info!("accepting user TCP on {}", t.local_addr()?);
+    }
+    if let Some(u) = &udp {
+        info!("accepting user UDP on {}", u.local_addr()?);
+    }
+    Ok((tcp, udp))
+}

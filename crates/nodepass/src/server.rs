@@ -1,0 +1,393 @@
+//! The server role: handshake, pool numbering, control channel, restart on failure.
+
+use std::net::IpAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::watch;
+use tokio_util::sync::CancellationToken;
+use tracing::{debug, info, warn};
+
+use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
+use crate::pool::{Io, Pool, PoolConn};
+use crate::relay::{self, Dialer, Limits};
+use crate::tls::ServerTls;
+use crate::wire::http::{self, Reply, Verdict};
+use crate::wire::url::{NodepassUrl, TlsMode};
+use crate::wire::{CONTROL_ID, PoolId, id_hex};
+
+/// Handshake requests must be complete within this.
+const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+/// Pause before redoing the handshake after the tunnel failed.
+pub const RESTART_DELAY: Duration = Duration::from_secs(3);
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServerError {
+    #[error("cannot listen on the tunnel address {0}: {1}")]
+    Bind(String, std::io::Error),
+    #[error(transparent)]
+    Tls(#[from] crate::tls::TlsError),
+    #[error("mode=1 (reverse) needs the target address free to listen on: {0}")]
+    Target(std::io::Error),
+}
+
+/// Tunables that are not URL parameters (tests shorten them).
+#[derive(Debug, Clone)]
+pub struct ServerOptions {
+    pub verify_after: Duration,
+    pub restart_delay: Duration,
+}
+
+impl Default for ServerOptions {
+    fn default() -> Self {
+        Self {
+            verify_after: Duration::from_secs(5),
+            restart_delay: RESTART_DELAY,
+        }
+    }
+}
+
+pub async fn run(
+    url: NodepassUrl,
+    opts: ServerOptions,
+    shutdown: CancellationToken,
+) -> Result<(), ServerError> {
+    let p = &url.params;
+    let tls = match p.tls {
+        TlsMode::Plain => None,
+        TlsMode::SelfSigned => Some(ServerTls::self_signed()?),
+        TlsMode::Verified => Some(ServerTls::from_files(
+            Path::new(p.crt.as_deref().unwrap_or_default()),
+            Path::new(p.key.as_deref().unwrap_or_default()),
+        )?),
+    };
+    let listener = TcpListener::bind(url.tunnel.listen())
+        .await
+        .map_err(|e| ServerError::Bind(url.tunnel.listen(), e))?;
+    info!(
+        "NodePass server on {} (tls={})",
+        listener
+            .local_addr()
+            .map(|a| a.to_string())
+            .unwrap_or_default(),
+        p.tls.code()
+    );
+
+    // Flow: reverse when we can listen on the target ourselves (mode 0 tries), else forward.
+    let target = &url.targets[0];
+    let user_side = match p.mode {
+        2 => None,
+        1 => Some(
+            relay::bind_user_side(target, p.notcp, p.noudp)
+                .await
+                .map_err(ServerError::Target)?,
+        ),
+        _ => relay::bind_user_side(target, p.notcp, p.noudp).await.ok(),
+    };
+    let reverse = user_side.is_some();
+    info!(
+        "flow: {}",
+        if reverse {
+            "reverse (users connect here)"
+        } else {
+            "forward (the client accepts users; we dial the targets)"
+        }
+    );
+    let limits = Arc::new(Limits::from_params(p));
+    let (tunnels_tx, tunnels_rx) = watch::channel::<Option<Arc<TunnelHandle>>>(None);
+    let user_cancel = shutdown.child_token();
+    if let Some((tcp, udp)) = user_side {
+        if let Some(l) = tcp {
+            tokio::spawn(relay::accept_tcp(
+                l,
+                tunnels_rx.clone(),
+                limits.clone(),
+                user_cancel.clone(),
+            ));
+        }
+        if let Some(u) = udp {
+            tokio::spawn(relay::accept_udp(
+                u,
+                tunnels_rx.clone(),
+                user_cancel.clone(),
+            ));
+        }
+    }
+    let dialer = (!reverse).then(|| Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy)));
+    let key = url.key();
+    let reply = Reply {
+        flow: if reverse { "-" } else { "+" }.into(),
+        max: p.max as u64,
+        tls: p.tls.code().into(),
+        pool_type: "0".into(),
+    };
+
+    let mut pending: Option<TcpStream> = None;
+    loop {
+        let client_ip = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            ip = handshake(&listener, pending.take(), &key, &reply) => ip,
+        };
+        info!("client {client_ip} authenticated; building the pool");
+        let pool = Arc::new(Pool::default());
+        let session = TunnelSession {
+            listener: &listener,
+            client_ip,
+            tls: tls.clone(),
+            max: p.max,
+            pool: pool.clone(),
+        };
+        let ctx = ControlCtx {
+            key: key.clone(),
+            tls: p.tls,
+            own_fp: tls.as_ref().map(|t| t.fingerprint.clone()),
+            accepting: reverse,
+            pool: pool.clone(),
+            dialer: dialer.clone(),
+            limits: limits.clone(),
+            verify_after: opts.verify_after,
+        };
+        let (end, next) = session.run(ctx, &tunnels_tx, &shutdown).await;
+        pool.clear();
+        match end {
+            ControlEnd::Shutdown => break,
+            ControlEnd::Eof if next.is_some() => {
+                info!("the client started a new handshake: restarting the tunnel")
+            }
+            e => warn!(
+                "tunnel ended ({e:?}); restarting in {:?}",
+                opts.restart_delay
+            ),
+        }
+        pending = next;
+        if pending.is_none() {
+            tokio::select! {
+                _ = shutdown.cancelled() => break,
+                _ = tokio::time::sleep(opts.restart_delay) => {}
+            }
+        }
+    }
+    user_cancel.cancel();
+    Ok(())
+}
+
+/// Serves handshake requests until one succeeds; returns the client's IP. Wrong
+/// requests get 405/404/401 and the server keeps listening.
+async fn handshake(
+    listener: &TcpListener,
+    mut first: Option<TcpStream>,
+    key: &str,
+    reply: &Reply,
+) -> IpAddr {
+    loop {
+        let stream = match first.take() {
+            Some(s) => s,
+            None => match listener.accept().await {
+                Ok((s, _)) => s,
+                Err(e) => {
+                    warn!("accept: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let peer = match stream.peer_addr() {
+            Ok(a) => a,
+            Err(_) => continue,
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, answer(stream, key, reply)).await {
+            Ok(Ok(Verdict::Accept)) => return peer.ip(),
+            Ok(Ok(v)) => warn!(
+                "handshake from {peer} refused: {} {}",
+                v.status().0,
+                v.status().1
+            ),
+            Ok(Err(e)) => debug!("handshake from {peer}: {e}"),
+            Err(_) => debug!("handshake from {peer} timed out"),
+        }
+    }
+}
+
+async fn answer(mut stream: TcpStream, key: &str, reply: &Reply) -> std::io::Result<Verdict> {
+    let mut buf = Vec::with_capacity(512);
+    let mut chunk = [0u8; 1024];
+    let end = loop {
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the request ended",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
+        if let Some(end) = http::head_end(&buf) {
+            break end;
+        }
+        if buf.len() > http::MAX_HEAD {
+            let resp = "HTTP/1.1 431 Request Header Fields Too Large\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+            stream.write_all(resp.as_bytes()).await?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "oversized request head",
+            ));
+        }
+    };
+    let verdict = match http::parse_request(&buf[..end]) {
+        Ok(req) => http::judge(&req, key),
+        Err(_) => {
+            let resp = "HTTP/1.1 400 Bad Request\r\nConnection: close\r\nContent-Length: 0\r\n\r\n";
+            stream.write_all(resp.as_bytes()).await?;
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "malformed request",
+            ));
+        }
+    };
+    let resp = http::response(verdict, (verdict == Verdict::Accept).then_some(reply));
+    // Flush the whole reply before closing (v1.14 sometimes closes first).
+    stream.write_all(resp.as_bytes()).await?;
+    stream.flush().await?;
+    let _ = stream.shutdown().await;
+    Ok(verdict)
+}
+
+struct TunnelSession<'a> {
+    listener: &'a TcpListener,
+    client_ip: IpAddr,
+    tls: Option<ServerTls>,
+    max: usize,
+    pool: Arc<Pool>,
+}
+
+impl TunnelSession<'_> {
+    /// Accepts pool connections and runs the control channel; returns why it ended and,
+    /// if the client started over, its new handshake connection.
+    async fn run(
+        &self,
+        ctx: ControlCtx,
+        tunnels: &watch::Sender<Option<Arc<TunnelHandle>>>,
+        shutdown: &CancellationToken,
+    ) -> (ControlEnd, Option<TcpStream>) {
+        let (control_tx, control_rx) = tokio::sync::oneshot::channel::<PoolConn>();
+        let mut control_tx = Some(control_tx);
+        let (rehandshake_tx, mut rehandshake_rx) = tokio::sync::mpsc::channel::<TcpStream>(1);
+        let tunnel_cancel = shutdown.child_token();
+        let accept = async {
+            let mut first = true;
+            loop {
+                let (stream, peer) = match self.listener.accept().await {
+                    Ok(x) => x,
+                    Err(_) => continue,
+                };
+                if peer.ip() != self.client_ip {
+                    debug!("refusing a pool connection from {peer}: not the authenticated client");
+                    continue;
+                }
+                let is_first = std::mem::replace(&mut first, false);
+                let id: PoolId = if is_first { CONTROL_ID } else { random_id() };
+                let tls = self.tls.clone();
+                let pool = self.pool.clone();
+                let max = self.max;
+                let control = if is_first { control_tx.take() } else { None };
+                let rehandshake = rehandshake_tx.clone();
+                tokio::spawn(async move {
+                    match admit(stream, id, tls, &pool, max).await {
+                        Admitted::Conn(conn) => match control {
+                            Some(tx) => {
+                                let _ = tx.send(conn);
+                            }
+                            None => pool.push(conn),
+                        },
+                        Admitted::Handshake(s) => {
+                            let _ = rehandshake.send(s).await;
+                        }
+                        Admitted::Refused => {}
+                    }
+                });
+            }
+        };
+        let control = async {
+            let conn = match tokio::time::timeout(Duration::from_secs(5), control_rx).await {
+                Ok(Ok(c)) => c,
+                _ => return ControlEnd::Error("no control connection within 5 s".into()),
+            };
+            info!("control channel up");
+            control::run(conn, ctx, tunnels, &tunnel_cancel).await
+        };
+        tokio::select! {
+            _ = accept => unreachable_end(),
+            end = control => (end, None),
+            s = rehandshake_rx.recv() => {
+                tunnel_cancel.cancel();
+                (ControlEnd::Eof, s)
+            }
+        }
+    }
+}
+
+fn unreachable_end() -> (ControlEnd, Option<TcpStream>) {
+    (ControlEnd::Error("accept loop ended".into()), None)
+}
+
+enum Admitted {
+    Conn(PoolConn),
+    Handshake(TcpStream),
+    Refused,
+}
+
+/// A new connection on the tunnel port during the tunnel: a pool connection (give it
+/// its ID), or the client starting over with a new handshake (plain `GET`).
+async fn admit(
+    stream: TcpStream,
+    id: PoolId,
+    tls: Option<ServerTls>,
+    pool: &Pool,
+    max: usize,
+) -> Admitted {
+    let _ = socket2::SockRef::from(&stream)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+    // A pool client writes nothing (tls=0) or a TLS ClientHello; a restarted client writes "GET ".
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(Duration::from_millis(50), stream.peek(&mut first)).await;
+    if let Ok(Ok(1)) = peeked
+        && first[0] == b'G'
+    {
+        return Admitted::Handshake(stream);
+    }
+    if id != CONTROL_ID && pool.len() >= max {
+        debug!("pool full ({max}): closing a new connection without an ID");
+        return Admitted::Refused;
+    }
+    let mut io: Box<dyn Io> = match tls {
+        None => Box::new(stream),
+        Some(t) => {
+            match tokio::time::timeout(Duration::from_secs(10), t.acceptor.accept(stream)).await {
+                Ok(Ok(s)) => Box::new(s),
+                _ => return Admitted::Refused,
+            }
+        }
+    };
+    if io.write_all(&id).await.is_err() || io.flush().await.is_err() {
+        return Admitted::Refused;
+    }
+    debug!("pool connection {}", id_hex(id));
+    Admitted::Conn(PoolConn {
+        id,
+        io,
+        seen_fp: None,
+        since: std::time::Instant::now(),
+    })
+}
+
+fn random_id() -> PoolId {
+    loop {
+        let mut id = [0u8; 4];
+        let _ = getrandom::fill(&mut id);
+        if id != CONTROL_ID {
+            return id;
+        }
+    }
+}
