@@ -50,6 +50,32 @@ pub enum Command {
     ShowServerId(ShowServerIdArgs),
     /// Create a private CA and a relay certificate signed by it (for `relay --tls-cert`, peers use `--relay-ca`).
     GenerateRelayCert(GenerateRelayCertArgs),
+    /// Run a NodePass v1.14 compatible tunnel end (server or client) from a NodePass URL.
+    Nodepass(NodepassArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(
+    after_help = "URL: <server|client>://[key@]host:port/target[,target...]?query\n\n\
+Examples:\n  \
+porthole nodepass 'server://0.0.0.0:10101/0.0.0.0:8080?tls=1'      # users connect to :8080 here\n  \
+porthole nodepass 'client://server.example.com:10101/127.0.0.1:8080' # traffic goes to 127.0.0.1:8080\n  \
+porthole nodepass 'client://127.0.0.1:2222/10.0.0.5:22?mode=1'     # single-end: a local forwarder\n\n\
+Query parameters: tls=0|1|2 (crt=, key= for 2), sni=, min= (client pool, 64), max= (server pool, 1024),\n\
+mode=0 auto|1|2, log=none|debug|info|warn|error|event, slot= (sessions), rate= (Mbit/s), read= (idle\n\
+timeout, e.g. 30s), proxy=1 (PROXY v1 to the target), notcp=1, noudp=1, dial= (source IP).\n\
+The tunnel key is the URL's user part; without one both ends derive it from the tunnel port.\n\
+tls=2 clients trust the system roots and SSL_CERT_FILE.\n\
+See docs/NODEPASS.md."
+)]
+pub struct NodepassArgs {
+    /// The NodePass URL. It may hold the tunnel key: prefer PORTHOLE_NODEPASS_URL or a config file (mode = "nodepass").
+    #[arg(
+        value_name = "URL",
+        env = "PORTHOLE_NODEPASS_URL",
+        hide_env_values = true
+    )]
+    pub url: String,
 }
 
 /// Transport / compatibility mode.
@@ -62,16 +88,6 @@ pub enum Mode {
     Manual,
     /// NodePass v1.14 compatible TLS pool (direct links).
     Nodepass,
-}
-
-impl Mode {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            Mode::Iroh => "iroh",
-            Mode::Manual => "manual",
-            Mode::Nodepass => "nodepass",
-        }
-    }
 }
 
 #[derive(Debug, Args, Default)]

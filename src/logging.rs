@@ -19,10 +19,25 @@ pub fn default_filter(level: i8) -> &'static str {
     }
 }
 
-pub fn init(verbose: u8, quiet: u8) {
-    let level = verbose.min(3) as i8 - quiet.min(3) as i8;
-    let filter =
-        EnvFilter::try_from_default_env().unwrap_or_else(|_| EnvFilter::new(default_filter(level)));
+/// `nodepass_level`: a NodePass URL's `log=` (none, debug, info, warn, error, event).
+pub fn init(verbose: u8, quiet: u8, nodepass_level: Option<String>) {
+    let mut level = verbose.min(3) as i8 - quiet.min(3) as i8;
+    if verbose == 0 && quiet == 0 {
+        level = match nodepass_level.as_deref() {
+            Some("none") => -3,
+            Some("error") => -2,
+            Some("warn") => -1,
+            Some("debug") => 1,
+            _ => 0,
+        };
+    }
+    let filter = EnvFilter::try_from_default_env().unwrap_or_else(|_| {
+        EnvFilter::new(if level <= -3 {
+            "off"
+        } else {
+            default_filter(level)
+        })
+    });
     let _ = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))

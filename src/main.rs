@@ -27,7 +27,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    logging::init(cli.verbose, cli.quiet);
+    logging::init(cli.verbose, cli.quiet, nodepass_log(&cli));
     let _ = rustls::crypto::ring::default_provider().install_default();
     exit::report(dispatch(cli.command))
 }
@@ -38,12 +38,27 @@ fn dispatch(command: Command) -> Result<(), Exit> {
         Command::GenerateServerKey(a) => commands::keys::generate(&a).map_err(Exit::from),
         Command::ShowServerId(a) => commands::keys::show(&a).map_err(Exit::from),
         Command::GenerateRelayCert(a) => commands::keys::relay_cert(&a).map_err(Exit::from),
+        Command::Nodepass(a) => match a.url.parse() {
+            Ok(url) => runtime()?
+                .block_on(commands::nodepass::run(url))
+                .map_err(Exit::from),
+            Err(e) => Err(Exit::usage(anyhow::anyhow!("invalid NodePass URL: {e}"))),
+        },
         Command::Server(a) => runtime()?.block_on(commands::server::run(&a)),
         Command::Client(a) => runtime()?.block_on(commands::client::run(&a)),
         Command::Relay(a) => runtime()?
             .block_on(commands::relay::run(&a))
             .map_err(Exit::from),
     }
+}
+
+/// A NodePass URL's `log=` level, used when neither -v/-q nor RUST_LOG say otherwise.
+fn nodepass_log(cli: &Cli) -> Option<String> {
+    let Command::Nodepass(a) = &cli.command else {
+        return None;
+    };
+    let url: porthole_nodepass::NodepassUrl = a.url.parse().ok()?;
+    Some(url.params.log)
 }
 
 fn runtime() -> Result<tokio::runtime::Runtime, Exit> {

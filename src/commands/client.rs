@@ -3,25 +3,23 @@
 use anyhow::{Context, Result};
 use porthole_engine::client::{Client, ClientConfig};
 use porthole_iroh::{IrohConnector, RelaySetting};
+use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ClientArgs, Mode};
-use crate::config::resolve::{self, ClientSettings};
+use crate::config::resolve::{self, ClientSettings, Plan};
 use crate::exit::Exit;
 
 pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
-    let settings = resolve::client(args).map_err(Exit::usage)?;
+    let settings = match resolve::client(args).map_err(Exit::usage)? {
+        Plan::Nodepass(url) => return super::nodepass::run(*url).await.map_err(Exit::from),
+        Plan::Peer(s) => *s,
+    };
+    let shutdown = crate::commands::shutdown_on_signal();
     match settings.mode {
-        Mode::Iroh => run_iroh(settings).await.map_err(Exit::from),
-        Mode::Manual => {
-            let shutdown = crate::commands::shutdown_on_signal();
-            super::manual::run_client(settings, shutdown)
-                .await
-                .map_err(Exit::from)
-        }
-        other => Err(Exit::usage(anyhow::anyhow!(
-            "mode {:?} is not available for `porthole client` yet",
-            other.as_str()
-        ))),
+        Mode::Manual => super::manual::run_client(settings, shutdown)
+            .await
+            .map_err(Exit::from),
+        _ => run_iroh(settings, shutdown).await.map_err(Exit::from),
     }
 }
 
@@ -31,7 +29,7 @@ pub fn engine_config(s: &ClientSettings) -> ClientConfig {
     c
 }
 
-async fn run_iroh(s: ClientSettings) -> Result<()> {
+async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
     // Listeners first: a port conflict is reported before any network work.
     let client = Client::bind(engine_config(&s)).await?;
     let endpoint = porthole_iroh::bind(&s.iroh)
@@ -45,7 +43,6 @@ async fn run_iroh(s: ClientSettings) -> Result<()> {
     let addr = porthole_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
         .map_err(|e| anyhow::anyhow!("server id: {e}"))?;
     let connector = IrohConnector::new(endpoint.clone(), addr);
-    let shutdown = crate::commands::shutdown_on_signal();
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;
     result.map_err(anyhow::Error::from)

@@ -3,6 +3,7 @@
 pub mod client;
 pub mod keys;
 pub mod manual;
+pub mod nodepass;
 pub mod relay;
 pub mod server;
 pub mod token;

@@ -6,26 +6,24 @@ use anyhow::{Context, Result};
 use iroh::Watcher;
 use porthole_engine::server::ServerConfig;
 use porthole_iroh::{IrohAcceptor, RelaySetting};
+use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
 use crate::cli::{Mode, ServerArgs};
-use crate::config::resolve::{self, ServerSettings};
+use crate::config::resolve::{self, Plan, ServerSettings};
 use crate::exit::Exit;
 
 pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
-    let settings = resolve::server(args).map_err(Exit::usage)?;
+    let settings = match resolve::server(args).map_err(Exit::usage)? {
+        Plan::Nodepass(url) => return super::nodepass::run(*url).await.map_err(Exit::from),
+        Plan::Peer(s) => *s,
+    };
+    let shutdown = crate::commands::shutdown_on_signal();
     match settings.mode {
-        Mode::Iroh => run_iroh(settings).await.map_err(Exit::from),
-        Mode::Manual => {
-            let shutdown = crate::commands::shutdown_on_signal();
-            super::manual::run_server(settings, shutdown)
-                .await
-                .map_err(Exit::from)
-        }
-        other => Err(Exit::usage(anyhow::anyhow!(
-            "mode {:?} is not available for `porthole server` yet",
-            other.as_str()
-        ))),
+        Mode::Manual => super::manual::run_server(settings, shutdown)
+            .await
+            .map_err(Exit::from),
+        _ => run_iroh(settings, shutdown).await.map_err(Exit::from),
     }
 }
 
@@ -36,7 +34,7 @@ pub fn engine_config(s: &ServerSettings) -> ServerConfig {
     c
 }
 
-async fn run_iroh(s: ServerSettings) -> Result<()> {
+async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
     if s.secret.is_none() {
         warn!(
             "no --secret-file: this server gets a new EndpointId on every start; create a stable one with: porthole generate-server-key --output server.key"
@@ -55,7 +53,6 @@ async fn run_iroh(s: ServerSettings) -> Result<()> {
     println!("EndpointId: {}", endpoint.id());
     println!("Ticket: {ticket}");
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, max_sessions = s.max_sessions, "serving");
-    let shutdown = crate::commands::shutdown_on_signal();
     porthole_engine::server::run(IrohAcceptor::new(endpoint.clone()), config, shutdown).await?;
     endpoint.close().await;
     Ok(())

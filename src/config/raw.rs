@@ -43,6 +43,114 @@ pub struct AllowedSources {
     pub udp: Vec<String>,
 }
 
+/// `[nodepass]`: a NodePass tunnel, either as one `url` or field by field (the same
+/// fields as the URL's parts and query parameters).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct NodepassTable {
+    /// The whole NodePass URL (`server://...` / `client://...`); excludes the fields below.
+    pub url: Option<Secret>,
+    /// host:port of the tunnel (the server listens, the client dials).
+    pub tunnel: Option<String>,
+    /// The tunnel key (the URL's user part); default: derived from the tunnel port.
+    pub tunnel_key: Option<Secret>,
+    #[serde(default)]
+    pub targets: Vec<String>,
+    pub tls: Option<u8>,
+    pub crt: Option<String>,
+    pub key: Option<String>,
+    pub sni: Option<String>,
+    pub min: Option<usize>,
+    pub max: Option<usize>,
+    pub mode: Option<u8>,
+    pub log: Option<String>,
+    pub slot: Option<usize>,
+    pub rate: Option<u64>,
+    pub read: Option<String>,
+    pub proxy: Option<bool>,
+    pub notcp: Option<bool>,
+    pub noudp: Option<bool>,
+    pub dial: Option<String>,
+    pub dns: Option<String>,
+    pub block: Option<String>,
+}
+
+fn url_escape(s: &str) -> String {
+    s.bytes()
+        .map(|b| match b {
+            b'A'..=b'Z' | b'a'..=b'z' | b'0'..=b'9' | b'-' | b'_' | b'.' | b'~' => {
+                (b as char).to_string()
+            }
+            _ => format!("%{b:02X}"),
+        })
+        .collect()
+}
+
+impl NodepassTable {
+    /// The NodePass URL this table describes, for `role` ("server" or "client").
+    pub fn to_url(&self, role: &str) -> Result<porthole_nodepass::NodepassUrl> {
+        if let Some(url) = &self.url {
+            let fields_too =
+                self.tunnel.is_some() || !self.targets.is_empty() || self.tunnel_key.is_some();
+            if fields_too {
+                bail!("nodepass: give either `url` or `tunnel`/`targets`/... fields, not both");
+            }
+            let parsed: porthole_nodepass::NodepassUrl = url.0.parse().context("nodepass.url")?;
+            let url_role = if parsed.role == porthole_nodepass::Role::Server {
+                "server"
+            } else {
+                "client"
+            };
+            if url_role != role {
+                bail!("nodepass.url is a {url_role}:// URL but role = \"{role}\"");
+            }
+            return Ok(parsed);
+        }
+        let tunnel = self
+            .tunnel
+            .as_deref()
+            .context("nodepass.tunnel: missing (host:port of the tunnel), or give nodepass.url")?;
+        if self.targets.is_empty() {
+            bail!("nodepass.targets: missing (at least one host:port)");
+        }
+        let key = self
+            .tunnel_key
+            .as_ref()
+            .map(|k| format!("{}@", url_escape(&k.0)))
+            .unwrap_or_default();
+        let mut q: Vec<String> = Vec::new();
+        let mut put = |k: &str, v: Option<String>| {
+            if let Some(v) = v {
+                q.push(format!("{k}={}", url_escape(&v)));
+            }
+        };
+        let b = |v: Option<bool>| v.map(|b| if b { "1".to_string() } else { "0".to_string() });
+        put("tls", self.tls.map(|v| v.to_string()));
+        put("crt", self.crt.clone());
+        put("key", self.key.clone());
+        put("sni", self.sni.clone());
+        put("min", self.min.map(|v| v.to_string()));
+        put("max", self.max.map(|v| v.to_string()));
+        put("mode", self.mode.map(|v| v.to_string()));
+        put("log", self.log.clone());
+        put("slot", self.slot.map(|v| v.to_string()));
+        put("rate", self.rate.map(|v| v.to_string()));
+        put("read", self.read.clone());
+        put("proxy", b(self.proxy));
+        put("notcp", b(self.notcp));
+        put("noudp", b(self.noudp));
+        put("dial", self.dial.clone());
+        put("dns", self.dns.clone());
+        put("block", self.block.clone());
+        let text = format!(
+            "{role}://{key}{tunnel}/{}?{}",
+            self.targets.join(","),
+            q.join("&")
+        );
+        text.parse().context("nodepass")
+    }
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ServerFile {
@@ -75,6 +183,8 @@ pub struct ServerFile {
     pub answer_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub punch_timeout: Option<Duration>,
+    /// mode = "nodepass": the tunnel.
+    pub nodepass: Option<NodepassTable>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -120,6 +230,8 @@ pub struct ClientFile {
     pub answer_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub punch_timeout: Option<Duration>,
+    /// mode = "nodepass": the tunnel.
+    pub nodepass: Option<NodepassTable>,
 }
 
 fn rebase(base: &Path, p: &mut Option<PathBuf>) {
@@ -177,6 +289,14 @@ impl ServerFile {
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
         check_stun("stun_servers", &self.stun_servers)?;
+        if let Some(np) = &self.nodepass {
+            np.to_url("server")?;
+        }
+        if self.mode == Some(Mode::Nodepass) && self.nodepass.is_none() {
+            bail!(
+                "mode = \"nodepass\" needs a [nodepass] table (url = \"server://...\", or tunnel/targets/...)"
+            );
+        }
         Ok(())
     }
 
@@ -231,6 +351,14 @@ impl ClientFile {
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
         check_stun("stun_servers", &self.stun_servers)?;
+        if let Some(np) = &self.nodepass {
+            np.to_url("client")?;
+        }
+        if self.mode == Some(Mode::Nodepass) && self.nodepass.is_none() {
+            bail!(
+                "mode = \"nodepass\" needs a [nodepass] table (url = \"client://...\", or tunnel/targets/...)"
+            );
+        }
         Ok(())
     }
 

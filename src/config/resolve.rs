@@ -175,7 +175,23 @@ fn iroh_options(
     })
 }
 
-pub fn server(args: &ServerArgs) -> Result<ServerSettings> {
+/// What a `server` or `client` command will run.
+#[derive(Debug)]
+pub enum Plan<T> {
+    /// porthole's own protocol (iroh or manual mode).
+    Peer(Box<T>),
+    /// A NodePass tunnel, from the config's `[nodepass]` table.
+    Nodepass(Box<porthole_nodepass::NodepassUrl>),
+}
+
+fn nodepass_plan<T>(table: Option<&super::raw::NodepassTable>, role: &str) -> Result<Plan<T>> {
+    let table = table.with_context(|| {
+        format!("--mode nodepass needs a config file with a [nodepass] table, or use: porthole nodepass '{role}://...'")
+    })?;
+    Ok(Plan::Nodepass(Box::new(table.to_url(role)?)))
+}
+
+pub fn server(args: &ServerArgs) -> Result<Plan<ServerSettings>> {
     let path = config_path(&args.config, Role::Server)?;
     let file = match &path {
         Some(p) => Some(read_server(p)?),
@@ -187,7 +203,17 @@ pub fn server(args: &ServerArgs) -> Result<ServerSettings> {
         .mode
         .or(f.and_then(|f| f.mode))
         .unwrap_or(Mode::Iroh);
+    if mode == Mode::Nodepass {
+        return nodepass_plan(f.and_then(|f| f.nodepass.as_ref()), "server");
+    }
+    server_settings(args, f, mode).map(|s| Plan::Peer(Box::new(s)))
+}
 
+fn server_settings(
+    args: &ServerArgs,
+    f: Option<&ServerFile>,
+    mode: Mode,
+) -> Result<ServerSettings> {
     let tcp_rules = list(
         &args.allowed_tcp,
         f.map(|f| f.allowed_sources.tcp.as_slice())
@@ -291,7 +317,7 @@ fn server_tokens(args: &ServerArgs, f: Option<&ServerFile>) -> Result<TokenSet> 
     )
 }
 
-pub fn client(args: &ClientArgs) -> Result<ClientSettings> {
+pub fn client(args: &ClientArgs) -> Result<Plan<ClientSettings>> {
     let path = config_path(&args.config, Role::Client)?;
     let file = match &path {
         Some(p) => Some(read_client(p)?),
@@ -303,7 +329,17 @@ pub fn client(args: &ClientArgs) -> Result<ClientSettings> {
         .mode
         .or(f.and_then(|f| f.mode))
         .unwrap_or(Mode::Iroh);
+    if mode == Mode::Nodepass {
+        return nodepass_plan(f.and_then(|f| f.nodepass.as_ref()), "client");
+    }
+    client_settings(args, f, mode).map(|s| Plan::Peer(Box::new(s)))
+}
 
+fn client_settings(
+    args: &ClientArgs,
+    f: Option<&ClientFile>,
+    mode: Mode,
+) -> Result<ClientSettings> {
     let forwards = client_forwards(args, f)?;
     let token = client_token(args, f)?;
 

@@ -7,6 +7,7 @@ mod cli;
 mod install;
 mod manual;
 mod natlab;
+mod nodepass;
 mod process;
 mod support;
 mod tunnel;

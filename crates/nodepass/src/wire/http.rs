@@ -219,7 +219,7 @@ mod tests {
             resp.contains("Connection: close\r\n")
                 && resp.contains("Content-Type: application/json\r\n")
         );
-        assert!(resp.contains("Content-Length: 44\r\n"));
+        assert!(resp.contains("Content-Length: 45\r\n"));
         assert_eq!(
             parse_response(resp.as_bytes()).unwrap(),
             (200, Some(reply()))

@@ -1,0 +1,28 @@
+//! NodePass mode: `porthole nodepass URL`, or `mode = "nodepass"` in a config file.
+
+use anyhow::{Context, Result};
+use porthole_nodepass::{NodepassUrl, Role};
+use tracing::warn;
+
+pub async fn run(url: NodepassUrl) -> Result<()> {
+    for p in &url.unknown {
+        warn!("unknown NodePass parameter `{p}` ignored");
+    }
+    for (name, set) in [
+        ("dns", url.params.dns.is_some()),
+        ("block", url.params.block.is_some()),
+    ] {
+        if set {
+            warn!("NodePass parameter `{name}` is accepted but has no effect in porthole");
+        }
+    }
+    let shutdown = super::shutdown_on_signal();
+    match url.role {
+        Role::Server => porthole_nodepass::server::run(url, Default::default(), shutdown)
+            .await
+            .context("NodePass server"),
+        Role::Client => porthole_nodepass::client::run(url, Default::default(), shutdown)
+            .await
+            .context("NodePass client"),
+    }
+}
