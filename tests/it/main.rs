@@ -4,10 +4,14 @@
 #![allow(clippy::unwrap_used)]
 
 mod cli;
+mod fuzz_corpus;
+mod hardening;
 mod install;
+mod load;
 mod manual;
 mod natlab;
 mod nodepass;
 mod process;
+mod secrets;
 mod support;
 mod tunnel;

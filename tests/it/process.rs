@@ -261,3 +261,84 @@ fn reconnects_after_server_restart_and_exits_0_on_sigterm() {
     assert!(Path::new(&s.path("server.key")).exists());
     drop(s.relay);
 }
+
+#[test]
+fn relay_restart_both_sides_recover() {
+    let mut s = Setup::new();
+    let target = echo_server();
+    let relay_port = s.relay_url.rsplit(':').next().unwrap().to_string();
+    let port = free_udp_port();
+    let mut server = bin();
+    server
+        .args([
+            "server",
+            "--secret-file",
+            &s.path("server.key"),
+            "--relay-url",
+            &s.relay_url,
+            "--relay-only",
+        ])
+        .args([
+            "--allowed-tcp",
+            "127.0.0.0/8",
+            "--auth-tokens-file",
+            &s.path("tokens.txt"),
+        ])
+        .args([
+            "--bind",
+            &format!("127.0.0.1:{port}"),
+            "--no-portmap",
+            "--dns-server",
+            "none",
+        ]);
+    let server = Proc::spawn("server", server);
+    let id = server
+        .wait_line("EndpointId: ", LONG)
+        .trim_start_matches("EndpointId: ")
+        .to_string();
+    let listen = free_tcp_port();
+    let mut client = bin();
+    client
+        .args([
+            "client",
+            "--server-node-id",
+            &id,
+            "--relay-url",
+            &s.relay_url,
+            "--relay-only",
+        ])
+        .args([
+            "--source",
+            &format!("tcp://127.0.0.1:{target}"),
+            "--target",
+            &format!("127.0.0.1:{listen}"),
+        ])
+        .args([
+            "--auth-token-file",
+            &s.path("token.txt"),
+            "--no-portmap",
+            "--dns-server",
+            "none",
+        ]);
+    let mut client = Proc::spawn("client", client);
+    client.wait_line("tunnel up", LONG);
+    eventually_echo(listen, LONG);
+    assert!(
+        client
+            .last_line("path=")
+            .unwrap_or_default()
+            .contains("path=relay")
+    );
+
+    // The relay goes away and comes back on the same address.
+    s.relay.kill();
+    std::thread::sleep(Duration::from_secs(2));
+    let mut cmd = bin();
+    cmd.args(["relay", "--http-bind", &format!("127.0.0.1:{relay_port}")]);
+    s.relay = Proc::spawn("relay-again", cmd);
+    s.relay.wait_line("relay URL", LONG);
+    let took = eventually_echo(listen, Duration::from_secs(90));
+    eprintln!("forwarding again {took:?} after the relay came back");
+    assert!(client.is_running());
+    drop(server);
+}

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod client;
 pub mod control;
+pub mod net;
 pub mod policy;
 pub mod server;
 pub mod splice;

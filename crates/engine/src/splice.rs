@@ -16,7 +16,7 @@ use tokio::net::TcpStream;
 use crate::transport::{RecvStream, SendStream};
 
 /// Per-direction copy buffer.
-pub const COPY_BUF: usize = 64 * 1024;
+pub const COPY_BUF: usize = 16 * 1024;
 
 /// How a splice ended.
 #[derive(Debug)]

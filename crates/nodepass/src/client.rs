@@ -56,11 +56,13 @@ pub async fn run(
     // Single-end: mode=1, or mode=0 when the tunnel address is ours to listen on.
     let local = match p.mode {
         1 => Some(
-            TcpListener::bind(url.tunnel.listen())
+            porthole_engine::net::listen_tcp_str(&url.tunnel.listen())
                 .await
                 .map_err(|e| ClientError::Bind(url.tunnel.listen(), e))?,
         ),
-        0 => TcpListener::bind(url.tunnel.listen()).await.ok(),
+        0 => porthole_engine::net::listen_tcp_str(&url.tunnel.listen())
+            .await
+            .ok(),
         _ => None,
     };
     if let Some(listener) = local {

@@ -426,7 +426,7 @@ pub async fn bind_user_side(
     let tcp = if notcp {
         None
     } else {
-        Some(TcpListener::bind(addr.listen()).await?)
+        Some(porthole_engine::net::listen_tcp_str(&addr.listen()).await?)
     };
     let udp = if noudp {
         None

@@ -64,7 +64,7 @@ pub async fn run(
             Path::new(p.key.as_deref().unwrap_or_default()),
         )?),
     };
-    let listener = TcpListener::bind(url.tunnel.listen())
+    let listener = porthole_engine::net::listen_tcp_str(&url.tunnel.listen())
         .await
         .map_err(|e| ServerError::Bind(url.tunnel.listen(), e))?;
     info!(

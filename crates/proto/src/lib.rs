@@ -15,6 +15,8 @@
 
 pub mod close;
 pub mod datagram;
+#[doc(hidden)]
+pub mod exercise;
 pub mod frame;
 pub mod key;
 pub mod message;

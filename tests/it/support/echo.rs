@@ -3,14 +3,18 @@
 use std::net::SocketAddr;
 
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, UdpSocket};
+use tokio::net::UdpSocket;
 
 /// TCP echo: copies back everything, then half-closes after the client's EOF.
 pub async fn tcp_echo() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = porthole_engine::net::listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        loop {
+            // One failed accept (a connection reset while queued) must not stop the service.
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let (mut r, mut w) = s.split();
                 let _ = tokio::io::copy(&mut r, &mut w).await;
@@ -24,10 +28,13 @@ pub async fn tcp_echo() -> SocketAddr {
 /// Reads to EOF, then answers with a reply that names how much it read: proves that
 /// a half-closed client still gets the whole answer.
 pub async fn tcp_count_then_reply() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = porthole_engine::net::listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
     tokio::spawn(async move {
-        while let Ok((mut s, _)) = l.accept().await {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
             tokio::spawn(async move {
                 let mut buf = Vec::new();
                 let _ = s.read_to_end(&mut buf).await;
@@ -55,7 +62,7 @@ pub async fn udp_echo() -> SocketAddr {
 
 /// A TCP port with nothing listening on it.
 pub async fn closed_port() -> SocketAddr {
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let l = porthole_engine::net::listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
     let addr = l.local_addr().unwrap();
     drop(l);
     addr

@@ -14,10 +14,14 @@ pub fn bin() -> Command {
 
 /// No inherited log filter or secrets: each test says what it means.
 pub fn scrub(c: &mut Command) {
-    c.env_remove("RUST_LOG")
-        .env_remove("PORTHOLE_AUTH_TOKEN")
-        .env_remove("PORTHOLE_SECRET")
-        .env("NO_COLOR", "1");
+    // PORTHOLE_TEST_RUST_LOG passes a log filter to spawned binaries when debugging a test.
+    match std::env::var("PORTHOLE_TEST_RUST_LOG") {
+        Ok(filter) => c.env("RUST_LOG", filter),
+        Err(_) => c.env_remove("RUST_LOG"),
+    }
+    .env_remove("PORTHOLE_AUTH_TOKEN")
+    .env_remove("PORTHOLE_SECRET")
+    .env("NO_COLOR", "1");
 }
 
 pub struct Proc {
@@ -134,6 +138,29 @@ impl Proc {
             }
             std::thread::sleep(Duration::from_millis(50));
         }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Open file descriptors of the process.
+    pub fn fds(&self) -> usize {
+        std::fs::read_dir(format!("/proc/{}/fd", self.pid()))
+            .map(|d| d.count())
+            .unwrap_or(0)
+    }
+
+    /// Resident set size in KiB.
+    pub fn rss_kib(&self) -> u64 {
+        let status =
+            std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        status
+            .lines()
+            .find_map(|l| l.strip_prefix("VmRSS:"))
+            .and_then(|v| v.split_whitespace().next())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
     }
 
     pub fn is_running(&mut self) -> bool {

@@ -123,7 +123,7 @@ impl Client {
                 error,
             };
             locals.push(match f.source.protocol {
-                Protocol::Tcp => Local::Tcp(TcpListener::bind(f.listen).await.map_err(bind_err)?),
+                Protocol::Tcp => Local::Tcp(crate::net::listen_tcp(f.listen).map_err(bind_err)?),
                 Protocol::Udp => {
                     let s = UdpSocket::bind(f.listen).await.map_err(bind_err)?;
                     crate::udp::size_socket(&s);

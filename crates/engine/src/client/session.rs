@@ -91,10 +91,7 @@ async fn handshake<C: Connection>(
     write_frame(&mut send, &auth).await?;
     // Pipeline the forward requests behind the token: one round trip for everything.
     for (i, f) in config.forwards.iter().enumerate() {
-        let req = ControlRequest::OpenForward {
-            request_id: i as u32,
-            source: f.source.clone(),
-        };
+        let req = ControlRequest::open_forward(i as u32, &f.source);
         write_frame(&mut send, &req).await?;
     }
     let AuthResponse::Accepted {

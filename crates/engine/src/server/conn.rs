@@ -8,6 +8,7 @@ use porthole_proto::close::CloseCode;
 use porthole_proto::message::{
     AuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason, clamp_detail,
 };
+use porthole_proto::source::Source;
 use porthole_proto::token::AuthToken;
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
@@ -186,6 +187,22 @@ async fn serve_control<C: Connection>(
             }
         };
         let ControlRequest::OpenForward { request_id, source } = request;
+        let source: Source = match source.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                let text: String = source.chars().take(80).collect();
+                warn!("forward {text:?} refused: invalid source: {e}");
+                let reply = ControlResponse::ForwardRejected {
+                    request_id,
+                    reason: RejectReason::InvalidSource,
+                    detail: clamp_detail(&e.to_string()),
+                };
+                if write_frame(send, &reply).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let reply = match config.policy.resolve(&source, config.resolve_timeout).await {
             Ok(resolved) => {
                 let addrs = resolved.addrs.clone();

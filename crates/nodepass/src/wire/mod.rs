@@ -2,6 +2,8 @@
 //! HTTP handshake, control-channel signals, PROXY v1 lines and certificate
 //! fingerprints. Every example of `shared/nodepass-protocol.md` is a unit test here.
 
+#[doc(hidden)]
+pub mod exercise;
 pub mod http;
 pub mod proxy;
 pub mod signal;

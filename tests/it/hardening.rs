@@ -1,0 +1,433 @@
+//! Bad input against a real server process: each attempt is refused cleanly, with a
+//! clear log line, and a legitimate client served alongside never notices.
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use porthole_proto::close::CloseCode;
+use porthole_proto::datagram;
+use porthole_proto::frame;
+use porthole_proto::message::{
+    AuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason,
+};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+use crate::support::{OTHER_TOKEN, TOKEN, init_tracing};
+
+struct Target {
+    server: Proc,
+    id: porthole_proto::key::EndpointId,
+    addr: SocketAddr,
+    _dir: tempfile::TempDir,
+}
+
+/// A server process on loopback, no relay; TCP and UDP allowed to 127.0.0.0/8.
+fn server() -> Target {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let port = free_udp_port();
+    let mut cmd = bin();
+    cmd.args([
+        "server",
+        "--auth-tokens-file",
+        tokens.to_str().unwrap(),
+        "--relay-url",
+        "none",
+    ])
+    .args([
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--dns-server",
+        "none",
+        "--no-portmap",
+    ])
+    .args([
+        "--allowed-tcp",
+        "127.0.0.0/8",
+        "--allowed-udp",
+        "127.0.0.0/8",
+    ]);
+    let server = Proc::spawn("server", cmd);
+    let id = server
+        .wait_line("EndpointId: ", Duration::from_secs(20))
+        .trim_start_matches("EndpointId: ")
+        .parse()
+        .unwrap();
+    server.wait_line("serving", Duration::from_secs(20));
+    Target {
+        server,
+        id,
+        addr: SocketAddr::from(([127, 0, 0, 1], port)),
+        _dir: dir,
+    }
+}
+
+/// A raw QUIC peer speaking porthole's ALPN, with no porthole logic at all.
+struct Raw {
+    endpoint: iroh::Endpoint,
+    conn: iroh::endpoint::Connection,
+}
+
+async fn raw(t: &Target) -> Raw {
+    init_tracing();
+    let opts = porthole_iroh::IrohOptions {
+        relays: porthole_iroh::RelaySetting::Disabled,
+        dns: porthole_iroh::DnsSetting::Disabled,
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        portmap: false,
+        ..Default::default()
+    };
+    raw_with(t, &opts).await
+}
+
+async fn raw_with(t: &Target, opts: &porthole_iroh::IrohOptions) -> Raw {
+    let endpoint = porthole_iroh::bind(opts).await.unwrap();
+    let addr = porthole_iroh::ticket::endpoint_addr(&t.id, &[], &[t.addr]).unwrap();
+    let conn = endpoint.connect(addr, porthole_proto::ALPN).await.unwrap();
+    Raw { endpoint, conn }
+}
+
+impl Raw {
+    async fn closed_with(&self, limit: Duration) -> u64 {
+        match tokio::time::timeout(limit, self.conn.closed())
+            .await
+            .expect("server did not close the connection")
+        {
+            iroh::endpoint::ConnectionError::ApplicationClosed(c) => c.error_code.into_inner(),
+            other => panic!("closed without an application code: {other}"),
+        }
+    }
+
+    async fn auth(
+        &self,
+        version: u16,
+        token: &str,
+    ) -> (iroh::endpoint::SendStream, iroh::endpoint::RecvStream) {
+        let (mut s, r) = self.conn.open_bi().await.unwrap();
+        s.write_all(
+            &frame::encode(&AuthRequest {
+                version,
+                token: token.into(),
+            })
+            .unwrap(),
+        )
+        .await
+        .unwrap();
+        (s, r)
+    }
+}
+
+async fn read_frame<T: serde::de::DeserializeOwned>(r: &mut iroh::endpoint::RecvStream) -> T {
+    let mut h = [0u8; 2];
+    r.read_exact(&mut h).await.unwrap();
+    let mut body = vec![0u8; u16::from_be_bytes(h) as usize];
+    r.read_exact(&mut body).await.unwrap();
+    frame::decode_body(&body).unwrap()
+}
+
+/// A legitimate client (the binary) with a TCP forward, checked before and after.
+struct Legit {
+    _client: Proc,
+    listen: u16,
+}
+
+fn legit(t: &Target, target_port: u16) -> Legit {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("t");
+    std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
+    let listen = free_tcp_port();
+    let mut cmd = bin();
+    cmd.args([
+        "client",
+        "--server-node-id",
+        &t.id.to_string(),
+        "--server-addr",
+        &t.addr.to_string(),
+    ])
+    .args([
+        "--relay-url",
+        "none",
+        "--dns-server",
+        "none",
+        "--no-portmap",
+    ])
+    .args([
+        "--source",
+        &format!("tcp://127.0.0.1:{target_port}"),
+        "--target",
+        &format!("127.0.0.1:{listen}"),
+    ])
+    .args(["--auth-token-file", token.to_str().unwrap()]);
+    let client = Proc::spawn("legit-client", cmd);
+    client.wait_line("tunnel up", Duration::from_secs(20));
+    std::mem::forget(dir);
+    Legit {
+        _client: client,
+        listen,
+    }
+}
+
+async fn legit_works(l: &Legit) {
+    let mut s = tokio::net::TcpStream::connect(("127.0.0.1", l.listen))
+        .await
+        .unwrap();
+    s.write_all(b"still here").await.unwrap();
+    let mut b = [0u8; 10];
+    tokio::time::timeout(Duration::from_secs(10), s.read_exact(&mut b))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(&b, b"still here");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn bad_auth_input_is_refused_cleanly() {
+    let t = server();
+    let echo = crate::support::echo::tcp_echo().await;
+    let l = legit(&t, echo.port());
+    legit_works(&l).await;
+
+    // Garbage on the auth stream: an absurd length prefix.
+    let r = raw(&t).await;
+    let (mut s, _rx) = r.conn.open_bi().await.unwrap();
+    s.write_all(&[0xff, 0xff, 1, 2, 3]).await.unwrap();
+    assert_eq!(
+        r.closed_with(Duration::from_secs(5)).await,
+        CloseCode::ProtocolError.as_u32() as u64
+    );
+    t.server
+        .wait_line("malformed auth request", Duration::from_secs(5));
+
+    // A well-framed body that is not an AuthRequest.
+    let r = raw(&t).await;
+    let (mut s, _rx) = r.conn.open_bi().await.unwrap();
+    s.write_all(&[0, 3, 0xff, 0xff, 0xff]).await.unwrap();
+    assert_eq!(
+        r.closed_with(Duration::from_secs(5)).await,
+        CloseCode::ProtocolError.as_u32() as u64
+    );
+
+    // An unknown protocol version.
+    let r = raw(&t).await;
+    let _streams = r.auth(99, TOKEN).await;
+    assert_eq!(
+        r.closed_with(Duration::from_secs(5)).await,
+        CloseCode::UnsupportedVersion.as_u32() as u64
+    );
+    t.server
+        .wait_line("protocol version 99", Duration::from_secs(5));
+
+    legit_works(&l).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_auth_times_out_and_early_streams_are_not_served() {
+    let t = server();
+    let dialed = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let dialed_port = dialed.local_addr().unwrap().port();
+    let r = raw(&t).await;
+    // The auth stream gets one byte and stalls; a second stream tries a TCP forward.
+    let (mut a, _ar) = r.conn.open_bi().await.unwrap();
+    a.write_all(&[0]).await.unwrap();
+    let (mut b, _br) = r.conn.open_bi().await.unwrap();
+    b.write_all(&frame::encode(&porthole_proto::message::StreamHeader { forward_id: 0 }).unwrap())
+        .await
+        .unwrap();
+    b.write_all(b"let me in").await.unwrap();
+    let started = std::time::Instant::now();
+    assert_eq!(
+        r.closed_with(Duration::from_secs(20)).await,
+        CloseCode::AuthTimeout.as_u32() as u64
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(8),
+        "closed early: {:?}",
+        started.elapsed()
+    );
+    t.server.wait_line("auth timed out", Duration::from_secs(5));
+    // Nothing was dialed for the early stream.
+    let none = tokio::time::timeout(Duration::from_millis(300), dialed.accept()).await;
+    assert!(
+        none.is_err(),
+        "the server dialed a target before authentication"
+    );
+    let _ = dialed_port;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn repeated_wrong_tokens_are_slowed_down() {
+    let t = server();
+    let opts = porthole_iroh::IrohOptions {
+        secret: Some(porthole_proto::key::SecretKey::generate().unwrap()),
+        relays: porthole_iroh::RelaySetting::Disabled,
+        dns: porthole_iroh::DnsSetting::Disabled,
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        portmap: false,
+        ..Default::default()
+    };
+    let mut codes = Vec::new();
+    for _ in 0..7 {
+        let r = raw_with(&t, &opts).await;
+        // A rate-limited peer may be closed before it can even open a stream.
+        if let Ok((mut s, _r)) = r.conn.open_bi().await {
+            let _ = s
+                .write_all(
+                    &frame::encode(&AuthRequest {
+                        version: 1,
+                        token: OTHER_TOKEN.into(),
+                    })
+                    .unwrap(),
+                )
+                .await;
+        }
+        codes.push(r.closed_with(Duration::from_secs(5)).await);
+        r.endpoint.close().await;
+    }
+    let failed = CloseCode::AuthFailed.as_u32() as u64;
+    let limited = CloseCode::RateLimited.as_u32() as u64;
+    assert!(codes[..5].iter().all(|&c| c == failed), "{codes:?}");
+    assert!(
+        codes[5..].iter().all(|&c| c == failed || c == limited),
+        "{codes:?}"
+    );
+    assert!(codes.contains(&limited), "never rate limited: {codes:?}");
+    t.server.wait_line("peer blocked", Duration::from_secs(5));
+    t.server
+        .wait_line("too many failed auths", Duration::from_secs(5));
+    // A malformed token is just a wrong token, and nothing about it reaches the log.
+    assert!(!t.server.output().contains(OTHER_TOKEN));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn odd_sources_are_refused_one_by_one() {
+    let t = server();
+    let r = raw(&t).await;
+    let (mut s, mut rx) = r.auth(1, TOKEN).await;
+    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await;
+    let long_host = format!("tcp://{}:22", "a".repeat(300));
+    let cases: Vec<(&str, Option<RejectReason>)> = vec![
+        ("", Some(RejectReason::InvalidSource)),
+        ("tcp://", Some(RejectReason::InvalidSource)),
+        (&long_host, Some(RejectReason::InvalidSource)),
+        ("tcp://[::1", Some(RejectReason::InvalidSource)),
+        ("tcp://[fe80::1%eth0]:22", Some(RejectReason::InvalidSource)),
+        ("tcp://127.1:22", Some(RejectReason::InvalidSource)),
+        ("tcp://0x7f000001:22", Some(RejectReason::InvalidSource)),
+        ("tcp://10.0.0.1:22", Some(RejectReason::NotAllowed)),
+        ("tcp://[::ffff:10.0.0.1]:22", Some(RejectReason::NotAllowed)),
+        ("tcp://[::1]:22", Some(RejectReason::NotAllowed)),
+        ("udp://[::ffff:127.0.0.1]:53", None),
+        ("tcp://localhost:22", None),
+    ];
+    for (i, (src, want)) in cases.iter().enumerate() {
+        let req = ControlRequest::OpenForward {
+            request_id: i as u32,
+            source: src.to_string(),
+        };
+        s.write_all(&frame::encode(&req).unwrap()).await.unwrap();
+        match (read_frame::<ControlResponse>(&mut rx).await, want) {
+            (
+                ControlResponse::ForwardRejected {
+                    request_id,
+                    reason,
+                    detail,
+                },
+                Some(w),
+            ) => {
+                assert_eq!((request_id, reason), (i as u32, *w), "{src:?}: {detail}");
+                assert!(detail.len() <= 200);
+            }
+            (ControlResponse::ForwardAccepted { request_id, .. }, None) => {
+                assert_eq!(request_id, i as u32)
+            }
+            (other, _) => panic!("{src:?}: unexpected {other:?}"),
+        }
+    }
+    // The connection is still fine.
+    assert!(r.conn.close_reason().is_none());
+    t.server.wait_line("invalid source", Duration::from_secs(5));
+    t.server.wait_line(
+        "outside the server's tcp allow-list",
+        Duration::from_secs(5),
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn datagrams_for_unknown_flows_are_dropped_and_counted() {
+    let t = server();
+    let echo = crate::support::echo::udp_echo().await;
+    let r = raw(&t).await;
+    let (mut s, mut rx) = r.auth(1, TOKEN).await;
+    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await;
+    s.write_all(
+        &frame::encode(&ControlRequest::OpenForward {
+            request_id: 0,
+            source: format!("udp://{echo}"),
+        })
+        .unwrap(),
+    )
+    .await
+    .unwrap();
+    let ControlResponse::ForwardAccepted { forward_id, .. } =
+        read_frame::<ControlResponse>(&mut rx).await
+    else {
+        panic!("UDP forward refused");
+    };
+    // Unknown forward, garbage, truncated fragments: dropped.
+    let bogus = datagram::FlowKey {
+        forward_id: forward_id + 9,
+        flow_id: 1,
+    };
+    let junk: Vec<Vec<u8>> = vec![
+        datagram::encode(bogus, 0, b"nobody home", 1200)
+            .unwrap()
+            .remove(0),
+        vec![9, 9, 9, 9, 9, 9, 9, 9],
+        vec![1, 0],
+        datagram::encode(
+            datagram::FlowKey {
+                forward_id,
+                flow_id: 5,
+            },
+            1,
+            &[1u8; 5000],
+            1200,
+        )
+        .unwrap()
+        .remove(0),
+    ];
+    for j in junk {
+        r.conn.send_datagram(j.into()).unwrap();
+    }
+    // A proper datagram on the real forward still echoes.
+    let good = datagram::encode(
+        datagram::FlowKey {
+            forward_id,
+            flow_id: 1,
+        },
+        0,
+        b"echo me",
+        1200,
+    )
+    .unwrap()
+    .remove(0);
+    let mut back = None;
+    for _ in 0..10 {
+        r.conn.send_datagram(good.clone().into()).unwrap();
+        if let Ok(Ok(d)) =
+            tokio::time::timeout(Duration::from_millis(500), r.conn.read_datagram()).await
+        {
+            back = Some(d);
+            break;
+        }
+    }
+    let back = back.expect("no echo");
+    match datagram::Datagram::decode(&back).unwrap() {
+        datagram::Datagram::Whole { payload, .. } => assert_eq!(payload, b"echo me"),
+        other => panic!("{other:?}"),
+    }
+    t.server
+        .wait_line("UDP datagrams discarded", Duration::from_secs(5));
+}

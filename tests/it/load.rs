@@ -1,0 +1,250 @@
+//! Load through one tunnel: 10,000 sequential and 500 concurrent TCP connections, every
+//! byte verified; file descriptors and memory return to their baseline afterwards.
+
+use std::time::Duration;
+
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::TcpStream;
+
+use crate::support::TOKEN;
+use crate::support::echo::tcp_echo;
+use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+
+fn payload(seed: u32, len: usize) -> Vec<u8> {
+    let mut x = seed.wrapping_mul(2_654_435_761) | 1;
+    (0..len)
+        .map(|_| {
+            x ^= x << 13;
+            x ^= x >> 17;
+            x ^= x << 5;
+            x as u8
+        })
+        .collect()
+}
+
+async fn echo_once(port: u16, seed: u32, len: usize) {
+    let data = payload(seed, len);
+    let mut s = TcpStream::connect(("127.0.0.1", port))
+        .await
+        .unwrap_or_else(|e| panic!("connection {seed}: connect: {e}"));
+    let (mut r, mut w) = s.split();
+    let write = async {
+        w.write_all(&data)
+            .await
+            .unwrap_or_else(|e| panic!("connection {seed}: write: {e}"));
+        w.shutdown()
+            .await
+            .unwrap_or_else(|e| panic!("connection {seed}: shutdown: {e}"));
+    };
+    let mut back = Vec::with_capacity(len);
+    let read = r.read_to_end(&mut back);
+    let (_, n) = tokio::join!(write, read);
+    n.unwrap_or_else(|e| panic!("connection {seed}: read: {e}"));
+    assert!(
+        back == data,
+        "connection {seed}: {} bytes back, content differs",
+        back.len()
+    );
+}
+
+/// 500 concurrent connections, 16 KiB each way, every byte checked.
+async fn burst(port: u16, seed: u32) {
+    let tasks: Vec<_> = (0..500u32)
+        .map(|i| tokio::spawn(echo_once(port, seed + i, 16 * 1024)))
+        .collect();
+    for t in tasks {
+        tokio::time::timeout(Duration::from_secs(120), t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+}
+
+fn snapshot(p: &Proc) -> (usize, u64) {
+    (p.fds(), p.rss_kib())
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn ten_thousand_sequential_and_500_concurrent_connections() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let target = tcp_echo().await;
+    let port = free_udp_port();
+    let mut cmd = bin();
+    cmd.args([
+        "server",
+        "--auth-tokens-file",
+        tokens.to_str().unwrap(),
+        "--relay-url",
+        "none",
+    ])
+    .args([
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--dns-server",
+        "none",
+        "--no-portmap",
+    ])
+    .args(["--allowed-tcp", "127.0.0.0/8", "-q"]);
+    let server = Proc::spawn("server", cmd);
+    let id = server
+        .wait_line("EndpointId: ", Duration::from_secs(20))
+        .trim_start_matches("EndpointId: ")
+        .to_string();
+    let listen = free_tcp_port();
+    let mut cmd = bin();
+    cmd.args([
+        "client",
+        "--server-node-id",
+        &id,
+        "--server-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--relay-url",
+        "none",
+        "--dns-server",
+        "none",
+        "--no-portmap",
+    ])
+    .args([
+        "--source",
+        &format!("tcp://{target}"),
+        "--target",
+        &format!("127.0.0.1:{listen}"),
+    ])
+    .args(["--auth-token-file", tokens.to_str().unwrap()]);
+    let client = Proc::spawn("client", cmd);
+    client.wait_line("tunnel up", Duration::from_secs(20));
+
+    // Warm up (lazy allocations, thread pools, the allocator's working set for a burst of
+    // 500), then take the baseline: what must not grow is the steady state.
+    for i in 0..300 {
+        echo_once(listen, i, 1024).await;
+    }
+    burst(listen, 2_000_000).await;
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (server_base, client_base) = (snapshot(&server), snapshot(&client));
+
+    let started = std::time::Instant::now();
+    for i in 0..10_000u32 {
+        echo_once(listen, i, 1024).await;
+    }
+    let sequential = started.elapsed();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let (server_seq, client_seq) = (snapshot(&server), snapshot(&client));
+    // No growth from 10,000 sequential connections.
+    for (name, base, seq) in [
+        ("server", server_base, server_seq),
+        ("client", client_base, client_seq),
+    ] {
+        assert!(
+            seq.0 <= base.0 + 4,
+            "{name}: fds {} -> {} after sequential connections",
+            base.0,
+            seq.0
+        );
+        assert!(
+            seq.1 <= base.1 + 8 * 1024,
+            "{name}: RSS {} -> {} KiB after sequential connections",
+            base.1,
+            seq.1
+        );
+    }
+
+    let started = std::time::Instant::now();
+    burst(listen, 1_000_000).await;
+    let concurrent = started.elapsed();
+    let peak = (snapshot(&server), snapshot(&client));
+
+    // Give closed streams and sockets a moment to be released, then compare.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    let (server_after, client_after) = (snapshot(&server), snapshot(&client));
+    eprintln!(
+        "10000 sequential in {sequential:.1?}, 500 concurrent in {concurrent:.1?}\n\
+         server fds/RSS KiB: base {server_base:?} sequential {server_seq:?} peak {:?} after {server_after:?}\n\
+         client fds/RSS KiB: base {client_base:?} sequential {client_seq:?} peak {:?} after {client_after:?}",
+        peak.0, peak.1
+    );
+    for (name, base, after) in [
+        ("server", server_base, server_after),
+        ("client", client_base, client_after),
+    ] {
+        assert!(
+            after.0 <= base.0 + 4,
+            "{name} leaks file descriptors: {} -> {}",
+            base.0,
+            after.0
+        );
+        // Memory returns to the steady state (allow 8 MiB of allocator noise).
+        assert!(
+            after.1 <= base.1 + 8 * 1024,
+            "{name} RSS grew: {} KiB -> {} KiB",
+            base.1,
+            after.1
+        );
+    }
+    // Still healthy.
+    echo_once(listen, 42, 100_000).await;
+}
+
+/// Stress variant (ignored by default): many bursts, to hunt rare resets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+#[ignore]
+async fn burst_stress() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let target = tcp_echo().await;
+    let port = free_udp_port();
+    let mut cmd = bin();
+    cmd.args([
+        "server",
+        "--auth-tokens-file",
+        tokens.to_str().unwrap(),
+        "--relay-url",
+        "none",
+    ])
+    .args([
+        "--bind",
+        &format!("127.0.0.1:{port}"),
+        "--dns-server",
+        "none",
+        "--no-portmap",
+    ])
+    .args(["--allowed-tcp", "127.0.0.0/8"]);
+    let server = Proc::spawn("server", cmd);
+    let id = server
+        .wait_line("EndpointId: ", Duration::from_secs(20))
+        .trim_start_matches("EndpointId: ")
+        .to_string();
+    let listen = free_tcp_port();
+    let mut cmd = bin();
+    cmd.args([
+        "client",
+        "--server-node-id",
+        &id,
+        "--server-addr",
+        &format!("127.0.0.1:{port}"),
+    ])
+    .args([
+        "--relay-url",
+        "none",
+        "--dns-server",
+        "none",
+        "--no-portmap",
+    ])
+    .args([
+        "--source",
+        &format!("tcp://{target}"),
+        "--target",
+        &format!("127.0.0.1:{listen}"),
+    ])
+    .args(["--auth-token-file", tokens.to_str().unwrap()]);
+    let client = Proc::spawn("client", cmd);
+    client.wait_line("tunnel up", Duration::from_secs(20));
+    for round in 0..40u32 {
+        burst(listen, round * 1000).await;
+    }
+}
