@@ -30,6 +30,11 @@ pub struct Cli {
     /// Less log output (repeat for less).
     #[arg(short, long, action = clap::ArgAction::Count, global = true, conflicts_with = "verbose")]
     pub quiet: u8,
+    /// Worker threads: 1 runs everything on one thread (the default for server, client and
+    /// nodepass: fastest per tunnel, see docs/BENCHMARKS.md), 0 uses one per CPU core (the
+    /// default for relay), N uses N. Busy servers with many clients may want 0.
+    #[arg(long, global = true, value_name = "N", env = "PORTHOLE_THREADS")]
+    pub threads: Option<usize>,
     #[command(subcommand)]
     pub command: Command,
 }

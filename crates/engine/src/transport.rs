@@ -13,6 +13,12 @@ use tokio::io::{AsyncRead, AsyncWrite};
 pub trait SendStream: AsyncWrite + Unpin + Send + 'static {
     /// Ends the stream abruptly: the peer's reads fail with `code` instead of a clean EOF.
     fn reset(&mut self, code: u32);
+
+    /// Writes a whole chunk, handing over ownership (no copy into the stream's buffer).
+    fn write_chunk(&mut self, data: Bytes) -> impl Future<Output = io::Result<()>> + Send;
+
+    /// Scheduling priority among the connection's streams (higher goes first; default 0).
+    fn set_priority(&mut self, priority: i32);
 }
 
 /// The receiving half of a bidirectional stream. Reads fail if the peer reset it.

@@ -54,6 +54,13 @@ enum Cmd {
         #[arg(long, default_value_t = 60)]
         timeout_s: u64,
     },
+    /// COUNT sequential connections, each: connect, send one byte, wait for the echo.
+    /// Prints the median and 99th percentile in microseconds.
+    ConnectRate {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 1000)]
+        count: usize,
+    },
     /// Send COUNT datagrams of SIZE bytes (retrying each), expect them back.
     UdpCheck {
         addr: SocketAddr,
@@ -74,6 +81,7 @@ fn main() -> ExitCode {
             loss,
         } => netem(queue, Duration::from_millis(delay_ms), loss),
         Cmd::Echo { tcp, udp } => echo(tcp, udp),
+        Cmd::ConnectRate { addr, count } => connect_rate(addr, count),
         Cmd::TcpCheck {
             addr,
             bytes,
@@ -169,6 +177,28 @@ fn echo(tcp: Option<SocketAddr>, udp: Option<SocketAddr>) -> Result<()> {
     loop {
         std::thread::sleep(Duration::from_secs(3600));
     }
+}
+
+fn connect_rate(addr: SocketAddr, count: usize) -> Result<()> {
+    let mut samples = Vec::with_capacity(count);
+    for _ in 0..count {
+        let t = Instant::now();
+        let mut s = TcpStream::connect(addr)?;
+        s.set_nodelay(true)?;
+        s.set_read_timeout(Some(Duration::from_secs(10)))?;
+        s.write_all(b"x")?;
+        let mut b = [0u8; 1];
+        s.read_exact(&mut b)?;
+        samples.push(t.elapsed().as_micros() as u64);
+    }
+    samples.sort_unstable();
+    let at = |q: f64| samples[((samples.len() as f64 - 1.0) * q).round() as usize];
+    println!(
+        "{{\"ok\":true,\"median_us\":{},\"p99_us\":{},\"count\":{count}}}",
+        at(0.5),
+        at(0.99)
+    );
+    Ok(())
 }
 
 fn pattern(n: usize) -> Vec<u8> {

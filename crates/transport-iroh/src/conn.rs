@@ -98,6 +98,14 @@ impl transport::SendStream for IrohSend {
     fn reset(&mut self, code: u32) {
         let _ = self.0.reset(VarInt::from_u32(code));
     }
+
+    async fn write_chunk(&mut self, data: Bytes) -> io::Result<()> {
+        self.0.write_chunk(data).await.map_err(io_err)
+    }
+
+    fn set_priority(&mut self, priority: i32) {
+        let _ = self.0.set_priority(priority);
+    }
 }
 
 impl transport::RecvStream for IrohRecv {

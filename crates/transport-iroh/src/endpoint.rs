@@ -94,6 +94,9 @@ fn transport_config(max_streams: u32) -> QuicTransportConfig {
         .max_idle_timeout(idle)
         .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
+        // No round-robin of streams inside packets: it cost 30 % of throughput with 8
+        // streams. Bulk streams are demoted instead (porthole_engine::splice::BULK_AFTER).
+        .send_fairness(false)
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
         .receive_window(VarInt::from_u32(32 << 20))
         .send_window(32 << 20)

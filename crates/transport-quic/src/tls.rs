@@ -74,6 +74,8 @@ fn transport(max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
+    // Streams go one after the other, bulk ones demoted (see porthole_engine::splice).
+    t.send_fairness(false);
     // Keep-alives hold the punched NAT mappings open; a silent peer is dead after 20 s.
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Duration::from_secs(20).try_into().ok());

@@ -103,8 +103,18 @@ impl<C: Connection> ServerUdp<C> {
             },
         };
         flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
-        if let Err(e) = flow.socket.try_send(payload) {
-            self.drops.add(1, &format_args!("sending to target: {e}"));
+        match flow.socket.try_send(payload) {
+            Ok(_) => {}
+            // A fresh socket has no writability recorded yet (and a full send buffer
+            // drains fast): wait briefly instead of dropping, e.g. a flow's first datagram.
+            Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
+                let send =
+                    tokio::time::timeout(Duration::from_millis(50), flow.socket.send(payload));
+                if !matches!(send.await, Ok(Ok(_))) {
+                    self.drops.add(1, &"sending to target: socket busy");
+                }
+            }
+            Err(e) => self.drops.add(1, &format_args!("sending to target: {e}")),
         }
     }
 
