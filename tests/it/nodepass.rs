@@ -175,6 +175,40 @@ async fn udp_roundtrip(addr: SocketAddr) {
     }
 }
 
+/// A burst of datagrams of varied sizes, sent without waiting: every echo must be exactly
+/// one datagram that was sent (over TLS, records must not glue datagrams together).
+async fn udp_burst_keeps_boundaries(addr: SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    porthole_engine::udp::size_socket(&s);
+    s.connect(addr).await.unwrap();
+    let sent: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| {
+            let size = 100 + (i as usize * 37) % 1300;
+            let mut d = vec![(i % 251) as u8; size];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            d
+        })
+        .collect();
+    for d in &sent {
+        s.send(d).await.unwrap();
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1500), s.recv(&mut buf)).await
+    {
+        let i = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert!(
+            sent.get(i).is_some_and(|d| d[..] == buf[..n]),
+            "echo of {n} bytes is not one sent datagram (glued or cut at a boundary)"
+        );
+        got += 1;
+    }
+    assert!(
+        got >= 150,
+        "only {got} of 200 datagrams came back through {addr}"
+    );
+}
+
 async fn both_protocols(forward: bool, tls: u8) {
     let p = pair(forward, tls).await;
     eventually_tcp(p.user, Duration::from_secs(20)).await;
@@ -183,6 +217,10 @@ async fn both_protocols(forward: bool, tls: u8) {
         tcp_roundtrip(p.user, 50_000).await.unwrap();
     }
     udp_roundtrip(p.user).await;
+    if tls > 0 {
+        // Plain TCP (tls=0) has no boundaries on NodePass' wire either.
+        udp_burst_keeps_boundaries(p.user).await;
+    }
     p.shutdown.cancel();
     let _ = tokio::time::timeout(Duration::from_secs(5), p.server).await;
     let _ = tokio::time::timeout(Duration::from_secs(5), p.client).await;

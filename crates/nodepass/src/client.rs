@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
-use crate::pool::{Io, Pool, PoolConn};
+use crate::pool::{Pool, PoolConn};
 use crate::relay::{self, Dialer, Limits};
+use crate::stream::PoolStream;
 use crate::wire::http::{self, Reply};
 use crate::wire::url::{NodepassUrl, TlsMode};
 use crate::wire::{CONTROL_ID, PoolId, fingerprint, id_hex};
@@ -92,6 +93,7 @@ async fn single_end(
     if !p.noudp
         && let Ok(u) = UdpSocket::bind(url.tunnel.listen()).await
     {
+        porthole_engine::udp::size_socket(&u);
         tokio::spawn(single_end_udp(
             Arc::new(u),
             dialer.clone(),
@@ -345,8 +347,8 @@ impl PoolDialer {
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
-        let (mut io, seen_fp): (Box<dyn Io>, Option<String>) = match &self.connector {
-            None => (Box::new(tcp), None),
+        let (mut io, seen_fp): (PoolStream, Option<String>) = match &self.connector {
+            None => (PoolStream::Plain(tcp), None),
             Some(c) => {
                 let name = crate::tls::server_name(&self.url.sni(), &self.url.tunnel.host)
                     .map_err(|e| std::io::Error::other(e.to_string()))?;
@@ -361,7 +363,7 @@ impl PoolDialer {
                     .peer_certificates()
                     .and_then(|c| c.first())
                     .map(|c| fingerprint(c));
-                (Box::new(tls), fp)
+                (PoolStream::Client(Box::new(tls)), fp)
             }
         };
         let mut id: PoolId = [0; 4];

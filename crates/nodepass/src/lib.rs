@@ -13,6 +13,7 @@ pub mod control;
 pub mod pool;
 pub mod relay;
 pub mod server;
+pub mod stream;
 pub mod tls;
 pub mod wire;
 

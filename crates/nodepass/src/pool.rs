@@ -5,18 +5,13 @@ use std::collections::VecDeque;
 use std::sync::Mutex;
 use std::time::{Duration, Instant};
 
-use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::Notify;
 
 use crate::wire::PoolId;
 
-/// A pool connection's byte stream (plain TCP or TLS).
-pub trait Io: AsyncRead + AsyncWrite + Unpin + Send + 'static {}
-impl<T: AsyncRead + AsyncWrite + Unpin + Send + 'static> Io for T {}
-
 pub struct PoolConn {
     pub id: PoolId,
-    pub io: Box<dyn Io>,
+    pub io: crate::stream::PoolStream,
     /// The server certificate fingerprint this side saw on the connection (clients, TLS).
     pub seen_fp: Option<String>,
     pub since: Instant,

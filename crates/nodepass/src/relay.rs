@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::control::TunnelHandle;
 use crate::pool::PoolConn;
+use crate::stream::DatagramStream;
 use crate::wire::proxy;
 use crate::wire::url::{HostPort, Params};
 
@@ -230,6 +231,7 @@ impl Dialer {
                 (_, SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
             };
             let s = UdpSocket::bind(local).await?;
+            porthole_engine::udp::size_socket(&s);
             s.connect(addr).await?;
             return Ok(s);
         }
@@ -283,17 +285,17 @@ pub async fn dial_udp(conn: PoolConn, dialer: &Dialer) {
             return;
         }
     };
-    let (mut r, mut w) = tokio::io::split(conn.io);
+    let mut pool = DatagramStream::new(conn.io);
     let mut from_pool = vec![0u8; 65536];
     let mut from_target = vec![0u8; 65536];
     loop {
         tokio::select! {
-            n = r.read(&mut from_pool) => match n {
+            n = pool.recv(&mut from_pool) => match n {
                 Ok(0) | Err(_) => break,
                 Ok(n) => { let _ = socket.send(&from_pool[..n]).await; }
             },
             n = socket.recv(&mut from_target) => match n {
-                Ok(n) => if w.write_all(&from_target[..n]).await.is_err() { break },
+                Ok(n) => if pool.send(&from_target[..n]).await.is_err() { break },
                 Err(e) => debug!("UDP target: {e}"),
             },
             _ = tokio::time::sleep(UDP_IDLE) => break,
@@ -399,15 +401,15 @@ async fn udp_session(
     user: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
 ) {
-    let (mut r, mut w) = tokio::io::split(conn.io);
+    let mut pool = DatagramStream::new(conn.io);
     let mut buf = vec![0u8; 65536];
     loop {
         tokio::select! {
             d = rx.recv() => match d {
-                Some(d) => if w.write_all(&d).await.is_err() { break },
+                Some(d) => if pool.send(&d).await.is_err() { break },
                 None => break,
             },
-            n = r.read(&mut buf) => match n {
+            n = pool.recv(&mut buf) => match n {
                 Ok(0) | Err(_) => break,
                 Ok(n) => { let _ = socket.send_to(&buf[..n], user).await; }
             },
@@ -431,7 +433,9 @@ pub async fn bind_user_side(
     let udp = if noudp {
         None
     } else {
-        Some(Arc::new(UdpSocket::bind(addr.listen()).await?))
+        let u = UdpSocket::bind(addr.listen()).await?;
+        porthole_engine::udp::size_socket(&u);
+        Some(Arc::new(u))
     };
     if let Some(t) = &tcp {
         info!("accepting user TCP on {}", t.local_addr()?);

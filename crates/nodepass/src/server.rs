@@ -12,8 +12,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
-use crate::pool::{Io, Pool, PoolConn};
+use crate::pool::{Pool, PoolConn};
 use crate::relay::{self, Dialer, Limits};
+use crate::stream::PoolStream;
 use crate::tls::ServerTls;
 use crate::wire::http::{self, Reply, Verdict};
 use crate::wire::url::{NodepassUrl, TlsMode};
@@ -361,11 +362,11 @@ async fn admit(
         debug!("pool full ({max}): closing a new connection without an ID");
         return Admitted::Refused;
     }
-    let mut io: Box<dyn Io> = match tls {
-        None => Box::new(stream),
+    let mut io: PoolStream = match tls {
+        None => PoolStream::Plain(stream),
         Some(t) => {
             match tokio::time::timeout(Duration::from_secs(10), t.acceptor.accept(stream)).await {
-                Ok(Ok(s)) => Box::new(s),
+                Ok(Ok(s)) => PoolStream::Server(Box::new(s)),
                 _ => return Admitted::Refused,
             }
         }

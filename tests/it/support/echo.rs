@@ -50,6 +50,7 @@ pub async fn tcp_count_then_reply() -> SocketAddr {
 /// UDP echo: sends each datagram back to its sender.
 pub async fn udp_echo() -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    porthole_engine::udp::size_socket(&s);
     let addr = s.local_addr().unwrap();
     tokio::spawn(async move {
         let mut buf = vec![0u8; 65536];
