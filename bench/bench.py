@@ -32,7 +32,8 @@ import time
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parent.parent
-PORTHOLE = ROOT / "target/release/porthole"
+# PORTHOLE_BENCH_BIN: compare another build (A/B runs while tuning).
+PORTHOLE = Path(os.environ.get("PORTHOLE_BENCH_BIN", ROOT / "target/release/porthole"))
 LABTOOL = ROOT / "target/release/porthole-labtool"
 RATHOLE = ROOT / "bench/out/bin/rathole"
 TOKEN = "iABCDEFGHIJKLMNOPL"
@@ -115,7 +116,8 @@ class Case:
         return p
 
     def tunnel_procs(self):
-        return [p for p in self.procs if "relay" not in p.name]
+        # The iroh relay server is infrastructure, not one of the two tunnel ends.
+        return [p for p in self.procs if not p.name.endswith("-relay")]
 
     def stop(self):
         for p in reversed(self.procs):
@@ -295,7 +297,7 @@ def tcp(port, streams, seconds):
 def udp(port, rate, seconds):
     end = iperf(port, ["-u", "-b", rate, "-l", "1200"], seconds)
     s = end["sum"]
-    loss = s.get("lost_percent", 0.0)
+    loss = max(0.0, s.get("lost_percent", 0.0))
     return s["bits_per_second"] * (1 - loss / 100.0), loss
 
 

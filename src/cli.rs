@@ -17,7 +17,7 @@ with an auth token, then asks for sources (tcp://host:port, udp://host:port) tha
 only if they are inside its allow-list.",
     after_help = "Quick start (one machine, offline):\n  \
 porthole relay --http-bind 127.0.0.1:3340 &\n  \
-porthole generate-token > token.txt\n  \
+porthole generate-token --output token.txt\n  \
 porthole server --relay-url http://127.0.0.1:3340 --allowed-tcp 127.0.0.0/8 --auth-tokens-file token.txt\n  \
 porthole client --relay-url http://127.0.0.1:3340 --ticket <TICKET printed by the server> \\\n    \
 --source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n\n\
