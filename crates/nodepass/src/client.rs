@@ -378,7 +378,8 @@ impl PoolDialer {
         })
     }
 
-    /// Keeps at least `min` idle connections, checking every 100 ms.
+    /// Keeps at least `min` idle connections: refills as soon as one is used, and checks
+    /// every 100 ms anyway (connections the server dropped).
     async fn fill(self, cancel: CancellationToken) {
         let this = Arc::new(self);
         let mut failures = 0u32;
@@ -413,6 +414,7 @@ impl PoolDialer {
             tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = tokio::time::sleep(pause) => {}
+                _ = this.pool.taken(), if failures == 0 => {}
             }
         }
     }

@@ -45,12 +45,7 @@ impl TunnelHandle {
             warn!("peer not verified: refusing {remote}");
             return None;
         }
-        let mut conn = self.pool.take_oldest();
-        let deadline = tokio::time::Instant::now() + Duration::from_secs(2);
-        while conn.is_none() && tokio::time::Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-            conn = self.pool.take_oldest();
-        }
+        let conn = self.pool.wait_take_oldest(Duration::from_secs(2)).await;
         let Some(conn) = conn else {
             self.errors.fetch_add(1, Ordering::Relaxed);
             warn!("no idle pool connection for {remote}");

@@ -27,6 +27,9 @@ impl std::fmt::Debug for PoolConn {
 pub struct Pool {
     idle: Mutex<VecDeque<PoolConn>>,
     added: Notify,
+    /// Wakes the refilling side as soon as a connection is used, rather than at its next
+    /// periodic check: a burst of user connections otherwise drains the pool and waits.
+    taken: Notify,
 }
 
 impl Pool {
@@ -52,17 +55,47 @@ impl Pool {
     }
 
     pub fn take_oldest(&self) -> Option<PoolConn> {
-        self.lock().pop_front()
+        let c = self.lock().pop_front();
+        self.on_take(c)
     }
 
     pub fn take_newest(&self) -> Option<PoolConn> {
-        self.lock().pop_back()
+        let c = self.lock().pop_back();
+        self.on_take(c)
     }
 
     pub fn take(&self, id: PoolId) -> Option<PoolConn> {
-        let mut q = self.lock();
-        let i = q.iter().position(|c| c.id == id)?;
-        q.remove(i)
+        let c = {
+            let mut q = self.lock();
+            q.iter().position(|c| c.id == id).and_then(|i| q.remove(i))
+        };
+        self.on_take(c)
+    }
+
+    fn on_take(&self, c: Option<PoolConn>) -> Option<PoolConn> {
+        if c.is_some() {
+            self.taken.notify_one();
+        }
+        c
+    }
+
+    /// Resolves once a connection was taken since the last call (or now, if one was).
+    pub async fn taken(&self) {
+        self.taken.notified().await
+    }
+
+    /// Takes the oldest connection, waiting up to `limit` for one to arrive.
+    pub async fn wait_take_oldest(&self, limit: Duration) -> Option<PoolConn> {
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let notified = self.added.notified();
+            if let Some(c) = self.take_oldest() {
+                return Some(c);
+            }
+            if tokio::time::timeout_at(deadline, notified).await.is_err() {
+                return self.take_oldest();
+            }
+        }
     }
 
     /// Takes connection `id`, waiting up to `limit` for it to arrive.
@@ -83,5 +116,63 @@ impl Pool {
     pub fn clear(&self) -> usize {
         let drained: Vec<PoolConn> = self.lock().drain(..).collect();
         drained.len()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::stream::PoolStream;
+
+    async fn conn(id: u8) -> PoolConn {
+        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let s = tokio::net::TcpStream::connect(l.local_addr().unwrap())
+            .await
+            .unwrap();
+        PoolConn {
+            id: [id; 4],
+            io: PoolStream::Plain(s),
+            seen_fp: None,
+            since: Instant::now(),
+        }
+    }
+
+    #[tokio::test]
+    async fn a_take_wakes_the_refiller() {
+        let pool = Pool::default();
+        pool.push(conn(1).await);
+        // Nothing taken yet: no wakeup.
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), pool.taken())
+                .await
+                .is_err()
+        );
+        assert!(pool.take([1; 4]).is_some());
+        tokio::time::timeout(Duration::from_secs(1), pool.taken())
+            .await
+            .expect("take did not wake the refiller");
+        // A miss is not a take.
+        assert!(pool.take_oldest().is_none());
+        assert!(
+            tokio::time::timeout(Duration::from_millis(50), pool.taken())
+                .await
+                .is_err()
+        );
+    }
+
+    #[tokio::test]
+    async fn waiting_for_the_oldest_gets_one_pushed_later() {
+        let pool = std::sync::Arc::new(Pool::default());
+        let p = pool.clone();
+        let waiter = tokio::spawn(async move { p.wait_take_oldest(Duration::from_secs(5)).await });
+        tokio::time::sleep(Duration::from_millis(20)).await;
+        pool.push(conn(7).await);
+        let got = waiter.await.unwrap().expect("no connection");
+        assert_eq!(got.id, [7; 4]);
+        assert!(
+            pool.wait_take_oldest(Duration::from_millis(30))
+                .await
+                .is_none()
+        );
     }
 }

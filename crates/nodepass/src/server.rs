@@ -287,6 +287,12 @@ impl TunnelSession<'_> {
                     debug!("refusing a pool connection from {peer}: not the authenticated client");
                     continue;
                 }
+                // Under TLS, records go out as they come (no Nagle delay on small writes).
+                // Under tls=0 Nagle stays on: UDP sessions there have no framing, and
+                // whole-datagram segments are less often cut by a lagging reader.
+                if self.tls.is_some() {
+                    let _ = stream.set_nodelay(true);
+                }
                 let is_first = std::mem::replace(&mut first, false);
                 let id: PoolId = if is_first { CONTROL_ID } else { random_id() };
                 let tls = self.tls.clone();
@@ -333,6 +339,9 @@ fn unreachable_end() -> (ControlEnd, Option<TcpStream>) {
     (ControlEnd::Error("accept loop ended".into()), None)
 }
 
+/// How long a new tunnel-port connection may take to show a restarted client's `GET`.
+const RESTART_PEEK: Duration = Duration::from_millis(10);
+
 enum Admitted {
     Conn(PoolConn),
     Handshake(TcpStream),
@@ -350,9 +359,17 @@ async fn admit(
 ) -> Admitted {
     let _ = socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
-    // A pool client writes nothing (tls=0) or a TLS ClientHello; a restarted client writes "GET ".
+    // A pool client writes nothing (tls=0) or a TLS ClientHello; a restarted client writes
+    // "GET " right behind the TCP handshake, so it is there within a few ms. Under tls=0 the
+    // wait delays the connection's ID: skip it when the pool is empty and users may be
+    // waiting (bytes already there are still seen).
+    let wait = if pool.is_empty() {
+        Duration::ZERO
+    } else {
+        RESTART_PEEK
+    };
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(Duration::from_millis(50), stream.peek(&mut first)).await;
+    let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
     if let Ok(Ok(1)) = peeked
         && first[0] == b'G'
     {
