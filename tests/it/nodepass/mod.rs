@@ -1,0 +1,262 @@
+//! NodePass mode: porthole on both ends (both flows x tls 0/1/2, TCP and UDP), and the
+//! helpers the other files here share. Fake peers replaying the documented bytes are in
+//! `fake_peers`, restarts, refusals and the binary in `lifecycle`, URL parameters in `params`.
+
+mod fake_peers;
+mod lifecycle;
+mod params;
+
+use std::net::SocketAddr;
+use std::time::Duration;
+
+use porthole_nodepass::client::ClientOptions;
+use porthole_nodepass::server::ServerOptions;
+use porthole_nodepass::wire::signal::Signal;
+use porthole_nodepass::wire::{http, token};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+
+use crate::support::echo::{tcp_echo, udp_echo};
+use crate::support::init_tracing;
+use crate::support::process::free_tcp_port;
+
+fn fast_server() -> ServerOptions {
+    ServerOptions {
+        verify_after: Duration::from_millis(300),
+        restart_delay: Duration::from_millis(500),
+    }
+}
+
+fn fast_client(roots: Vec<rustls_pki_types::CertificateDer<'static>>) -> ClientOptions {
+    ClientOptions {
+        verify_after: Duration::from_millis(300),
+        restart_delay: Duration::from_millis(500),
+        extra_roots: roots,
+    }
+}
+
+struct Tls2 {
+    _dir: tempfile::TempDir,
+    crt: String,
+    key: String,
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+}
+
+fn tls2_files() -> Tls2 {
+    let dir = tempfile::tempdir().unwrap();
+    let certs = porthole_relay::certs::generate(&["127.0.0.1".into()]).unwrap();
+    let crt = dir.path().join("crt.pem");
+    let key = dir.path().join("key.pem");
+    std::fs::write(&crt, &certs.cert_pem).unwrap();
+    std::fs::write(&key, &certs.key_pem).unwrap();
+    let roots = porthole_iroh::options::parse_pem_certs(&certs.ca_pem).unwrap();
+    Tls2 {
+        crt: crt.to_str().unwrap().into(),
+        key: key.to_str().unwrap().into(),
+        roots,
+        _dir: dir,
+    }
+}
+
+struct Pair {
+    user: SocketAddr,
+    shutdown: CancellationToken,
+    server: JoinHandle<()>,
+    client: JoinHandle<()>,
+}
+
+/// A porthole server and client; returns where users connect.
+async fn pair(forward: bool, tls: u8) -> Pair {
+    init_tracing();
+    let (tcp_target, udp_target) = (tcp_echo().await, udp_echo().await);
+    // One port for both protocols: bind the UDP echo next to the TCP one.
+    let udp_fwd = UdpSocket::bind(tcp_target).await;
+    let (target_port, udp_ok) = match udp_fwd {
+        Ok(s) => {
+            tokio::spawn(async move {
+                let mut b = vec![0u8; 65536];
+                while let Ok((n, from)) = s.recv_from(&mut b).await {
+                    let _ = s.send_to(&b[..n], from).await;
+                }
+            });
+            (tcp_target.port(), true)
+        }
+        Err(_) => (tcp_target.port(), false),
+    };
+    let _ = (udp_target, udp_ok);
+    let tunnel = free_tcp_port();
+    let user = free_tcp_port();
+    let tls2 = tls2_files();
+    let tls_q = match tls {
+        2 => format!("tls=2&crt={}&key={}", tls2.crt, tls2.key),
+        n => format!("tls={n}"),
+    };
+    let (server_url, client_url) = if forward {
+        (
+            format!("server://secretkey@127.0.0.1:{tunnel}/127.0.0.1:{target_port}?{tls_q}&mode=2"),
+            format!("client://secretkey@127.0.0.1:{tunnel}/127.0.0.1:{user}?min=4&mode=2"),
+        )
+    } else {
+        (
+            format!("server://secretkey@127.0.0.1:{tunnel}/127.0.0.1:{user}?{tls_q}&mode=1"),
+            format!("client://secretkey@127.0.0.1:{tunnel}/127.0.0.1:{target_port}?min=4&mode=2"),
+        )
+    };
+    let shutdown = CancellationToken::new();
+    let (s, c) = (shutdown.clone(), shutdown.clone());
+    let server = tokio::spawn(async move {
+        porthole_nodepass::server::run(server_url.parse().unwrap(), fast_server(), s)
+            .await
+            .unwrap();
+    });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let roots = tls2.roots.clone();
+    let client = tokio::spawn(async move {
+        let _keep = tls2;
+        porthole_nodepass::client::run(client_url.parse().unwrap(), fast_client(roots), c)
+            .await
+            .unwrap();
+    });
+    Pair {
+        user: SocketAddr::from(([127, 0, 0, 1], user)),
+        shutdown,
+        server,
+        client,
+    }
+}
+
+async fn tcp_roundtrip(addr: SocketAddr, size: usize) -> Result<(), String> {
+    let mut s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let data: Vec<u8> = (0..size).map(|i| (i % 253) as u8).collect();
+    s.write_all(&data).await.map_err(|e| e.to_string())?;
+    s.shutdown().await.map_err(|e| e.to_string())?;
+    let mut back = Vec::new();
+    tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut back))
+        .await
+        .map_err(|_| "timeout".to_string())?
+        .map_err(|e| e.to_string())?;
+    if back == data {
+        Ok(())
+    } else {
+        Err(format!("got {} of {} bytes back", back.len(), data.len()))
+    }
+}
+
+/// Retries until the tunnel carries a TCP round trip (it needs a handshake, a pool and,
+/// under tls=1, a fingerprint check first).
+async fn eventually_tcp(addr: SocketAddr, limit: Duration) {
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tcp_roundtrip(addr, 100_000).await {
+            Ok(()) => return,
+            Err(e) if tokio::time::Instant::now() > deadline => {
+                panic!("no TCP round trip through {addr}: {e}")
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(200)).await,
+        }
+    }
+}
+
+async fn udp_roundtrip(addr: SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    s.connect(addr).await.unwrap();
+    let mut buf = vec![0u8; 65536];
+    for size in [1usize, 512, 1400] {
+        let payload = vec![size as u8; size];
+        let mut ok = false;
+        for _ in 0..10 {
+            s.send(&payload).await.unwrap();
+            if let Ok(Ok(n)) =
+                tokio::time::timeout(Duration::from_millis(700), s.recv(&mut buf)).await
+            {
+                assert_eq!(&buf[..n], &payload[..]);
+                ok = true;
+                break;
+            }
+        }
+        assert!(ok, "UDP {size} bytes never came back through {addr}");
+    }
+}
+
+/// A burst of datagrams of varied sizes, sent without waiting: every echo must be exactly
+/// one datagram that was sent (over TLS, records must not glue datagrams together).
+async fn udp_burst_keeps_boundaries(addr: SocketAddr) {
+    let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+    porthole_engine::udp::size_socket(&s);
+    s.connect(addr).await.unwrap();
+    let sent: Vec<Vec<u8>> = (0..200u32)
+        .map(|i| {
+            let size = 100 + (i as usize * 37) % 1300;
+            let mut d = vec![(i % 251) as u8; size];
+            d[..4].copy_from_slice(&i.to_be_bytes());
+            d
+        })
+        .collect();
+    // Bursts of 20 (~15 KiB, enough for several records per read) with short gaps, so
+    // a loaded test machine's socket buffers do not drop what the tunnel would carry.
+    for (i, d) in sent.iter().enumerate() {
+        s.send(d).await.unwrap();
+        if i % 20 == 19 {
+            tokio::time::sleep(Duration::from_millis(2)).await;
+        }
+    }
+    let mut buf = vec![0u8; 65536];
+    let mut got = 0;
+    while let Ok(Ok(n)) = tokio::time::timeout(Duration::from_millis(1500), s.recv(&mut buf)).await
+    {
+        let i = u32::from_be_bytes(buf[..4].try_into().unwrap()) as usize;
+        assert!(
+            sent.get(i).is_some_and(|d| d[..] == buf[..n]),
+            "echo of {n} bytes is not one sent datagram (glued or cut at a boundary)"
+        );
+        got += 1;
+    }
+    assert!(
+        got >= 150,
+        "only {got} of 200 datagrams came back through {addr}"
+    );
+}
+
+async fn both_protocols(forward: bool, tls: u8) {
+    let p = pair(forward, tls).await;
+    eventually_tcp(p.user, Duration::from_secs(20)).await;
+    // Several sessions in a row: each uses a fresh pool connection.
+    for _ in 0..5 {
+        tcp_roundtrip(p.user, 50_000).await.unwrap();
+    }
+    udp_roundtrip(p.user).await;
+    if tls > 0 {
+        // Plain TCP (tls=0) has no boundaries on NodePass' wire either.
+        udp_burst_keeps_boundaries(p.user).await;
+    }
+    p.shutdown.cancel();
+    let _ = tokio::time::timeout(Duration::from_secs(5), p.server).await;
+    let _ = tokio::time::timeout(Duration::from_secs(5), p.client).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_tls0() {
+    both_protocols(false, 0).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_tls1() {
+    both_protocols(false, 1).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn reverse_tls2() {
+    both_protocols(false, 2).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forward_tls0() {
+    both_protocols(true, 0).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forward_tls1() {
+    both_protocols(true, 1).await;
+}
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn forward_tls2() {
+    both_protocols(true, 2).await;
+}
