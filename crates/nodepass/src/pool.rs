@@ -84,30 +84,30 @@ impl Pool {
         self.taken.notified().await
     }
 
-    /// Takes the oldest connection, waiting up to `limit` for one to arrive.
-    pub async fn wait_take_oldest(&self, limit: Duration) -> Option<PoolConn> {
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let notified = self.added.notified();
-            if let Some(c) = self.take_oldest() {
-                return Some(c);
-            }
-            if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.take_oldest();
-            }
-        }
-    }
-
     /// Takes connection `id`, waiting up to `limit` for it to arrive.
     pub async fn wait_take(&self, id: PoolId, limit: Duration) -> Option<PoolConn> {
+        self.wait_for(limit, |p| p.take(id)).await
+    }
+
+    /// Takes the oldest connection, waiting up to `limit` for one to arrive.
+    pub async fn wait_take_oldest(&self, limit: Duration) -> Option<PoolConn> {
+        self.wait_for(limit, Pool::take_oldest).await
+    }
+
+    /// Retries `pick` whenever a connection arrives, until it yields one or `limit` passes.
+    async fn wait_for(
+        &self,
+        limit: Duration,
+        pick: impl Fn(&Self) -> Option<PoolConn>,
+    ) -> Option<PoolConn> {
         let deadline = tokio::time::Instant::now() + limit;
         loop {
             let notified = self.added.notified();
-            if let Some(c) = self.take(id) {
+            if let Some(c) = pick(self) {
                 return Some(c);
             }
             if tokio::time::timeout_at(deadline, notified).await.is_err() {
-                return self.take(id);
+                return pick(self);
             }
         }
     }

@@ -115,17 +115,17 @@ impl DatagramStream {
                     Err(e) => return Err(e),
                 }
                 // Exactly one more record from the socket.
-                while inbuf.len() < RECORD_HEADER
-                    || inbuf.len()
-                        < RECORD_HEADER + u16::from_be_bytes([inbuf[3], inbuf[4]]) as usize
-                {
-                    if inbuf.len() >= RECORD_HEADER
-                        && u16::from_be_bytes([inbuf[3], inbuf[4]]) as usize > MAX_RECORD
-                    {
-                        return Err(io::Error::new(
-                            io::ErrorKind::InvalidData,
-                            "oversized TLS record",
-                        ));
+                let len = loop {
+                    if let Some(len) = record_len(inbuf) {
+                        if len > RECORD_HEADER + MAX_RECORD {
+                            return Err(io::Error::new(
+                                io::ErrorKind::InvalidData,
+                                "oversized TLS record",
+                            ));
+                        }
+                        if inbuf.len() >= len {
+                            break len;
+                        }
                     }
                     let mut chunk = [0u8; 16 * 1024];
                     let n = tcp.read(&mut chunk).await?;
@@ -133,8 +133,7 @@ impl DatagramStream {
                         return Ok(0);
                     }
                     inbuf.extend_from_slice(&chunk[..n]);
-                }
-                let len = RECORD_HEADER + u16::from_be_bytes([inbuf[3], inbuf[4]]) as usize;
+                };
                 let mut record = &inbuf[..len];
                 conn.read_tls(&mut record)?;
                 inbuf.drain(..len);
@@ -156,6 +155,12 @@ impl DatagramStream {
             }
         }
     }
+}
+
+/// The whole length (header included) of the TLS record starting `buf`, once its header is in.
+fn record_len(buf: &[u8]) -> Option<usize> {
+    let body = u16::from_be_bytes([*buf.get(3)?, *buf.get(4)?]);
+    Some(RECORD_HEADER + usize::from(body))
 }
 
 async fn flush_tls(tcp: &mut TcpStream, conn: &mut rustls::Connection) -> io::Result<()> {
