@@ -15,9 +15,17 @@ pub mod client;
 pub mod control;
 pub mod net;
 pub mod policy;
+pub mod quic_adapter;
 pub mod server;
 pub mod splice;
 pub mod transport;
 pub mod udp;
 
 pub use porthole_proto as proto;
+
+/// What [`quic_adapter!`] needs from our dependencies, so callers need not name them.
+#[doc(hidden)]
+pub mod __private {
+    pub use bytes::Bytes;
+    pub use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+}
