@@ -16,7 +16,7 @@ use tracing::debug;
 
 use crate::conn::IrohConn;
 use crate::options::{DnsSetting, IrohOptions, RelaySetting};
-use crate::{IrohError, paths};
+use crate::{IrohError, paths, receive_window};
 
 /// Binds an endpoint as `opts` describe.
 ///
@@ -98,8 +98,9 @@ fn transport_config(max_streams: u32) -> QuicTransportConfig {
         // streams. Bulk streams are demoted instead (porthole_engine::splice::BULK_AFTER).
         .send_fairness(false)
         .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        .receive_window(VarInt::from_u32(32 << 20))
-        .send_window(32 << 20)
+        // The upper bound: each connection's receive_window tuner sizes it to the path.
+        .receive_window(VarInt::from_u64(receive_window::MAX_WINDOW).unwrap_or(VarInt::MAX))
+        .send_window(receive_window::MAX_WINDOW)
         .datagram_receive_buffer_size(Some(4 << 20))
         .datagram_send_buffer_size(4 << 20)
         .build()
@@ -133,6 +134,7 @@ impl Acceptor for IrohAcceptor {
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?;
                         paths::spawn_monitor(conn.clone());
+                        receive_window::spawn_tuner(conn.clone());
                         Ok(IrohConn::new(conn))
                     }));
                 }
@@ -165,6 +167,7 @@ impl Connector for IrohConnector {
             .await
             .map_err(|e| io::Error::other(describe_connect_error(&e.to_string())))?;
         paths::spawn_monitor(conn.clone());
+        receive_window::spawn_tuner(conn.clone());
         Ok(IrohConn::new(conn))
     }
 }
