@@ -416,6 +416,7 @@ def main():
     if "direct" not in names:
         names.insert(0, "direct")
     work = Path(tempfile.mkdtemp(prefix="porthole-bench-"))
+    print(f"bench: logs of every process in {work}", file=sys.stderr)
     secrets(work)
     iperf_port, echo_port = free_port(), free_port()
     services = [Proc("iperf3-server", ["iperf3", "-s", "-p", iperf_port], work),
