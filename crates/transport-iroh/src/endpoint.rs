@@ -7,7 +7,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use iroh::address_lookup::{PkarrPublisher, PkarrResolver};
-use iroh::endpoint::{IdleTimeout, PortmapperConfig, QuicTransportConfig, VarInt, presets};
+use iroh::endpoint::{
+    Connection, IdleTimeout, PortmapperConfig, QuicTransportConfig, VarInt, presets,
+};
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, SecretKey};
 use iroh_relay::tls::CaTlsConfig;
 use porthole_engine::transport::{Acceptor, Connector};
@@ -133,15 +135,21 @@ impl Acceptor for IrohAcceptor {
                         let conn = accepting
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?;
-                        paths::spawn_monitor(conn.clone());
-                        receive_window::spawn_tuner(conn.clone());
-                        Ok(IrohConn::new(conn))
+                        Ok(established(conn))
                     }));
                 }
                 Err(e) => debug!("incoming connection failed: {e}"),
             }
         }
     }
+}
+
+/// Starts the per-connection background tasks (path log, receive-window tuner) of a
+/// connection either side just established, and wraps it for the engine.
+fn established(conn: Connection) -> IrohConn {
+    paths::spawn_monitor(conn.clone());
+    receive_window::spawn_tuner(conn.clone());
+    IrohConn::new(conn)
 }
 
 /// The engine's connector: dials one server.
@@ -166,9 +174,7 @@ impl Connector for IrohConnector {
             .connect(self.addr.clone(), ALPN)
             .await
             .map_err(|e| io::Error::other(describe_connect_error(&e.to_string())))?;
-        paths::spawn_monitor(conn.clone());
-        receive_window::spawn_tuner(conn.clone());
-        Ok(IrohConn::new(conn))
+        Ok(established(conn))
     }
 }
 
