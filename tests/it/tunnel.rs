@@ -78,14 +78,7 @@ async fn echo_verified_by_hash(addr: std::net::SocketAddr, total: usize) {
 async fn tcp_echo_and_100mb_transfer_verified_by_hash() {
     let relay = http_relay().await;
     let target = tcp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("tcp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("tcp://{target}")).await;
     assert_eq!(
         echo_once(client.addrs[0], b"hello porthole").await,
         b"hello porthole"
@@ -100,14 +93,7 @@ async fn tcp_echo_and_100mb_transfer_verified_by_hash() {
 async fn half_close_delivers_the_whole_reply() {
     let relay = http_relay().await;
     let target = tcp_count_then_reply().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("tcp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("tcp://{target}")).await;
     let request = vec![7u8; 300_000];
     let reply = echo_once(client.addrs[0], &request).await;
     let expected = "read 300000 bytes;".repeat(1000);
@@ -120,14 +106,7 @@ async fn half_close_delivers_the_whole_reply() {
 async fn two_hundred_concurrent_tcp_connections() {
     let relay = http_relay().await;
     let target = tcp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("tcp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("tcp://{target}")).await;
     let addr = client.addrs[0];
     let mut tasks = Vec::new();
     for i in 0..200u32 {
@@ -153,14 +132,7 @@ async fn two_hundred_concurrent_tcp_connections() {
 async fn udp_two_local_peers_without_cross_talk() {
     let relay = http_relay().await;
     let target = udp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("udp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("udp://{target}")).await;
     let a = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     let b = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     a.connect(client.addrs[0]).await.unwrap();
@@ -200,14 +172,7 @@ async fn recv_expect(s: &UdpSocket, want: &[u8], buf: &mut [u8]) -> bool {
 async fn udp_large_datagrams_arrive_intact() {
     let relay = http_relay().await;
     let target = udp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("udp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("udp://{target}")).await;
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
     s.connect(client.addrs[0]).await.unwrap();
     let mut buf = vec![0u8; 65536];
@@ -227,14 +192,8 @@ async fn udp_large_datagrams_arrive_intact() {
 async fn relay_only_mode_stays_on_the_relay() {
     let relay = http_relay().await;
     let target = tcp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay).relay_only())).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay).relay_only(),
-        &server,
-        &[&format!("tcp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) =
+        start_tunnel(Net::via(&relay).relay_only(), &format!("tcp://{target}")).await;
     assert_eq!(echo_once(client.addrs[0], b"via relay").await, b"via relay");
     tokio::time::sleep(Duration::from_secs(2)).await;
     let path = client.path().expect("no path");
@@ -250,14 +209,8 @@ async fn relay_only_mode_stays_on_the_relay() {
 /// datagrams into one write (vendor/iroh-relay), which must keep every byte in order.
 async fn relay_only_bulk_echo(relay: TestRelay) {
     let target = tcp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay).relay_only())).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay).relay_only(),
-        &server,
-        &[&format!("tcp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) =
+        start_tunnel(Net::via(&relay).relay_only(), &format!("tcp://{target}")).await;
     echo_verified_by_hash(client.addrs[0], 24 * 1024 * 1024).await;
     let path = client.path().expect("no path");
     assert!(
@@ -282,14 +235,7 @@ async fn relay_only_bulk_transfer_over_https_relay() {
 async fn direct_path_through_https_relay_with_private_ca() {
     let relay = https_relay().await;
     let target = tcp_echo().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("tcp://{target}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("tcp://{target}")).await;
     assert_eq!(echo_once(client.addrs[0], b"direct").await, b"direct");
     let path = client
         .wait_path(|p| p.is_direct(), Duration::from_secs(15))
@@ -377,14 +323,7 @@ async fn source_outside_allow_list_is_refused() {
 async fn target_down_resets_the_user_connection_promptly() {
     let relay = http_relay().await;
     let dead = closed_port().await;
-    let server = start_server(ServerSetup::new(Net::via(&relay))).await;
-    let mut client = start_client(ClientSetup::new(
-        Net::via(&relay),
-        &server,
-        &[&format!("tcp://{dead}")],
-    ))
-    .await;
-    client.connected().await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("tcp://{dead}")).await;
     let started = std::time::Instant::now();
     // Under load the reset can arrive before `connect` has even checked its socket, so
     // it may surface from `connect` as well as from the read.

@@ -30,12 +30,7 @@ async fn fake_client_replays_documented_bytes() {
     let addr = SocketAddr::from(([127, 0, 0, 1], tunnel));
     let url = format!("server://secretkey@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1");
     let shutdown = CancellationToken::new();
-    let s = shutdown.clone();
-    tokio::spawn(async move {
-        porthole_nodepass::server::run(url.parse().unwrap(), fast_server(), s)
-            .await
-            .unwrap()
-    });
+    spawn_server(&url, shutdown.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let token = "0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a7";
@@ -151,12 +146,7 @@ async fn fake_server_replays_documented_bytes() {
         target.port()
     );
     let shutdown = CancellationToken::new();
-    let c = shutdown.clone();
-    tokio::spawn(async move {
-        porthole_nodepass::client::run(url.parse().unwrap(), fast_client(vec![]), c)
-            .await
-            .unwrap()
-    });
+    spawn_client(&url, vec![], shutdown.clone());
 
     let expected_request = "GET / HTTP/1.1\r\nHost: none\r\nAuthorization: Bearer 0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a7\r\n\r\n";
     // v1.14 servers may close before replying: the client must retry.

@@ -17,20 +17,10 @@ async fn server_restart_mid_use_recovers() {
     );
     let user_addr = SocketAddr::from(([127, 0, 0, 1], user));
     let client_stop = CancellationToken::new();
-    let c = client_stop.clone();
-    tokio::spawn(async move {
-        porthole_nodepass::client::run(client_url.parse().unwrap(), fast_client(vec![]), c)
-            .await
-            .unwrap()
-    });
+    spawn_client(&client_url, vec![], client_stop.clone());
     for round in 0..2 {
         let stop = CancellationToken::new();
-        let (s, url) = (stop.clone(), server_url.clone());
-        let server = tokio::spawn(async move {
-            porthole_nodepass::server::run(url.parse().unwrap(), fast_server(), s)
-                .await
-                .unwrap()
-        });
+        let server = spawn_server(&server_url, stop.clone());
         eventually_tcp(user_addr, Duration::from_secs(20)).await;
         tracing::info!("round {round}: tunnel works; stopping the server");
         stop.cancel();
@@ -53,20 +43,10 @@ async fn client_restart_mid_use_recovers() {
     );
     let user_addr = SocketAddr::from(([127, 0, 0, 1], user));
     let server_stop = CancellationToken::new();
-    let s = server_stop.clone();
-    tokio::spawn(async move {
-        porthole_nodepass::server::run(server_url.parse().unwrap(), fast_server(), s)
-            .await
-            .unwrap()
-    });
+    spawn_server(&server_url, server_stop.clone());
     for _ in 0..2 {
         let stop = CancellationToken::new();
-        let (c, url) = (stop.clone(), client_url.clone());
-        let client = tokio::spawn(async move {
-            porthole_nodepass::client::run(url.parse().unwrap(), fast_client(vec![]), c)
-                .await
-                .unwrap()
-        });
+        let client = spawn_client(&client_url, vec![], stop.clone());
         eventually_tcp(user_addr, Duration::from_secs(20)).await;
         stop.cancel();
         let _ = client.await;
@@ -79,16 +59,11 @@ async fn wrong_key_is_refused_with_401() {
     init_tracing();
     let tunnel = free_tcp_port();
     let stop = CancellationToken::new();
-    let s = stop.clone();
     let url = format!(
         "server://right@127.0.0.1:{tunnel}/127.0.0.1:{}?mode=2",
         free_tcp_port()
     );
-    tokio::spawn(async move {
-        porthole_nodepass::server::run(url.parse().unwrap(), fast_server(), s)
-            .await
-            .unwrap()
-    });
+    spawn_server(&url, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
     let url = format!(
         "client://wrong@127.0.0.1:{tunnel}/127.0.0.1:{}?mode=2",
@@ -119,12 +94,7 @@ async fn single_end_client_forwards_locally() {
         target.port()
     );
     let stop = CancellationToken::new();
-    let s = stop.clone();
-    tokio::spawn(async move {
-        porthole_nodepass::client::run(url.parse().unwrap(), fast_client(vec![]), s)
-            .await
-            .unwrap()
-    });
+    spawn_client(&url, vec![], stop.clone());
     eventually_tcp(
         SocketAddr::from(([127, 0, 0, 1], listen)),
         Duration::from_secs(5),

@@ -37,6 +37,30 @@ fn fast_client(roots: Vec<rustls_pki_types::CertificateDer<'static>>) -> ClientO
     }
 }
 
+/// A NodePass server for `url` with test timings until `stop`; the task panics on error.
+fn spawn_server(url: &str, stop: CancellationToken) -> JoinHandle<()> {
+    let url = url.parse().unwrap();
+    tokio::spawn(async move {
+        porthole_nodepass::server::run(url, fast_server(), stop)
+            .await
+            .unwrap()
+    })
+}
+
+/// A NodePass client for `url` (trusting `roots` too) until `stop`; panics on error.
+fn spawn_client(
+    url: &str,
+    roots: Vec<rustls_pki_types::CertificateDer<'static>>,
+    stop: CancellationToken,
+) -> JoinHandle<()> {
+    let url = url.parse().unwrap();
+    tokio::spawn(async move {
+        porthole_nodepass::client::run(url, fast_client(roots), stop)
+            .await
+            .unwrap()
+    })
+}
+
 struct Tls2 {
     _dir: tempfile::TempDir,
     crt: String,
@@ -65,6 +89,8 @@ struct Pair {
     shutdown: CancellationToken,
     server: JoinHandle<()>,
     client: JoinHandle<()>,
+    /// The tls=2 certificate files, kept until the pair is dropped.
+    _tls2: Tls2,
 }
 
 /// A porthole server and client; returns where users connect.
@@ -105,25 +131,15 @@ async fn pair(forward: bool, tls: u8) -> Pair {
         )
     };
     let shutdown = CancellationToken::new();
-    let (s, c) = (shutdown.clone(), shutdown.clone());
-    let server = tokio::spawn(async move {
-        porthole_nodepass::server::run(server_url.parse().unwrap(), fast_server(), s)
-            .await
-            .unwrap();
-    });
+    let server = spawn_server(&server_url, shutdown.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    let roots = tls2.roots.clone();
-    let client = tokio::spawn(async move {
-        let _keep = tls2;
-        porthole_nodepass::client::run(client_url.parse().unwrap(), fast_client(roots), c)
-            .await
-            .unwrap();
-    });
+    let client = spawn_client(&client_url, tls2.roots.clone(), shutdown.clone());
     Pair {
         user: SocketAddr::from(([127, 0, 0, 1], user)),
         shutdown,
         server,
         client,
+        _tls2: tls2,
     }
 }
 

@@ -14,18 +14,9 @@ async fn reverse_pair(
     let server_url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1{server_q}");
     let client_url = format!("client://k@127.0.0.1:{tunnel}/{targets}?min=4&mode=2{client_q}");
     let stop = CancellationToken::new();
-    let (s, c) = (stop.clone(), stop.clone());
-    tokio::spawn(async move {
-        porthole_nodepass::server::run(server_url.parse().unwrap(), fast_server(), s)
-            .await
-            .unwrap()
-    });
+    spawn_server(&server_url, stop.clone());
     tokio::time::sleep(Duration::from_millis(200)).await;
-    tokio::spawn(async move {
-        porthole_nodepass::client::run(client_url.parse().unwrap(), fast_client(vec![]), c)
-            .await
-            .unwrap()
-    });
+    spawn_client(&client_url, vec![], stop.clone());
     (SocketAddr::from(([127, 0, 0, 1], user)), stop)
 }
 
@@ -178,13 +169,8 @@ async fn lone_server(query: &str) -> (u16, CancellationToken) {
     let tunnel = free_tcp_port();
     let user = free_tcp_port();
     let stop = CancellationToken::new();
-    let s = stop.clone();
     let url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1{query}");
-    tokio::spawn(async move {
-        porthole_nodepass::server::run(url.parse().unwrap(), fast_server(), s)
-            .await
-            .unwrap()
-    });
+    spawn_server(&url, stop.clone());
     tokio::time::sleep(Duration::from_millis(300)).await;
     (user, stop)
 }

@@ -317,6 +317,14 @@ impl TestClient {
     }
 }
 
+/// A server and a client with one forward (`source`) over `net`, once the tunnel is up.
+pub async fn start_tunnel(net: Net, source: &str) -> (TestServer, TestClient) {
+    let server = start_server(ServerSetup::new(net.clone())).await;
+    let mut client = start_client(ClientSetup::new(net, &server, &[source])).await;
+    client.connected().await;
+    (server, client)
+}
+
 pub async fn start_client(setup: ClientSetup) -> TestClient {
     init_tracing();
     let forwards = setup
