@@ -22,9 +22,8 @@ pub const COPY_BUF: usize = 64 * 1024;
 
 /// After this many bytes a stream counts as bulk and yields to younger, interactive ones.
 ///
-/// The transports send streams one after the other instead of round-robin (interleaving
-/// eight streams in every packet cost 30 % of throughput, docs/BENCHMARKS.md); demoting
-/// bulk streams keeps an SSH keystroke from queueing behind a file transfer.
+/// The transports share the path round-robin among streams of equal priority; demoting
+/// bulk streams keeps an SSH keystroke from queueing behind file transfers.
 pub const BULK_AFTER: u64 = 256 * 1024;
 /// Priority of a stream past [`BULK_AFTER`] (new streams have 0).
 pub const BULK_PRIORITY: i32 = -1;

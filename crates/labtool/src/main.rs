@@ -6,6 +6,7 @@
 //! - `echo`: TCP and UDP echo services (the "services behind the NAT").
 //! - `tcp-check` / `udp-check`: reach a forwarded port, verify every byte, report timings
 //!   as one JSON line.
+//! - `share-check`: parallel bulk connections plus small probes (`share.rs`).
 //!
 //! Deliberately std-only (plus nfq): small, synchronous, easy to reason about.
 
@@ -16,6 +17,8 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+
+mod share;
 
 #[derive(Parser)]
 #[command(
@@ -61,6 +64,17 @@ enum Cmd {
         #[arg(long, default_value_t = 1000)]
         count: usize,
     },
+    /// STREAMS bulk echo connections for SECONDS, with one-byte round trips on fresh
+    /// connections from half-time on. Prints each connection's echoed bytes and the
+    /// probes' round trips (ms): do parallel transfers share the path, and does a small
+    /// request still get through?
+    ShareCheck {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 4)]
+        streams: usize,
+        #[arg(long, default_value_t = 8)]
+        seconds: u64,
+    },
     /// Send COUNT datagrams of SIZE bytes (retrying each), expect them back.
     UdpCheck {
         addr: SocketAddr,
@@ -87,6 +101,11 @@ fn main() -> ExitCode {
             bytes,
             timeout_s,
         } => tcp_check(addr, bytes, Duration::from_secs(timeout_s)),
+        Cmd::ShareCheck {
+            addr,
+            streams,
+            seconds,
+        } => share::share_check(addr, streams, Duration::from_secs(seconds)),
         Cmd::UdpCheck {
             addr,
             size,

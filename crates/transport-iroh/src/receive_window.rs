@@ -1,115 +1,33 @@
-//! Sizes each connection's receive window (QUIC MAX_DATA) to its measured
-//! bandwidth-delay product.
-//!
-//! The connection window is what the peer may have written to its streams beyond what we
-//! have read: its buffered plus in-flight data. Fixed at the 32 MiB a long, fast path
-//! needs, a tunnel over a short fast path (loopback, LAN) with several bulk streams lets
-//! the sender keep each stream's whole 1 MiB stream window read from TCP and waiting, and
-//! that data has left the CPU cache by the time it is copied into packets: 8 streams ran
-//! 15-45 % slower than one (docs/BENCHMARKS.md). A window of a few times the bytes
-//! received per RTT keeps that backlog small where it costs, and grows 4x per tick
-//! wherever the window itself is what limits the rate, so long paths still reach the full
-//! 32 MiB within a few ticks. (The receiving side tunes it because iroh exposes the
-//! receive window at run time, not the send window.)
+//! The engine's receive-window tuner ([`porthole_engine::receive_window`]) over an iroh
+//! connection.
 
 use std::time::Duration;
 
 use iroh::endpoint::{Connection, VarInt};
-use tracing::{Instrument, debug};
+use porthole_engine::receive_window::WindowControl;
 
 use crate::paths;
 
-/// The window never goes below this: room for a burst on an idle connection, and more
-/// than slow start needs before the first tick.
-pub const MIN_WINDOW: u64 = 1 << 20;
-/// The window the endpoint is configured with, and the most the tuner grants.
-pub const MAX_WINDOW: u64 = 32 << 20;
-/// How often the window is recomputed.
-const TICK: Duration = Duration::from_millis(50);
-/// Window = HEADROOM x bytes received per RTT (a window-limited rate grows 4x a tick).
-const HEADROOM: f64 = 4.0;
+pub use porthole_engine::receive_window::{MAX_WINDOW, MIN_WINDOW, spawn_tuner};
 
-/// The receive window for a connection that received `received` bytes during `interval`
-/// on a path with round-trip time `rtt`.
-pub fn window_for(received: u64, interval: Duration, rtt: Duration) -> u64 {
-    if interval.is_zero() {
-        return MAX_WINDOW;
-    }
-    let per_rtt = received as f64 * rtt.as_secs_f64() / interval.as_secs_f64();
-    let window = (per_rtt * HEADROOM).min(MAX_WINDOW as f64) as u64;
-    window.clamp(MIN_WINDOW, MAX_WINDOW)
-}
+/// An iroh connection as the tuner sees it: the selected path's RTT.
+pub struct Tuned(pub Connection);
 
-/// Retunes the connection's receive window every [`TICK`] until it closes.
-pub fn spawn_tuner(conn: Connection) {
-    tokio::spawn(
-        async move {
-            let mut tick = tokio::time::interval(TICK);
-            tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-            let mut last_received = conn.stats().udp_rx.bytes;
-            let mut last_at = tokio::time::Instant::now();
-            let mut current = MAX_WINDOW;
-            loop {
-                tokio::select! {
-                    _ = conn.closed() => return,
-                    _ = tick.tick() => {}
-                }
-                let received = conn.stats().udp_rx.bytes;
-                let now = tokio::time::Instant::now();
-                let Some(path) = paths::selected(&conn) else {
-                    continue;
-                };
-                let window = window_for(
-                    received.saturating_sub(last_received),
-                    now - last_at,
-                    path.rtt,
-                );
-                (last_received, last_at) = (received, now);
-                if window != current {
-                    conn.set_receive_window(VarInt::from_u64(window).unwrap_or(VarInt::MAX));
-                    debug!(window, rtt = ?path.rtt, "receive window");
-                    current = window;
-                }
-            }
-        }
-        .in_current_span(),
-    );
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    const MS: Duration = Duration::from_millis(1);
-
-    #[test]
-    fn idle_connection_keeps_the_minimum() {
-        assert_eq!(window_for(0, 50 * MS, 20 * MS), MIN_WINDOW);
+impl WindowControl for Tuned {
+    fn received_bytes(&self) -> u64 {
+        self.0.stats().udp_rx.bytes
     }
 
-    #[test]
-    fn fast_short_path_gets_a_small_window() {
-        // 500 MB/s over a 0.5 ms RTT: 250 KB per RTT -> 1 MB, floored at 1 MiB.
-        assert_eq!(window_for(25_000_000, 50 * MS, MS / 2), MIN_WINDOW);
-        // ... and over a 2 ms RTT: 1 MB per RTT -> 4 MB.
-        assert_eq!(window_for(25_000_000, 50 * MS, 2 * MS), 4_000_000);
+    fn rtt(&self) -> Option<Duration> {
+        paths::selected(&self.0).map(|p| p.rtt)
     }
 
-    #[test]
-    fn window_limited_rate_grows_the_window_fourfold() {
-        // A 2 MiB window on a 50 ms path delivers 2 MiB per RTT, i.e. per 50 ms tick.
-        let w = 2 << 20;
-        assert_eq!(window_for(w, 50 * MS, 50 * MS), 4 * w);
+    fn set_receive_window(&self, bytes: u64) {
+        self.0
+            .set_receive_window(VarInt::from_u64(bytes).unwrap_or(VarInt::MAX));
     }
 
-    #[test]
-    fn long_fat_path_reaches_the_maximum() {
-        // 1 Gbit/s over 100 ms: 12.5 MB per RTT, x4 is above the cap.
-        assert_eq!(window_for(6_250_000, 50 * MS, 100 * MS), MAX_WINDOW);
-    }
-
-    #[test]
-    fn zero_interval_does_not_divide_by_zero() {
-        assert_eq!(window_for(1000, Duration::ZERO, MS), MAX_WINDOW);
+    async fn closed(&self) {
+        self.0.closed().await;
     }
 }

@@ -5,6 +5,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use porthole_engine::receive_window;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -74,14 +75,18 @@ fn transport(max_streams: u32) -> Arc<quinn::TransportConfig> {
     let mut t = quinn::TransportConfig::default();
     t.max_concurrent_bidi_streams(max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
-    // Streams go one after the other, bulk ones demoted (see porthole_engine::splice).
-    t.send_fairness(false);
+    // Streams of equal priority share the path round-robin (bulk ones are demoted, see
+    // porthole_engine::splice): first-come-first-served starved later streams.
+    t.send_fairness(true);
     // Keep-alives hold the punched NAT mappings open; a silent peer is dead after 20 s.
     t.keep_alive_interval(Some(Duration::from_secs(5)));
     t.max_idle_timeout(Duration::from_secs(20).try_into().ok());
     t.stream_receive_window((1u32 << 20).into());
-    t.receive_window((32u32 << 20).into());
-    t.send_window(32 << 20);
+    // The upper bound: each connection's tuner sizes it to the path (QuicConn::new).
+    t.receive_window(
+        quinn::VarInt::from_u64(receive_window::MAX_WINDOW).unwrap_or(quinn::VarInt::MAX),
+    );
+    t.send_window(receive_window::MAX_WINDOW);
     t.datagram_receive_buffer_size(Some(4 << 20));
     t.datagram_send_buffer_size(4 << 20);
     Arc::new(t)

@@ -52,7 +52,7 @@ fn json_field(json: &str, key: &str) -> Option<u128> {
 }
 
 /// Runs a check tool inside `ns`, returning its JSON line (panics with its stderr on failure).
-fn check(lab: &Lab, ns: &str, args: &[&str]) -> String {
+pub(super) fn check(lab: &Lab, ns: &str, args: &[&str]) -> String {
     let out = lab.tool(ns).args(args).output().unwrap();
     assert!(
         out.status.success(),
@@ -78,13 +78,13 @@ fn start_services(lab: &mut Lab, ns: &str) {
     lab.spawn("echo", echo);
 }
 
-/// iroh mode: server on host B, client on host A, services on host B's loopback.
-fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -> Outcome {
-    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::new(a, b, imp);
-    write_secrets(&lab);
+/// Starts an iroh server on host B (services on its loopback) and a client on host A that
+/// forwards 127.0.0.1:8000 there (TCP and UDP). Returns the client's process index and
+/// when it was started.
+pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
+    write_secrets(lab);
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
-    start_services(&mut lab, &host_b);
+    start_services(lab, &host_b);
     let mut server = lab.cmd(&host_b);
     server
         .args([
@@ -145,7 +145,15 @@ fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -
             "--target",
             "127.0.0.1:8000",
         ]);
-    let c = lab.spawn("client", client);
+    (lab.spawn("client", client), started)
+}
+
+/// iroh mode: server on host B, client on host A, services on host B's loopback.
+fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -> Outcome {
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(a, b, imp);
+    let host_a = lab.a.clone();
+    let (c, started) = start_iroh_tunnel(&mut lab);
     let tcp = check(
         &lab,
         &host_a,

@@ -3,3 +3,4 @@
 
 pub mod lab;
 mod matrix;
+mod sharing;

@@ -1,0 +1,81 @@
+//! Parallel bulk transfers over a slow, lossy direct path: every one of them moves data,
+//! and a small request on a new connection still gets its answer while they run.
+//!
+//! Streams sent one after the other (first come, first served) broke both: on this path
+//! the later bulk connections moved nothing for as long as the first kept sending, and
+//! their data, accepted into QUIC but not sent, held the connection's flow-control credit
+//! so that a new connection's first byte waited behind them (iperf3 -P 8 lost its control
+//! connection). Round-robin among streams of equal priority fixed it.
+
+use std::time::Duration;
+
+use super::lab::{Impair, LAB_LOCK, Lab, Nat, should_run};
+use super::matrix::{check, start_iroh_tunnel};
+
+const STREAMS: usize = 6;
+
+#[test]
+fn iroh_bulk_streams_share_a_lossy_path() {
+    if !should_run("iroh_bulk_streams_share_a_lossy_path") {
+        return;
+    }
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(
+        Nat::Cone,
+        Nat::Cone,
+        Some(Impair {
+            delay_ms: 20,
+            loss: 0.01,
+        }),
+    );
+    let host_a = lab.a.clone();
+    start_iroh_tunnel(&mut lab);
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--timeout-s", "60"],
+    );
+
+    let streams = STREAMS.to_string();
+    let out = check(
+        &lab,
+        &host_a,
+        &[
+            "share-check",
+            "127.0.0.1:8000",
+            "--streams",
+            &streams,
+            "--seconds",
+            "10",
+        ],
+    );
+    eprintln!("share-check: {out}");
+    let echoed = json_list(&out, "echoed");
+    let probes = json_list(&out, "probe_ms");
+    assert_eq!(echoed.len(), STREAMS, "{out}");
+    let (min, max) = (echoed.iter().min().unwrap(), echoed.iter().max().unwrap());
+    assert!(
+        *min > 0 && min * 4 >= *max,
+        "bulk connections did not share the path (echoed bytes per connection {echoed:?})"
+    );
+    assert!(!probes.is_empty(), "{out}");
+    let slowest = Duration::from_millis(*probes.iter().max().unwrap());
+    assert!(
+        slowest < Duration::from_secs(3),
+        "a one-byte echo on a new connection took {slowest:?} next to bulk transfers \
+         (probes {probes:?} ms)"
+    );
+}
+
+/// `"key":[1,2,3]` from a JSON line.
+fn json_list(json: &str, key: &str) -> Vec<u64> {
+    let Some(at) = json.find(&format!("\"{key}\":[")) else {
+        return Vec::new();
+    };
+    let rest = &json[at + key.len() + 4..];
+    let end = rest.find(']').unwrap_or(rest.len());
+    rest[..end]
+        .split(',')
+        .filter_map(|v| v.trim().parse().ok())
+        .collect()
+}
