@@ -298,32 +298,20 @@ lab_test!(
     iroh_pair(Nat::UdpBlocked, Nat::Cone, None, Some(false))
 );
 
-/// Manual mode: offer/answer through files in the lab's shared directory.
-fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcome> {
-    // Where physics forbids a direct path, do not wait long to see it fail.
-    let punch_timeout = if must_work { "40s" } else { "10s" };
-    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::new(a, b, None);
-    write_secrets(&lab);
-    // LAN-only: server and client on the same LAN (host A and host A2), no STUN.
-    let (client_ns, server_ns) = if lan_only {
-        (lab.a2.clone(), lab.a.clone())
-    } else {
-        (lab.a.clone(), lab.b.clone())
-    };
-    start_services(&mut lab, &server_ns);
-    let stun: Vec<&str> = if lan_only {
-        vec!["--stun-server", "none"]
-    } else {
-        vec![
-            "--stun-server",
-            "198.18.0.10:3478",
-            "--stun-server",
-            "198.18.0.10:3479",
-        ]
-    };
+/// Starts echo services and a manual-mode server in `server_ns`, and a client in
+/// `client_ns` forwarding 127.0.0.1:8000 to them (TCP and UDP), signalling through files in
+/// the lab directory. Returns the server's and client's process indexes and the start time.
+pub(super) fn start_manual_tunnel(
+    lab: &mut Lab,
+    server_ns: &str,
+    client_ns: &str,
+    stun: &[&str],
+    punch_timeout: &str,
+) -> (usize, usize, Instant) {
+    write_secrets(lab);
+    start_services(lab, server_ns);
     let (offer, answer) = (lab.path("offer.txt"), lab.path("answer.txt"));
-    let mut server = lab.cmd(&server_ns);
+    let mut server = lab.cmd(server_ns);
     server
         .args([
             "server",
@@ -346,10 +334,10 @@ fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcom
             "--punch-timeout",
             punch_timeout,
         ])
-        .args(&stun);
+        .args(stun);
     let s = lab.spawn("manual-server", server);
     let started = Instant::now();
-    let mut client = lab.cmd(&client_ns);
+    let mut client = lab.cmd(client_ns);
     client
         .args([
             "client",
@@ -378,8 +366,35 @@ fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcom
             "--punch-timeout",
             punch_timeout,
         ])
-        .args(&stun);
+        .args(stun);
     let c = lab.spawn("manual-client", client);
+    (s, c, started)
+}
+
+/// Manual mode: offer/answer through files in the lab's shared directory.
+fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcome> {
+    // Where physics forbids a direct path, do not wait long to see it fail.
+    let punch_timeout = if must_work { "40s" } else { "10s" };
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(a, b, None);
+    // LAN-only: server and client on the same LAN (host A and host A2), no STUN.
+    let (client_ns, server_ns) = if lan_only {
+        (lab.a2.clone(), lab.a.clone())
+    } else {
+        (lab.a.clone(), lab.b.clone())
+    };
+    let stun: Vec<&str> = if lan_only {
+        vec!["--stun-server", "none"]
+    } else {
+        vec![
+            "--stun-server",
+            "198.18.0.10:3478",
+            "--stun-server",
+            "198.18.0.10:3479",
+        ]
+    };
+    let (s, c, started) =
+        start_manual_tunnel(&mut lab, &server_ns, &client_ns, &stun, punch_timeout);
 
     // NAT detection is part of what is tested: cone is endpoint-independent, symmetric dependent.
     if !lan_only {

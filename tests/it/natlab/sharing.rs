@@ -10,7 +10,7 @@
 use std::time::Duration;
 
 use super::lab::{Impair, LAB_LOCK, Lab, Nat, should_run};
-use super::matrix::{check, start_iroh_tunnel};
+use super::matrix::{check, start_iroh_tunnel, start_manual_tunnel};
 
 const STREAMS: usize = 6;
 
@@ -20,26 +20,54 @@ fn iroh_bulk_streams_share_a_lossy_path() {
         return;
     }
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::new(
+    let mut lab = impaired_lab();
+    let host_a = lab.a.clone();
+    start_iroh_tunnel(&mut lab);
+    assert_shared(&lab, &host_a);
+}
+
+#[test]
+fn manual_bulk_streams_share_a_lossy_path() {
+    if !should_run("manual_bulk_streams_share_a_lossy_path") {
+        return;
+    }
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = impaired_lab();
+    let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
+    let stun = [
+        "--stun-server",
+        "198.18.0.10:3478",
+        "--stun-server",
+        "198.18.0.10:3479",
+    ];
+    start_manual_tunnel(&mut lab, &host_b, &host_a, &stun, "40s");
+    assert_shared(&lab, &host_a);
+}
+
+/// Cone <-> cone, 20 ms per NAT egress (40 ms RTT), 1 % loss each way.
+fn impaired_lab() -> Lab {
+    Lab::new(
         Nat::Cone,
         Nat::Cone,
         Some(Impair {
             delay_ms: 20,
             loss: 0.01,
         }),
-    );
-    let host_a = lab.a.clone();
-    start_iroh_tunnel(&mut lab);
+    )
+}
+
+/// From `host` (the client's namespace): bulk connections through 127.0.0.1:8000 share
+/// the path, and one-byte probes on new connections come back quickly while they run.
+fn assert_shared(lab: &Lab, host: &str) {
     check(
-        &lab,
-        &host_a,
+        lab,
+        host,
         &["tcp-check", "127.0.0.1:8000", "--timeout-s", "60"],
     );
-
     let streams = STREAMS.to_string();
     let out = check(
-        &lab,
-        &host_a,
+        lab,
+        host,
         &[
             "share-check",
             "127.0.0.1:8000",
