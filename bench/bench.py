@@ -301,7 +301,7 @@ def udp(port, rate, seconds):
     loss = s.get("lost_percent", 0.0)
     if not 0.0 <= loss <= 100.0:
         # iperf3 read sequence numbers out of misaligned data: datagram boundaries were lost.
-        raise RuntimeError(f"datagram boundaries lost (iperf3 loss {loss:.3g} %)")
+        raise RuntimeError(f"boundaries lost: iperf3 loss {loss:.3g} %")
     return s["bits_per_second"] * (1 - loss / 100.0), loss
 
 
