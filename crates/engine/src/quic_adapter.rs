@@ -8,15 +8,19 @@
 /// RecvStream}` and implements the engine's transport traits (and tokio I/O) for them.
 /// `$quic` is a module name in scope at the call site (`use iroh::endpoint as noq;`).
 ///
-/// `peer = |c| expr` says how the connection names its peer in logs and per-peer limits
-/// (`c` is the library's `Connection`). The calling crate adds its own inherent methods.
+/// `peer = |c| expr` says how the connection names its peer in logs and per-peer limits,
+/// `rtt = |c| expr` gives the round-trip time of the path in use as an
+/// `Option<Duration>`, for the [`receive_window`](crate::receive_window) tuner (`c` is
+/// the library's `Connection`). The calling crate adds its own inherent methods.
 ///
 /// ```ignore
-/// porthole_engine::quic_adapter!(quinn, QuicConn, QuicSend, QuicRecv, peer = |c| c.remote_address().to_string());
+/// porthole_engine::quic_adapter!(quinn, QuicConn, QuicSend, QuicRecv,
+///     peer = |c| c.remote_address().to_string(), rtt = |c| Some(c.rtt()));
 /// ```
 #[macro_export]
 macro_rules! quic_adapter {
-    ($quic:ident, $conn:ident, $send:ident, $recv:ident, peer = |$c:ident| $peer:expr) => {
+    ($quic:ident, $conn:ident, $send:ident, $recv:ident,
+     peer = |$c:ident| $peer:expr, rtt = |$r:ident| $rtt:expr) => {
         /// An established connection, as the engine sees it.
         #[derive(Debug, Clone)]
         pub struct $conn($quic::Connection);
@@ -90,6 +94,27 @@ macro_rules! quic_adapter {
             fn peer(&self) -> String {
                 let $c = &self.0;
                 $peer
+            }
+        }
+
+        impl $crate::receive_window::WindowControl for $conn {
+            fn received_bytes(&self) -> u64 {
+                self.0.stats().udp_rx.bytes
+            }
+
+            fn rtt(&self) -> Option<::std::time::Duration> {
+                let $r = &self.0;
+                $rtt
+            }
+
+            fn set_receive_window(&self, bytes: u64) {
+                self.0.set_receive_window(
+                    $quic::VarInt::from_u64(bytes).unwrap_or($quic::VarInt::MAX),
+                );
+            }
+
+            async fn closed(&self) {
+                self.0.closed().await;
             }
         }
 

@@ -9,7 +9,8 @@ porthole_engine::quic_adapter!(
     IrohConn,
     IrohSend,
     IrohRecv,
-    peer = |c| c.remote_id().fmt_short().to_string()
+    peer = |c| c.remote_id().fmt_short().to_string(),
+    rtt = |c| crate::paths::selected(c).map(|p| p.rtt)
 );
 
 impl IrohConn {

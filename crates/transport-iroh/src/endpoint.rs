@@ -18,7 +18,8 @@ use tracing::debug;
 
 use crate::conn::IrohConn;
 use crate::options::{DnsSetting, IrohOptions, RelaySetting};
-use crate::{IrohError, paths, receive_window};
+use crate::{IrohError, paths};
+use porthole_engine::receive_window;
 
 /// Binds an endpoint as `opts` describe.
 ///
@@ -150,8 +151,9 @@ impl Acceptor for IrohAcceptor {
 /// connection either side just established, and wraps it for the engine.
 fn established(conn: Connection) -> IrohConn {
     paths::spawn_monitor(conn.clone());
-    receive_window::spawn_tuner(receive_window::Tuned(conn.clone()));
-    IrohConn::new(conn)
+    let conn = IrohConn::new(conn);
+    receive_window::spawn_tuner(conn.clone());
+    conn
 }
 
 /// The engine's connector: dials one server.

@@ -10,7 +10,6 @@ pub mod conn;
 pub mod endpoint;
 pub mod options;
 pub mod paths;
-pub mod receive_window;
 pub mod ticket;
 
 pub use conn::IrohConn;
