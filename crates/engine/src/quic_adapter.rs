@@ -11,16 +11,20 @@
 /// `peer = |c| expr` says how the connection names its peer in logs and per-peer limits,
 /// `rtt = |c| expr` gives the round-trip time of the path in use as an
 /// `Option<Duration>`, for the [`receive_window`](crate::receive_window) tuner (`c` is
-/// the library's `Connection`). The calling crate adds its own inherent methods.
+/// the library's `Connection`), `read_chunks = name` names the library's zero-copy
+/// multi-chunk read (`read_chunks` in quinn, `read_many_chunks` in noq). The calling crate
+/// adds its own inherent methods.
 ///
 /// ```ignore
 /// porthole_engine::quic_adapter!(quinn, QuicConn, QuicSend, QuicRecv,
-///     peer = |c| c.remote_address().to_string(), rtt = |c| Some(c.rtt()));
+///     peer = |c| c.remote_address().to_string(), rtt = |c| Some(c.rtt()),
+///     read_chunks = read_chunks);
 /// ```
 #[macro_export]
 macro_rules! quic_adapter {
     ($quic:ident, $conn:ident, $send:ident, $recv:ident,
-     peer = |$c:ident| $peer:expr, rtt = |$r:ident| $rtt:expr) => {
+     peer = |$c:ident| $peer:expr, rtt = |$r:ident| $rtt:expr,
+     read_chunks = $read_chunks:ident) => {
         /// An established connection, as the engine sees it.
         #[derive(Debug, Clone)]
         pub struct $conn($quic::Connection);
@@ -138,6 +142,16 @@ macro_rules! quic_adapter {
         impl $crate::transport::RecvStream for $recv {
             fn stop(&mut self, code: u32) {
                 let _ = self.0.stop($quic::VarInt::from_u32(code));
+            }
+
+            async fn read_chunks(
+                &mut self,
+                bufs: &mut [$crate::__private::Bytes],
+            ) -> ::std::io::Result<Option<usize>> {
+                self.0
+                    .$read_chunks(bufs)
+                    .await
+                    .map_err(::std::io::Error::from)
             }
         }
 

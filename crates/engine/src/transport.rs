@@ -25,6 +25,14 @@ pub trait SendStream: AsyncWrite + Unpin + Send + 'static {
 pub trait RecvStream: AsyncRead + Unpin + Send + 'static {
     /// Tells the peer to stop sending (its writes fail with `code`).
     fn stop(&mut self, code: u32);
+
+    /// Takes the stream's next chunks of received data without copying them: fills
+    /// `bufs` from the front and returns how many, or `None` once the peer finished the
+    /// stream. Waits while nothing is buffered.
+    fn read_chunks(
+        &mut self,
+        bufs: &mut [Bytes],
+    ) -> impl Future<Output = io::Result<Option<usize>>> + Send;
 }
 
 /// Why a connection ended.

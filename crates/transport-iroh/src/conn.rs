@@ -10,7 +10,8 @@ porthole_engine::quic_adapter!(
     IrohSend,
     IrohRecv,
     peer = |c| c.remote_id().fmt_short().to_string(),
-    rtt = |c| crate::paths::selected(c).map(|p| p.rtt)
+    rtt = |c| crate::paths::selected(c).map(|p| p.rtt),
+    read_chunks = read_many_chunks
 );
 
 impl IrohConn {

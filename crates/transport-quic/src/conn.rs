@@ -9,7 +9,8 @@ porthole_engine::quic_adapter!(
     QuicSend,
     QuicRecv,
     peer = |c| c.remote_address().to_string(),
-    rtt = |c| Some(c.rtt())
+    rtt = |c| Some(c.rtt()),
+    read_chunks = read_chunks
 );
 
 impl QuicConn {
