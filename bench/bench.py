@@ -281,11 +281,15 @@ CASES = {
 }
 
 
-def iperf(port, args, seconds):
+def iperf(port, args, seconds, tries=2):
     out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"] + args,
                          capture_output=True, text=True, timeout=seconds + 30)
     data = json.loads(out.stdout)
     if "error" in data:
+        # iperf3's server refuses a test while it still tears the previous one down.
+        if "busy" in data["error"] and tries > 1:
+            time.sleep(1)
+            return iperf(port, args, seconds, tries - 1)
         raise RuntimeError(data["error"])
     return data["end"]
 
@@ -322,17 +326,24 @@ def measure(c, seconds, rates, conns, repeat):
     # TCP: 1 and 8 streams alternately, `repeat` times each, medians reported. Single
     # samples on this shared host swing by +-20 %; alternating keeps a slow phase from
     # landing on one of the two only.
-    one, eight, cpu, moved = [], [], 0.0, 0
+    runs = {1: [], 8: []}
+    cpu, moved = {1: 0.0, 8: 0.0}, {1: 0, 8: 0}
     for _ in range(repeat):
-        cpu0 = sum(p.cpu_s() for p in procs)
-        bps, n = tcp(c.iperf_port, 1, seconds)
-        cpu += sum(p.cpu_s() for p in procs) - cpu0
-        one.append(bps)
-        moved += n
-        eight.append(tcp(c.iperf_port, 8, seconds)[0])
-    r["tcp1_gbps"] = statistics.median(one) / 1e9
-    r["tcp8_gbps"] = statistics.median(eight) / 1e9
-    r["cpu_s_per_gb"] = cpu / (moved / 1e9) if procs and moved else 0.0
+        for streams in (1, 8):
+            cpu0 = sum(p.cpu_s() for p in procs)
+            bps, n = tcp(c.iperf_port, streams, seconds)
+            cpu[streams] += sum(p.cpu_s() for p in procs) - cpu0
+            moved[streams] += n
+            runs[streams].append(bps)
+    r["tcp1_gbps"] = statistics.median(runs[1]) / 1e9
+    r["tcp8_gbps"] = statistics.median(runs[8]) / 1e9
+    # Each 8-stream run against the 1-stream run just before it: a slow phase of the host
+    # hits both of a pair, so the pairs' median ratio is steadier than a ratio of medians.
+    r["tcp8_vs_1"] = statistics.median(b / a for a, b in zip(runs[1], runs[8]) if a > 0)
+    # CPU per GB of the tunnel ends: what the tunnel itself pays per byte, independent of
+    # how fast the host happened to be.
+    r["cpu_s_per_gb"] = cpu[1] / (moved[1] / 1e9) if procs and moved[1] else 0.0
+    r["cpu8_s_per_gb"] = cpu[8] / (moved[8] / 1e9) if procs and moved[8] else 0.0
     for rate in rates:
         if c.udp:
             # A failed UDP test costs its cell, not the case's TCP figures: NodePass tls=0
@@ -353,7 +364,7 @@ def measure(c, seconds, rates, conns, repeat):
 def fmt_table(results, rates):
     d = next(r for r in results if r["case"] == "direct")
     head = ["case", "TCP 1 stream", "TCP 8 streams"] + [f"UDP {x} offered" for x in rates] + \
-           ["connect+1st byte median / p99", "RSS idle / peak (MiB)", "CPU s/GB"]
+           ["connect+1st byte median / p99", "RSS idle / peak (MiB)", "CPU s/GB 1 / 8 streams"]
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     for r in results:
         if "error" in r:
@@ -372,7 +383,7 @@ def fmt_table(results, rates):
         over = r["conn_median_us"] - d["conn_median_us"]
         cells.append(f"{r['conn_median_us'] / 1000:.2f} / {r['conn_p99_us'] / 1000:.2f} ms (+{over / 1000:.2f} ms)")
         cells.append("-" if r["case"] == "direct" else f"{r['rss_idle_mib']:.1f} / {r['rss_peak_mib']:.1f}")
-        cells.append("-" if r["case"] == "direct" else f"{r['cpu_s_per_gb']:.2f}")
+        cells.append("-" if r["case"] == "direct" else f"{r['cpu_s_per_gb']:.2f} / {r['cpu8_s_per_gb']:.2f}")
         lines.append("| " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -384,9 +395,7 @@ def targets(results):
         checks.append(("iroh direct, TCP 1 stream >= stunnel", by["iroh-direct"]["tcp1_gbps"] >= by["stunnel"]["tcp1_gbps"],
                        f"{by['iroh-direct']['tcp1_gbps']:.2f} vs {by['stunnel']['tcp1_gbps']:.2f} Gb/s"))
     if "iroh-direct" in by:
-        r = by["iroh-direct"]
-        checks.append(("iroh direct, 8 streams no worse than 1 (within a 5 % noise band)", r["tcp8_gbps"] >= r["tcp1_gbps"] * 0.95,
-                       f"{r['tcp8_gbps']:.2f} vs {r['tcp1_gbps']:.2f} Gb/s"))
+        checks.append(eight_vs_one(by["iroh-direct"]))
     if "iroh-relay" in by and "iroh-direct" in by:
         a, b = by["iroh-relay"]["tcp1_gbps"], by["iroh-direct"]["tcp1_gbps"]
         checks.append(("iroh relay-only >= 25 % of direct path", a >= 0.25 * b, f"{100 * a / b:.0f} %"))
@@ -399,6 +408,16 @@ def targets(results):
         idle = max(by[k]["rss_idle_mib"] for k in by if k.startswith(("iroh", "manual", "nodepass")))
         checks.append(("idle RSS < 20 MiB per process", idle < 20, f"max {idle:.1f} MiB"))
     return checks
+
+
+def eight_vs_one(r):
+    """8 streams no worse than 1, within a 5 % noise band: the median over rounds of each
+    8-stream run's throughput against the 1-stream run just before it. The tunnel ends'
+    CPU per GB for both is shown too (what the tunnel pays per byte, whatever the host's
+    speed at the time)."""
+    detail = (f"{r['tcp8_vs_1']:.2f}x, paired runs; medians {r['tcp8_gbps']:.2f} vs "
+              f"{r['tcp1_gbps']:.2f} Gb/s, CPU {r['cpu8_s_per_gb']:.2f} vs {r['cpu_s_per_gb']:.2f} s/GB")
+    return ("iroh direct, 8 streams no worse than 1 (within a 5 % noise band)", r["tcp8_vs_1"] >= 0.95, detail)
 
 
 def chart(results, png):

@@ -18,6 +18,7 @@ pub mod policy;
 pub mod quic_adapter;
 pub mod receive_window;
 pub mod server;
+pub mod socket_buffers;
 pub mod splice;
 pub mod transport;
 pub mod udp;

@@ -77,10 +77,14 @@ fn random_session() -> [u8; 16] {
     s
 }
 
+/// The socket that STUN, punching and then QUIC all use, with big buffers: quinn leaves
+/// the OS default (often 208 KiB), which drops bursts at Gbit/s.
 async fn bind(addr: SocketAddr) -> Result<UdpSocket, ManualError> {
-    UdpSocket::bind(addr)
+    let socket = UdpSocket::bind(addr)
         .await
-        .map_err(|e| ManualError::Bind(addr, e))
+        .map_err(|e| ManualError::Bind(addr, e))?;
+    porthole_engine::udp::size_socket(&socket);
+    Ok(socket)
 }
 
 fn punch_plan(
