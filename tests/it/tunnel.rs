@@ -9,7 +9,9 @@ use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 
-use crate::support::echo::{closed_port, tcp_count_then_reply, tcp_echo, udp_echo};
+use crate::support::echo::{
+    closed_port, tcp_count_then_reply, tcp_echo, tcp_reply_then_reset, udp_echo,
+};
 use crate::support::*;
 
 async fn echo_once(addr: std::net::SocketAddr, msg: &[u8]) -> Vec<u8> {
@@ -317,6 +319,39 @@ async fn source_outside_allow_list_is_refused() {
     let (reason, detail) = refused(setup, "tcp://localhost:22").await;
     assert_eq!(reason, RejectReason::NotAllowed);
     assert!(detail.contains("localhost"), "{detail}");
+}
+
+/// Direct TCP on Linux hands the reader every byte that arrived before a reset; through
+/// the tunnel the reply must not be overtaken by the reset either.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_reply_sent_just_before_a_target_reset_reaches_the_user() {
+    let relay = http_relay().await;
+    let target = tcp_reply_then_reset(b"busy, try later").await;
+    let (server, client) = start_tunnel(Net::via(&relay), &format!("tcp://{target}")).await;
+    for round in 0..5 {
+        let mut s = TcpStream::connect(client.addrs[0]).await.unwrap();
+        s.write_all(b"a request the target will not read")
+            .await
+            .unwrap();
+        let mut got = Vec::new();
+        let mut buf = [0u8; 64];
+        loop {
+            match tokio::time::timeout(Duration::from_secs(10), s.read(&mut buf))
+                .await
+                .expect("the connection ends")
+            {
+                Ok(0) | Err(_) => break,
+                Ok(n) => got.extend_from_slice(&buf[..n]),
+            }
+        }
+        assert_eq!(
+            String::from_utf8_lossy(&got),
+            "busy, try later",
+            "round {round}"
+        );
+    }
+    client.stop().await.unwrap();
+    server.stop().await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]

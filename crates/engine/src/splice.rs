@@ -4,6 +4,12 @@
 //!   so a client that sends, shuts down its write side, then reads, gets the whole reply.
 //! - An error on either side aborts both: the QUIC stream is reset and the TCP
 //!   connection is closed with RST. Nobody mistakes a failure for a clean end.
+//! - Except that bytes read from TCP before the local peer reset the connection are
+//!   still delivered: the stream is finished (FIN after them) instead of reset, since
+//!   QUIC's RESET_STREAM would discard them, and direct TCP hands a reader everything
+//!   that arrived before a reset. A server that answers and then closes with unread
+//!   input (its kernel sends RST: iperf3 when busy, HTTP servers refusing an upload)
+//!   gets its answer through; the user then sees EOF, and RST on the next write.
 
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
@@ -53,16 +59,25 @@ pub async fn splice<S: SendStream, R: RecvStream>(
     mut recv: R,
 ) -> SpliceEnd {
     let (mut up, mut down) = (0u64, 0u64);
+    let mut up_finished = false;
     let result = {
         let (mut tcp_r, mut tcp_w) = tcp.split();
-        let up_fut = pin!(read_then_hand_over(&mut tcp_r, &mut send, &mut up));
+        let up_fut = pin!(read_then_hand_over(
+            &mut tcp_r,
+            &mut send,
+            &mut up,
+            &mut up_finished
+        ));
         let down_fut = pin!(write_chunks_then_finish(&mut recv, &mut tcp_w, &mut down));
         join_fail_fast(up_fut, down_fut).await
     };
     match result {
         Ok(()) => SpliceEnd::Clean { up, down },
         Err(error) => {
-            send.reset(StreamCode::PeerReset.as_u32());
+            // A finished direction keeps its data (and FIN) on the way.
+            if !up_finished {
+                send.reset(StreamCode::PeerReset.as_u32());
+            }
             recv.stop(StreamCode::PeerReset.as_u32());
             abort_tcp(&tcp);
             SpliceEnd::Aborted { up, down, error }
@@ -134,8 +149,14 @@ fn take_rest(chunks: &mut [Bytes], mut written: usize) -> Vec<u8> {
 }
 
 /// TCP -> QUIC: reads into a buffer whose filled part is handed to the stream as is
-/// (no second copy), then FIN at EOF.
-async fn read_then_hand_over<R, S>(r: &mut R, w: &mut S, count: &mut u64) -> io::Result<()>
+/// (no second copy), then FIN at EOF, or at a reset after the data read before it (the
+/// reset is still returned as the error). `finished` tells whether the FIN went out.
+async fn read_then_hand_over<R, S>(
+    r: &mut R,
+    w: &mut S,
+    count: &mut u64,
+    finished: &mut bool,
+) -> io::Result<()>
 where
     R: AsyncRead + Unpin + ?Sized,
     S: SendStream,
@@ -145,9 +166,18 @@ where
         if buf.capacity() < COPY_BUF / 4 {
             buf.reserve(COPY_BUF);
         }
-        let n = r.read_buf(&mut buf).await?;
+        let n = match r.read_buf(&mut buf).await {
+            Ok(n) => n,
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                w.shutdown().await?;
+                *finished = true;
+                return Err(e);
+            }
+            Err(e) => return Err(e),
+        };
         if n == 0 {
             w.shutdown().await?;
+            *finished = true;
             return Ok(());
         }
         let before = *count;
@@ -404,14 +434,47 @@ mod tests {
         assert!(batch.is_unique());
     }
 
+    /// A TCP peer that sends a reply, then resets the connection.
+    struct ReplyThenReset(Option<&'static [u8]>);
+
+    impl tokio::io::AsyncRead for ReplyThenReset {
+        fn poll_read(
+            mut self: Pin<&mut Self>,
+            _: &mut Context<'_>,
+            buf: &mut tokio::io::ReadBuf<'_>,
+        ) -> Poll<io::Result<()>> {
+            match self.0.take() {
+                Some(reply) => {
+                    buf.put_slice(reply);
+                    Poll::Ready(Ok(()))
+                }
+                None => Poll::Ready(Err(io::ErrorKind::ConnectionReset.into())),
+            }
+        }
+    }
+
+    #[tokio::test]
+    async fn a_reset_after_data_finishes_the_stream_behind_the_data() {
+        let mut r = ReplyThenReset(Some(b"busy"));
+        let mut w = Recorder::default();
+        let (mut n, mut fin) = (0, false);
+        let e = read_then_hand_over(&mut r, &mut w, &mut n, &mut fin)
+            .await
+            .unwrap_err();
+        assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "still an error");
+        assert_eq!(w.data, b"busy");
+        assert!(w.finished && fin, "FIN behind the data, not a reset");
+    }
+
     #[tokio::test]
     async fn bulk_streams_are_demoted_once_small_ones_are_not() {
         let big: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
         let mut w = Recorder::default();
-        let mut n = 0;
-        read_then_hand_over(&mut &big[..], &mut w, &mut n)
+        let (mut n, mut fin) = (0, false);
+        read_then_hand_over(&mut &big[..], &mut w, &mut n, &mut fin)
             .await
             .unwrap();
+        assert!(fin);
         assert_eq!(w.data, big);
         assert!(w.finished);
         assert_eq!(w.priorities.len(), 1, "demoted exactly once");
@@ -419,8 +482,8 @@ mod tests {
 
         let small = vec![7u8; 10_000];
         let mut w = Recorder::default();
-        let mut n = 0;
-        read_then_hand_over(&mut &small[..], &mut w, &mut n)
+        let (mut n, mut fin) = (0, false);
+        read_then_hand_over(&mut &small[..], &mut w, &mut n, &mut fin)
             .await
             .unwrap();
         assert_eq!(w.data, small);

@@ -47,6 +47,30 @@ pub async fn tcp_count_then_reply() -> SocketAddr {
     addr
 }
 
+/// Reads one byte of the client's request, answers `reply`, and closes with the rest of
+/// the request unread, so its kernel ends the connection with RST instead of FIN (what
+/// an iperf3 server that is busy, or an HTTP server refusing an upload, does).
+pub async fn tcp_reply_then_reset(reply: &'static [u8]) -> SocketAddr {
+    let l = porthole_engine::net::listen_tcp("127.0.0.1:0".parse().unwrap()).unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        loop {
+            let Ok((mut s, _)) = l.accept().await else {
+                continue;
+            };
+            tokio::spawn(async move {
+                let mut first = [0u8; 1];
+                if s.read_exact(&mut first).await.is_ok() {
+                    // Let the rest of the request land unread.
+                    tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+                    let _ = s.write_all(reply).await;
+                }
+            });
+        }
+    });
+    addr
+}
+
 /// UDP echo: sends each datagram back to its sender.
 pub async fn udp_echo() -> SocketAddr {
     let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
