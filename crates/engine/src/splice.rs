@@ -302,28 +302,43 @@ mod tests {
         }
     }
 
-    /// A TCP peer whose vectored writes accept at most `limit` bytes, cutting chunks.
-    struct Choppy {
+    /// A TCP peer that takes at most `limit` bytes per write (cutting chunks) and, with
+    /// `full_once`, is full the first time (the write would block).
+    struct TcpPeer {
         limit: usize,
+        full_once: bool,
         data: Vec<u8>,
         finished: bool,
     }
 
-    impl tokio::io::AsyncWrite for Choppy {
+    impl TcpPeer {
+        fn new(limit: usize, full_once: bool) -> Self {
+            Self {
+                limit,
+                full_once,
+                data: Vec::new(),
+                finished: false,
+            }
+        }
+    }
+
+    impl tokio::io::AsyncWrite for TcpPeer {
         fn poll_write(
-            mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            self: Pin<&mut Self>,
+            cx: &mut Context<'_>,
             b: &[u8],
         ) -> Poll<io::Result<usize>> {
-            let n = b.len().min(self.limit);
-            self.data.extend_from_slice(&b[..n]);
-            Poll::Ready(Ok(n))
+            self.poll_write_vectored(cx, &[IoSlice::new(b)])
         }
         fn poll_write_vectored(
             mut self: Pin<&mut Self>,
-            _: &mut Context<'_>,
+            cx: &mut Context<'_>,
             bufs: &[IoSlice<'_>],
         ) -> Poll<io::Result<usize>> {
+            if std::mem::take(&mut self.full_once) {
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             let mut n = 0;
             for b in bufs {
                 let take = b.len().min(self.limit - n);
@@ -363,11 +378,7 @@ mod tests {
             .collect();
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
         let mut r = Chunks(chunks.into());
-        let mut w = Choppy {
-            limit: 1000,
-            data: Vec::new(),
-            finished: false,
-        };
+        let mut w = TcpPeer::new(1000, false);
         let mut n = 0;
         write_chunks_then_finish(&mut r, &mut w, &mut n)
             .await
@@ -377,48 +388,17 @@ mod tests {
         assert!(w.finished, "end of stream half-closes TCP");
     }
 
-    /// A TCP peer that is full once (the write would block), then takes everything.
-    struct FullOnce {
-        blocked: bool,
-        data: Vec<u8>,
-    }
-
-    impl tokio::io::AsyncWrite for FullOnce {
-        fn poll_write(
-            mut self: Pin<&mut Self>,
-            cx: &mut Context<'_>,
-            b: &[u8],
-        ) -> Poll<io::Result<usize>> {
-            if !self.blocked {
-                self.blocked = true;
-                cx.waker().wake_by_ref();
-                return Poll::Pending;
-            }
-            self.data.extend_from_slice(b);
-            Poll::Ready(Ok(b.len()))
-        }
-        fn poll_flush(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-        fn poll_shutdown(self: Pin<&mut Self>, _: &mut Context<'_>) -> Poll<io::Result<()>> {
-            Poll::Ready(Ok(()))
-        }
-    }
-
     #[tokio::test]
     async fn a_blocked_write_keeps_every_byte() {
         let chunks: Vec<Bytes> = vec![vec![1u8; 1500].into(), vec![2u8; 10].into()];
         let expected: Vec<u8> = chunks.iter().flat_map(|c| c.to_vec()).collect();
         let mut r = Chunks(chunks.into());
-        let mut w = FullOnce {
-            blocked: false,
-            data: Vec::new(),
-        };
+        let mut w = TcpPeer::new(usize::MAX, true);
         let mut n = 0;
         write_chunks_then_finish(&mut r, &mut w, &mut n)
             .await
             .unwrap();
-        assert!(w.blocked);
+        assert!(!w.full_once, "the peer was full once");
         assert_eq!(w.data, expected);
         assert_eq!(n, expected.len() as u64);
     }

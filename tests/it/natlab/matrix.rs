@@ -250,17 +250,6 @@ fn pair_name(a: Nat, b: Nat, imp: Option<Impair>) -> String {
     s
 }
 
-macro_rules! lab_test {
-    ($name:ident, $body:expr) => {
-        #[test]
-        fn $name() {
-            if should_run(stringify!($name)) {
-                $body;
-            }
-        }
-    };
-}
-
 lab_test!(
     iroh_cone_cone_goes_direct,
     iroh_pair(Nat::Cone, Nat::Cone, None, Some(true))
@@ -297,6 +286,14 @@ lab_test!(
     iroh_udp_blocked_uses_the_relay,
     iroh_pair(Nat::UdpBlocked, Nat::Cone, None, Some(false))
 );
+
+/// Manual mode's flags for the lab's two STUN servers (two ports: NAT type detection).
+pub(super) const LAB_STUN: [&str; 4] = [
+    "--stun-server",
+    "198.18.0.10:3478",
+    "--stun-server",
+    "198.18.0.10:3479",
+];
 
 /// Starts echo services and a manual-mode server in `server_ns`, and a client in
 /// `client_ns` forwarding 127.0.0.1:8000 to them (TCP and UDP), signalling through files in
@@ -383,18 +380,13 @@ fn manual_pair(a: Nat, b: Nat, lan_only: bool, must_work: bool) -> Option<Outcom
     } else {
         (lab.a.clone(), lab.b.clone())
     };
-    let stun: Vec<&str> = if lan_only {
-        vec!["--stun-server", "none"]
+    let stun: &[&str] = if lan_only {
+        &["--stun-server", "none"]
     } else {
-        vec![
-            "--stun-server",
-            "198.18.0.10:3478",
-            "--stun-server",
-            "198.18.0.10:3479",
-        ]
+        &LAB_STUN
     };
     let (s, c, started) =
-        start_manual_tunnel(&mut lab, &server_ns, &client_ns, &stun, punch_timeout);
+        start_manual_tunnel(&mut lab, &server_ns, &client_ns, stun, punch_timeout);
 
     // NAT detection is part of what is tested: cone is endpoint-independent, symmetric dependent.
     if !lan_only {

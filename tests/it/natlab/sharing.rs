@@ -9,38 +9,38 @@
 
 use std::time::Duration;
 
-use super::lab::{Impair, LAB_LOCK, Lab, Nat, should_run};
-use super::matrix::{check, start_iroh_tunnel, start_manual_tunnel};
+use super::lab::{Impair, LAB_LOCK, Lab, Nat};
+use super::matrix::{LAB_STUN, check, start_iroh_tunnel, start_manual_tunnel};
 
 const STREAMS: usize = 6;
 
-#[test]
-fn iroh_bulk_streams_share_a_lossy_path() {
-    if !should_run("iroh_bulk_streams_share_a_lossy_path") {
-        return;
-    }
-    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = impaired_lab();
-    let host_a = lab.a.clone();
-    start_iroh_tunnel(&mut lab);
-    assert_shared(&lab, &host_a);
+lab_test!(
+    iroh_bulk_streams_share_a_lossy_path,
+    bulk_streams_share(Mode::Iroh)
+);
+lab_test!(
+    manual_bulk_streams_share_a_lossy_path,
+    bulk_streams_share(Mode::Manual)
+);
+
+enum Mode {
+    Iroh,
+    Manual,
 }
 
-#[test]
-fn manual_bulk_streams_share_a_lossy_path() {
-    if !should_run("manual_bulk_streams_share_a_lossy_path") {
-        return;
-    }
+/// Client on host A, server and echo services on host B, over an impaired path.
+fn bulk_streams_share(mode: Mode) {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = impaired_lab();
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
-    let stun = [
-        "--stun-server",
-        "198.18.0.10:3478",
-        "--stun-server",
-        "198.18.0.10:3479",
-    ];
-    start_manual_tunnel(&mut lab, &host_b, &host_a, &stun, "40s");
+    match mode {
+        Mode::Iroh => {
+            start_iroh_tunnel(&mut lab);
+        }
+        Mode::Manual => {
+            start_manual_tunnel(&mut lab, &host_b, &host_a, &LAB_STUN, "40s");
+        }
+    }
     assert_shared(&lab, &host_a);
 }
 
