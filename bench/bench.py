@@ -345,7 +345,9 @@ def measure(c, seconds, rates, conns, repeat):
     r["tcp8_gbps"] = statistics.median(runs[8]) / 1e9
     # Each 8-stream run against the 1-stream run just before it: a slow phase of the host
     # hits both of a pair, so the pairs' median ratio is steadier than a ratio of medians.
-    r["tcp8_vs_1"] = statistics.median(b / a for a, b in zip(runs[1], runs[8]) if a > 0)
+    ratios = [b / a for a, b in zip(runs[1], runs[8]) if a > 0]
+    r["tcp8_vs_1"] = statistics.median(ratios) if ratios else 0.0
+    r["tcp8_vs_1_pairs"] = [round(x, 3) for x in ratios]
     # CPU per GB of the tunnel ends: what the tunnel itself pays per byte, independent of
     # how fast the host happened to be.
     r["cpu_s_per_gb"] = cpu[1] / (moved[1] / 1e9) if procs and moved[1] else 0.0
@@ -416,12 +418,17 @@ def targets(results):
     return checks
 
 
+# The case whose 8-vs-1 ratio is judged, and so measured with more pairs.
+JUDGED = "iroh-direct"
+
+
 def eight_vs_one(r):
     """8 streams no worse than 1, within a 5 % noise band: the median over rounds of each
     8-stream run's throughput against the 1-stream run just before it. The tunnel ends'
     CPU per GB for both is shown too (what the tunnel pays per byte, whatever the host's
     speed at the time)."""
-    detail = (f"{r['tcp8_vs_1']:.2f}x, paired runs; medians {r['tcp8_gbps']:.2f} vs "
+    p = r["tcp8_vs_1_pairs"]
+    detail = (f"{r['tcp8_vs_1']:.2f}x, median of {len(p)} pairs ({min(p, default=0):.2f}-{max(p, default=0):.2f}x); medians {r['tcp8_gbps']:.2f} vs "
               f"{r['tcp1_gbps']:.2f} Gb/s, CPU {r['cpu8_s_per_gb']:.2f} vs {r['cpu_s_per_gb']:.2f} s/GB")
     return ("iroh direct, 8 streams no worse than 1 (within a 5 % noise band)", r["tcp8_vs_1"] >= 0.95, detail)
 
@@ -455,9 +462,13 @@ def main():
     ap.add_argument("--cases", default=",".join(CASES))
     ap.add_argument("--seconds", type=int, default=5)
     ap.add_argument("--repeat", type=int, default=3, help="TCP runs per stream count (median reported)")
+    ap.add_argument("--pairs", type=int, default=9,
+                    help="TCP runs per stream count for iroh-direct, whose paired 8-vs-1 ratio is a target: "
+                         "with three pairs the verdict is close to a coin toss on a noisy host")
     args = ap.parse_args()
     seconds = 2 if args.quick else args.seconds
     repeat = 1 if args.quick else max(1, args.repeat)
+    pairs = 1 if args.quick else max(1, args.pairs)
     conns = 200 if args.quick else 1000
     rates = ["50M", "200M", "500M"]
     names = [n for n in args.cases.split(",") if n]
@@ -477,7 +488,7 @@ def main():
             print(f"bench: {name}...", file=sys.stderr, flush=True)
             try:
                 CASES[name](c, iperf_port, echo_port)
-                results.append(measure(c, seconds, rates, conns, repeat))
+                results.append(measure(c, seconds, rates, conns, pairs if name == JUDGED else repeat))
             except Exception as e:  # a reference peer that cannot run is reported, not fatal
                 results.append({"case": name, "error": str(e).splitlines()[0] if str(e) else type(e).__name__})
                 print(f"bench: {name} failed: {e}", file=sys.stderr)
@@ -504,7 +515,7 @@ def main():
     start, end = "<!-- results:start -->", "<!-- results:end -->"
     cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = (f"{start}\nRun of {stamp} on {os.cpu_count()} x {cpu}, {seconds} s per iperf3 test, TCP figures the median of {repeat} runs, {conns} connections.\n"
+    block = (f"{start}\nRun of {stamp} on {os.cpu_count()} x {cpu}, {seconds} s per iperf3 test, TCP figures the median of {repeat} runs ({JUDGED}: {pairs}), {conns} connections.\n"
              f"Percentages are of the direct-loopback figure of the same run.\n\n{table}\n\nTargets:\n\n{check_md}\n\n"
              f"![TCP throughput](img/bench-throughput.png)\n{end}")
     i, j = text.index(start), text.index(end) + len(end)
