@@ -428,7 +428,7 @@ def eight_vs_one(r):
     CPU per GB for both is shown too (what the tunnel pays per byte, whatever the host's
     speed at the time)."""
     p = r["tcp8_vs_1_pairs"]
-    detail = (f"{r['tcp8_vs_1']:.2f}x, median of {len(p)} pairs ({min(p, default=0):.2f}-{max(p, default=0):.2f}x); medians {r['tcp8_gbps']:.2f} vs "
+    detail = (f"{r['tcp8_vs_1']:.2f}x, median of {len(p)} pair{'s' if len(p) != 1 else ''} ({min(p, default=0):.2f}-{max(p, default=0):.2f}x); medians {r['tcp8_gbps']:.2f} vs "
               f"{r['tcp1_gbps']:.2f} Gb/s, CPU {r['cpu8_s_per_gb']:.2f} vs {r['cpu_s_per_gb']:.2f} s/GB")
     return ("iroh direct, 8 streams no worse than 1 (within a 5 % noise band)", r["tcp8_vs_1"] >= 0.95, detail)
 
