@@ -166,19 +166,16 @@ where
         if buf.capacity() < COPY_BUF / 4 {
             buf.reserve(COPY_BUF);
         }
-        let n = match r.read_buf(&mut buf).await {
-            Ok(n) => n,
-            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-                w.shutdown().await?;
-                *finished = true;
-                return Err(e);
-            }
+        // A reset ends the stream like EOF does (FIN behind the data), then is returned.
+        let (n, reset) = match r.read_buf(&mut buf).await {
+            Ok(n) => (n, None),
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => (0, Some(e)),
             Err(e) => return Err(e),
         };
         if n == 0 {
             w.shutdown().await?;
             *finished = true;
-            return Ok(());
+            return reset.map_or(Ok(()), Err);
         }
         let before = *count;
         *count += n as u64;
