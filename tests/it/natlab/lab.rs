@@ -36,6 +36,8 @@ use crate::support::process::{Proc, bin, scrub};
 pub static LAB_LOCK: Mutex<()> = Mutex::new(());
 
 pub const RELAY_IP: &str = "198.18.0.10";
+/// The relay's two STUN servers, on [`RELAY_IP`] (two ports: NAT type detection).
+pub const STUN_ADDRS: [&str; 2] = ["198.18.0.10:3478", "198.18.0.10:3479"];
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Nat {
@@ -418,12 +420,7 @@ impl Lab {
             &self.path("tls/key.pem"),
         ])
         .args(["--quic-bind", &format!("{RELAY_IP}:7842")])
-        .args([
-            "--stun-bind",
-            &format!("{RELAY_IP}:3478"),
-            "--stun-bind",
-            &format!("{RELAY_IP}:3479"),
-        ]);
+        .args(["--stun-bind", STUN_ADDRS[0], "--stun-bind", STUN_ADDRS[1]]);
         let p = Proc::spawn("relay", cmd);
         p.wait_line("relay URL", Duration::from_secs(20));
         self.procs.push(p);

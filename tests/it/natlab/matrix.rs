@@ -5,7 +5,7 @@
 
 use std::time::{Duration, Instant};
 
-use super::lab::{Impair, LAB_LOCK, Lab, Nat, RELAY_IP, should_run};
+use super::lab::{Impair, LAB_LOCK, Lab, Nat, RELAY_IP, STUN_ADDRS, should_run};
 use crate::support::TOKEN;
 
 /// What a lab run measured.
@@ -287,12 +287,12 @@ lab_test!(
     iroh_pair(Nat::UdpBlocked, Nat::Cone, None, Some(false))
 );
 
-/// Manual mode's flags for the lab's two STUN servers (two ports: NAT type detection).
+/// Manual mode's flags for the lab's two STUN servers.
 pub(super) const LAB_STUN: [&str; 4] = [
     "--stun-server",
-    "198.18.0.10:3478",
+    STUN_ADDRS[0],
     "--stun-server",
-    "198.18.0.10:3479",
+    STUN_ADDRS[1],
 ];
 
 /// Starts echo services and a manual-mode server in `server_ns`, and a client in
