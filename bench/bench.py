@@ -281,11 +281,12 @@ CASES = {
 }
 
 
-def iperf(port, args, seconds, tries=2):
+def iperf(port, args, seconds, tries=2, wrapper=()):
+    """iperf3's `end` summary; `wrapper` runs the client under another command (perf stat)."""
     # iperf3's server refuses a test while it still tears the previous one down; through
     # a tunnel that teardown ends later than the client's, so give it a moment.
     time.sleep(0.5)
-    out = subprocess.run(["iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"] + args,
+    out = subprocess.run([*wrapper, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"] + args,
                          capture_output=True, text=True, timeout=seconds + 30)
     data = json.loads(out.stdout)
     if "error" in data:
@@ -295,13 +296,13 @@ def iperf(port, args, seconds, tries=2):
         busy = "busy" in data["error"] or "unable to receive control message" in data["error"]
         if busy and tries > 1:
             time.sleep(1)
-            return iperf(port, args, seconds, tries - 1)
+            return iperf(port, args, seconds, tries - 1, wrapper)
         raise RuntimeError(data["error"])
     return data["end"]
 
 
-def tcp(port, streams, seconds):
-    end = iperf(port, ["-P", str(streams)] if streams > 1 else [], seconds)
+def tcp(port, streams, seconds, wrapper=()):
+    end = iperf(port, ["-P", str(streams)] if streams > 1 else [], seconds, wrapper=wrapper)
     return end["sum_received"]["bits_per_second"], end["sum_received"]["bytes"]
 
 
