@@ -58,7 +58,7 @@ def main():
                               stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     work = Path(tempfile.mkdtemp(prefix="porthole-streams-"))
     bench.secrets(work)
-    tunnel = bench.Case("iroh-direct", work)
+    tunnel = bench.Case(bench.JUDGED, work)
     try:
         bench.setup_iroh_direct(tunnel, iperf_port, iperf_port)
         run = {"pairs": pairs, "account": account, "profile": profile}[a.what]
@@ -84,15 +84,14 @@ def pairs(tunnel, _server, iperf_port, _work, rounds, seconds):
 
 
 def account(tunnel, server, _iperf_port, work, rounds, seconds):
-    targets = {p.name.removeprefix("iroh-direct-"): p.p.pid for p in tunnel.tunnel_procs()}
+    targets = tunnel_ends(tunnel)
     targets["iperf3 server"] = server.pid
     for _ in range(rounds):
         for streams in (1, 8):
             stats = {name: work / f"{name}.stat".replace(" ", "-") for name in [*targets, "iperf3 client"]}
-            perfs = [subprocess.Popen(["perf", "stat", "-x,", "-e", COUNTERS, "-p", str(pid), "-o", str(stats[name])])
-                     for name, pid in targets.items()]
+            perfs = [subprocess.Popen(perf_stat_argv(stats[name]) + ["-p", str(pid)]) for name, pid in targets.items()]
             time.sleep(0.3)
-            client_perf = ["perf", "stat", "-x,", "-e", COUNTERS, "-o", str(stats["iperf3 client"]), "--"]
+            client_perf = perf_stat_argv(stats["iperf3 client"]) + ["--"]
             bps, moved = bench.tcp(tunnel.iperf_port, streams, seconds, wrapper=client_perf)
             stop(perfs)
             gb = moved / 1e9
@@ -103,7 +102,7 @@ def account(tunnel, server, _iperf_port, work, rounds, seconds):
 
 
 def profile(tunnel, _server, _iperf_port, work, rounds, seconds):
-    ends = {p.name.removeprefix("iroh-direct-"): p.p.pid for p in tunnel.tunnel_procs()}
+    ends = tunnel_ends(tunnel)
     per_gb = collections.defaultdict(collections.Counter)
     for r in range(rounds):
         for streams in (1, 8):
@@ -127,6 +126,15 @@ def profile(tunnel, _server, _iperf_port, work, rounds, seconds):
         by_change = sorted(set(one) | set(eight), key=lambda s: eight[s] - one[s])
         for symbol in by_change[-12:][::-1] + by_change[:6]:
             print(f"  {one[symbol]:7.0f} {eight[symbol]:7.0f} {eight[symbol] - one[symbol]:+7.0f}  {symbol}")
+
+
+def tunnel_ends(tunnel):
+    """{"server": pid, "client": pid} of the tunnel's two processes."""
+    return {p.name.removeprefix(f"{tunnel.name}-"): p.p.pid for p in tunnel.tunnel_procs()}
+
+
+def perf_stat_argv(out):
+    return ["perf", "stat", "-x,", "-e", COUNTERS, "-o", str(out)]
 
 
 def stop(perfs):
