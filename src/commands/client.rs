@@ -32,7 +32,7 @@ pub fn engine_config(s: &ClientSettings) -> ClientConfig {
 async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
     // Listeners first: a port conflict is reported before any network work.
     let client = Client::bind(engine_config(&s)).await?;
-    let endpoint = porthole_iroh::bind(&s.iroh)
+    let endpoint = porthole_iroh::bind(&s.iroh, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
     let relays = match &s.iroh.relays {
@@ -42,7 +42,7 @@ async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> 
     let id = s.server_id.context("no server id")?;
     let addr = porthole_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
         .map_err(|e| anyhow::anyhow!("server id: {e}"))?;
-    let connector = IrohConnector::new(endpoint.clone(), addr);
+    let connector = IrohConnector::new(endpoint.clone(), addr, &s.quic);
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;
     result.map_err(anyhow::Error::from)

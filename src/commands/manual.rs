@@ -7,6 +7,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use porthole_engine::client::Client;
+use porthole_engine::quic_params::QuicParams;
 use porthole_proto::signal::{Signal, SignalKind};
 use porthole_quic::session::now_unix;
 use porthole_quic::{ManualOptions, PreparedClient, PreparedServer};
@@ -18,7 +19,7 @@ use crate::config::resolve::{ClientSettings, ManualSettings, ServerSettings};
 use crate::secrets;
 
 pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
-    let opts = options(&s.manual).await;
+    let opts = options(&s.manual, &s.quic).await;
     let offer = tokio::select! {
         o = read_blob(SignalKind::Offer, s.manual.offer_file.as_deref()) => o?,
         _ = shutdown.cancelled() => return Ok(()),
@@ -44,7 +45,7 @@ pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Resul
 
 pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
     let client = Client::bind(super::client::engine_config(&s)).await?;
-    let prepared = PreparedClient::new(options(&s.manual).await).await?;
+    let prepared = PreparedClient::new(options(&s.manual, &s.quic).await).await?;
     write_blob(
         &prepared.offer().encode()?,
         s.manual.offer_file.as_deref(),
@@ -63,11 +64,12 @@ pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Resul
     Ok(())
 }
 
-async fn options(m: &ManualSettings) -> ManualOptions {
+async fn options(m: &ManualSettings, quic: &QuicParams) -> ManualOptions {
     ManualOptions {
         bind: m.bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
         stun: resolve_stun(&m.stun).await,
         punch_timeout: m.punch_timeout,
+        quic: quic.clone(),
         ..ManualOptions::default()
     }
 }

@@ -30,6 +30,7 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
 pub fn engine_config(s: &ServerSettings) -> ServerConfig {
     let mut c = ServerConfig::new(s.tokens.clone(), s.policy.clone());
     c.max_sessions = s.max_sessions;
+    c.max_streams = s.quic.max_streams;
     c.udp_idle_timeout = s.udp_idle_timeout;
     c
 }
@@ -41,9 +42,8 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
         );
     }
     let config = engine_config(&s);
-    let mut opts = s.iroh.clone();
-    opts.max_streams = config.max_streams;
-    let endpoint = porthole_iroh::bind(&opts)
+    let opts = &s.iroh;
+    let endpoint = porthole_iroh::bind(opts, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
     wait_addressable(&endpoint, &opts.relays, opts.relay_only).await;
@@ -53,7 +53,8 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
     println!("EndpointId: {}", endpoint.id());
     println!("Ticket: {ticket}");
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, max_sessions = s.max_sessions, "serving");
-    porthole_engine::server::run(IrohAcceptor::new(endpoint.clone()), config, shutdown).await?;
+    let acceptor = IrohAcceptor::new(endpoint.clone(), &s.quic);
+    porthole_engine::server::run(acceptor, config, shutdown).await?;
     endpoint.close().await;
     Ok(())
 }

@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use porthole_engine::auth::TokenSet;
 use porthole_engine::client::ForwardSpec;
 use porthole_engine::policy::{AllowList, Policy};
+use porthole_engine::quic_params::QuicParams;
 use porthole_iroh::options::parse_pem_certs;
 use porthole_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
 use porthole_proto::key::{EndpointId, SecretKey};
@@ -77,6 +78,8 @@ pub struct ServerSettings {
     pub max_sessions: usize,
     pub iroh: IrohOptions,
     pub manual: ManualSettings,
+    /// QUIC tuning, the same in iroh and manual mode.
+    pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
 }
 
@@ -89,6 +92,8 @@ pub struct ClientSettings {
     pub server_addrs: Vec<SocketAddr>,
     pub iroh: IrohOptions,
     pub manual: ManualSettings,
+    /// QUIC tuning, the same in iroh and manual mode.
+    pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
 }
 
@@ -280,6 +285,7 @@ fn server_settings(
         max_sessions,
         iroh,
         manual,
+        quic: QuicParams::default(),
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout
@@ -415,6 +421,7 @@ fn client_settings(
         server_addrs,
         iroh,
         manual,
+        quic: QuicParams::default(),
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout

@@ -83,7 +83,9 @@ async fn raw(t: &Target) -> Raw {
 }
 
 async fn raw_with(t: &Target, opts: &porthole_iroh::IrohOptions) -> Raw {
-    let endpoint = porthole_iroh::bind(opts).await.unwrap();
+    let endpoint = porthole_iroh::bind(opts, &porthole_engine::quic_params::QuicParams::default())
+        .await
+        .unwrap();
     let addr = porthole_iroh::ticket::endpoint_addr(&t.id, &[], &[t.addr]).unwrap();
     let conn = endpoint.connect(addr, porthole_proto::ALPN).await.unwrap();
     Raw { endpoint, conn }

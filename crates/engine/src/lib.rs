@@ -16,6 +16,7 @@ pub mod control;
 pub mod net;
 pub mod policy;
 pub mod quic_adapter;
+pub mod quic_params;
 pub mod receive_window;
 pub mod server;
 pub mod socket_buffers;

@@ -9,7 +9,8 @@
 //! 15-45 % slower than one (docs/BENCHMARKS.md). A window of a few times the bytes
 //! received per RTT keeps that backlog small where it costs, and grows 4x per tick
 //! wherever the window itself is what limits the rate, so long paths still reach the full
-//! 32 MiB within a few ticks. (The receiving side tunes it because iroh and quinn expose
+//! window ([`QuicParams::connection_window`](crate::quic_params::QuicParams)) within a few
+//! ticks. (The receiving side tunes it because iroh and quinn expose
 //! the receive window at run time, not the send window.)
 //!
 //! The policy is here, transport-free; each QUIC transport implements [`WindowControl`]
@@ -35,33 +36,33 @@ pub trait WindowControl: Send + Sync + 'static {
 /// The window never goes below this: room for a burst on an idle connection, and more
 /// than slow start needs before the first tick.
 pub const MIN_WINDOW: u64 = 1 << 20;
-/// The window the endpoint is configured with, and the most the tuner grants.
-pub const MAX_WINDOW: u64 = 32 << 20;
 /// How often the window is recomputed.
 const TICK: Duration = Duration::from_millis(50);
 /// Window = HEADROOM x bytes received per RTT (a window-limited rate grows 4x a tick).
 const HEADROOM: f64 = 4.0;
 
-/// The receive window for a connection that received `received` bytes during `interval`
-/// on a path with round-trip time `rtt`.
-pub fn window_for(received: u64, interval: Duration, rtt: Duration) -> u64 {
+/// The receive window, at most `max`, for a connection that received `received` bytes
+/// during `interval` on a path with round-trip time `rtt`.
+pub fn window_for(received: u64, interval: Duration, rtt: Duration, max: u64) -> u64 {
+    let max = max.max(MIN_WINDOW);
     if interval.is_zero() {
-        return MAX_WINDOW;
+        return max;
     }
     let per_rtt = received as f64 * rtt.as_secs_f64() / interval.as_secs_f64();
-    let window = (per_rtt * HEADROOM).min(MAX_WINDOW as f64) as u64;
-    window.clamp(MIN_WINDOW, MAX_WINDOW)
+    let window = (per_rtt * HEADROOM).min(max as f64) as u64;
+    window.clamp(MIN_WINDOW, max)
 }
 
-/// Retunes the connection's receive window every [`TICK`] until it closes.
-pub fn spawn_tuner<C: WindowControl>(conn: C) {
+/// Retunes the connection's receive window every [`TICK`] until it closes, between
+/// [`MIN_WINDOW`] and `max` (the window the connection was configured with).
+pub fn spawn_tuner<C: WindowControl>(conn: C, max: u64) {
     tokio::spawn(
         async move {
             let mut tick = tokio::time::interval(TICK);
             tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
             let mut last_received = conn.received_bytes();
             let mut last_at = tokio::time::Instant::now();
-            let mut current = MAX_WINDOW;
+            let mut current = max;
             let closed = conn.closed();
             tokio::pin!(closed);
             loop {
@@ -74,7 +75,12 @@ pub fn spawn_tuner<C: WindowControl>(conn: C) {
                 let Some(rtt) = conn.rtt() else {
                     continue;
                 };
-                let window = window_for(received.saturating_sub(last_received), now - last_at, rtt);
+                let window = window_for(
+                    received.saturating_sub(last_received),
+                    now - last_at,
+                    rtt,
+                    max,
+                );
                 (last_received, last_at) = (received, now);
                 if window != current {
                     conn.set_receive_window(window);
@@ -92,6 +98,11 @@ mod tests {
     use super::*;
 
     const MS: Duration = Duration::from_millis(1);
+    const MAX_WINDOW: u64 = 32 << 20;
+
+    fn window_for(received: u64, interval: Duration, rtt: Duration) -> u64 {
+        super::window_for(received, interval, rtt, MAX_WINDOW)
+    }
 
     #[test]
     fn idle_connection_keeps_the_minimum() {
@@ -117,6 +128,21 @@ mod tests {
     fn long_fat_path_reaches_the_maximum() {
         // 1 Gbit/s over 100 ms: 12.5 MB per RTT, x4 is above the cap.
         assert_eq!(window_for(6_250_000, 50 * MS, 100 * MS), MAX_WINDOW);
+    }
+
+    #[test]
+    fn the_configured_bound_caps_the_window() {
+        // 1 Gbit/s over 100 ms wants the cap, whatever it is; a cap below the floor
+        // still leaves the floor.
+        assert_eq!(
+            super::window_for(6_250_000, 50 * MS, 100 * MS, 8 << 20),
+            8 << 20
+        );
+        assert_eq!(
+            super::window_for(6_250_000, 50 * MS, 100 * MS, 1000),
+            MIN_WINDOW
+        );
+        assert_eq!(super::window_for(0, Duration::ZERO, MS, 8 << 20), 8 << 20);
     }
 
     #[test]

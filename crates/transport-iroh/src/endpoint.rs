@@ -4,7 +4,6 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
-use std::time::Duration;
 
 use iroh::address_lookup::{PkarrPublisher, PkarrResolver};
 use iroh::endpoint::{
@@ -12,6 +11,7 @@ use iroh::endpoint::{
 };
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, SecretKey};
 use iroh_relay::tls::CaTlsConfig;
+use noq_proto::congestion::{Bbr3Config, ControllerFactory, CubicConfig, NewRenoConfig};
 use porthole_engine::transport::{Acceptor, Connector};
 use porthole_proto::ALPN;
 use tracing::debug;
@@ -19,13 +19,14 @@ use tracing::debug;
 use crate::conn::IrohConn;
 use crate::options::{DnsSetting, IrohOptions, RelaySetting};
 use crate::{IrohError, paths};
+use porthole_engine::quic_params::{Congestion, QuicParams};
 use porthole_engine::receive_window;
 
-/// Binds an endpoint as `opts` describe.
+/// Binds an endpoint as `opts` describe, its connections tuned by `quic`.
 ///
 /// Public discovery (n0's DNS/pkarr) is used only with public relays and no
 /// `--dns-server`: self-hosters get no traffic to third parties unless they ask.
-pub async fn bind(opts: &IrohOptions) -> Result<Endpoint, IrohError> {
+pub async fn bind(opts: &IrohOptions, quic: &QuicParams) -> Result<Endpoint, IrohError> {
     let public =
         matches!(opts.dns, DnsSetting::Auto) && matches!(opts.relays, RelaySetting::Public);
     let mut b = if public {
@@ -76,50 +77,50 @@ pub async fn bind(opts: &IrohOptions) -> Result<Endpoint, IrohError> {
     if opts.accept {
         b = b.alpns(vec![ALPN.to_vec()]);
     }
-    b = b.transport_config(transport_config(opts.max_streams));
+    b = b.transport_config(transport_config(quic));
     b.bind().await.map_err(|e| IrohError::Bind(e.to_string()))
 }
 
-/// QUIC settings: a stream limit that doubles as the per-connection TCP session limit,
-/// no unidirectional streams, and flow-control windows sized with care.
-///
-/// The per-stream window must stay below ~1024 packets: noq's reassembly buffer kills
-/// the whole connection ("too many gaps in stream buffer") when one stream holds more
-/// than 1024 discontiguous chunks, which a 4 MiB window reached during a relay -> direct
-/// path switch (packets from both paths interleave). 1 MiB is ~870 full packets.
-/// Per-stream receive window (see [`transport_config`]).
-pub const STREAM_WINDOW: u32 = 1 << 20;
-
-fn transport_config(max_streams: u32) -> QuicTransportConfig {
-    // A dead peer is noticed after this much silence (keep-alives flow every 5 s).
-    let idle = IdleTimeout::try_from(Duration::from_secs(20)).ok();
+/// The shared [`QuicParams`] in iroh's terms.
+fn transport_config(p: &QuicParams) -> QuicTransportConfig {
+    let varint = |v: u64| VarInt::from_u64(v).unwrap_or(VarInt::MAX);
     QuicTransportConfig::builder()
-        .max_idle_timeout(idle)
-        .max_concurrent_bidi_streams(VarInt::from_u32(max_streams))
+        .max_idle_timeout(IdleTimeout::try_from(p.idle_timeout).ok())
+        .keep_alive_interval(p.keep_alive)
+        .max_concurrent_bidi_streams(VarInt::from_u32(p.max_streams))
         .max_concurrent_uni_streams(VarInt::from_u32(0))
-        // Streams of equal priority share the path round-robin; bulk streams are demoted
-        // below young ones (porthole_engine::splice::BULK_AFTER). Sending them one after
-        // the other starved later streams on slow paths, and their unsent data held the
-        // connection's flow-control credit, so even a small new stream waited behind it.
-        .send_fairness(true)
-        .stream_receive_window(VarInt::from_u32(STREAM_WINDOW))
-        // The upper bound: each connection's receive_window tuner sizes it to the path.
-        .receive_window(VarInt::from_u64(receive_window::MAX_WINDOW).unwrap_or(VarInt::MAX))
-        .send_window(receive_window::MAX_WINDOW)
-        .datagram_receive_buffer_size(Some(4 << 20))
-        .datagram_send_buffer_size(4 << 20)
+        .send_fairness(p.send_fairness)
+        .stream_receive_window(varint(p.stream_window))
+        .receive_window(varint(p.connection_window))
+        .send_window(p.send_window)
+        .datagram_receive_buffer_size(Some(p.datagram_buffer))
+        .datagram_send_buffer_size(p.datagram_buffer)
+        .congestion_controller_factory(congestion(p.congestion))
         .build()
+}
+
+fn congestion(c: Congestion) -> Arc<dyn ControllerFactory + Send + Sync + 'static> {
+    match c {
+        Congestion::Cubic => Arc::new(CubicConfig::default()),
+        Congestion::NewReno => Arc::new(NewRenoConfig::default()),
+        Congestion::Bbr => Arc::new(Bbr3Config::default()),
+    }
 }
 
 /// The engine's acceptor over an iroh endpoint.
 #[derive(Debug, Clone)]
 pub struct IrohAcceptor {
     endpoint: Endpoint,
+    window: u64,
 }
 
 impl IrohAcceptor {
-    pub fn new(endpoint: Endpoint) -> Self {
-        Self { endpoint }
+    /// `quic` must be what the endpoint was bound with (its receive-window bound).
+    pub fn new(endpoint: Endpoint, quic: &QuicParams) -> Self {
+        Self {
+            endpoint,
+            window: quic.connection_window,
+        }
     }
 }
 
@@ -134,11 +135,12 @@ impl Acceptor for IrohAcceptor {
             let incoming = self.endpoint.accept().await?;
             match incoming.accept() {
                 Ok(accepting) => {
+                    let window = self.window;
                     return Some(Box::pin(async move {
                         let conn = accepting
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?;
-                        Ok(established(conn))
+                        Ok(established(conn, window))
                     }));
                 }
                 Err(e) => debug!("incoming connection failed: {e}"),
@@ -147,12 +149,12 @@ impl Acceptor for IrohAcceptor {
     }
 }
 
-/// Starts the per-connection background tasks (path log, receive-window tuner) of a
-/// connection either side just established, and wraps it for the engine.
-fn established(conn: Connection) -> IrohConn {
+/// Starts the per-connection background tasks (path log, receive-window tuner, up to
+/// `window`) of a connection either side just established, and wraps it for the engine.
+fn established(conn: Connection, window: u64) -> IrohConn {
     paths::spawn_monitor(conn.clone());
     let conn = IrohConn::new(conn);
-    receive_window::spawn_tuner(conn.clone());
+    receive_window::spawn_tuner(conn.clone(), window);
     conn
 }
 
@@ -161,11 +163,17 @@ fn established(conn: Connection) -> IrohConn {
 pub struct IrohConnector {
     endpoint: Endpoint,
     addr: EndpointAddr,
+    window: u64,
 }
 
 impl IrohConnector {
-    pub fn new(endpoint: Endpoint, addr: EndpointAddr) -> Self {
-        Self { endpoint, addr }
+    /// `quic` must be what the endpoint was bound with (its receive-window bound).
+    pub fn new(endpoint: Endpoint, addr: EndpointAddr, quic: &QuicParams) -> Self {
+        Self {
+            endpoint,
+            addr,
+            window: quic.connection_window,
+        }
     }
 }
 
@@ -178,7 +186,7 @@ impl Connector for IrohConnector {
             .connect(self.addr.clone(), ALPN)
             .await
             .map_err(|e| io::Error::other(describe_connect_error(&e.to_string())))?;
-        Ok(established(conn))
+        Ok(established(conn, self.window))
     }
 }
 

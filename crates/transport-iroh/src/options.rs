@@ -150,8 +150,6 @@ pub struct IrohOptions {
     pub portmap: bool,
     /// Accept incoming porthole connections (servers).
     pub accept: bool,
-    /// QUIC stream limit per connection (servers enforce it on their clients).
-    pub max_streams: u32,
 }
 
 impl Default for IrohOptions {
@@ -165,7 +163,6 @@ impl Default for IrohOptions {
             bind: Vec::new(),
             portmap: true,
             accept: false,
-            max_streams: 1024,
         }
     }
 }

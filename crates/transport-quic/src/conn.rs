@@ -15,10 +15,11 @@ porthole_engine::quic_adapter!(
 
 impl QuicConn {
     /// Wraps an established connection and starts sizing its receive window to the path
-    /// (`porthole_engine::receive_window`). Call from within the tokio runtime.
-    pub fn new(c: Connection) -> Self {
+    /// (`porthole_engine::receive_window`), up to `window`. Call from within the tokio
+    /// runtime.
+    pub fn new(c: Connection, window: u64) -> Self {
         let conn = Self(c);
-        receive_window::spawn_tuner(conn.clone());
+        receive_window::spawn_tuner(conn.clone(), window);
         conn
     }
 

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use porthole_engine::quic_params::QuicParams;
 use porthole_engine::transport::{Acceptor, Connector};
 use porthole_proto::signal::{NatKind, Signal, SignalError, SignalKind};
 use tokio::net::UdpSocket;
@@ -31,7 +32,8 @@ pub struct ManualOptions {
     pub expiry: Duration,
     /// Override of the punching deadline (default: client 30 s, server 120 s).
     pub punch_timeout: Option<Duration>,
-    pub max_streams: u32,
+    /// QUIC tuning (windows, timeouts, stream limit, congestion control).
+    pub quic: QuicParams,
 }
 
 impl Default for ManualOptions {
@@ -41,7 +43,7 @@ impl Default for ManualOptions {
             stun: Vec::new(),
             expiry: Duration::from_secs(600),
             punch_timeout: None,
-            max_streams: 1024,
+            quic: QuicParams::default(),
         }
     }
 }
@@ -168,11 +170,12 @@ impl PreparedClient {
             punched.remote, punched.elapsed, punched.method
         );
         let endpoint = endpoint(punched.socket, None)?;
-        let config = tls::client_config(&self.identity, answer.fingerprint, self.opts.max_streams)?;
+        let config = tls::client_config(&self.identity, answer.fingerprint, &self.opts.quic)?;
         Ok(ManualConnector {
             endpoint,
             remote: punched.remote,
             config,
+            window: self.opts.quic.connection_window,
         })
     }
 }
@@ -228,13 +231,12 @@ impl PreparedServer {
             "path=direct remote={} punched in {:.0?} via {}",
             punched.remote, punched.elapsed, punched.method
         );
-        let config = tls::server_config(
-            &self.identity,
-            self.offer.fingerprint,
-            self.opts.max_streams,
-        )?;
+        let config = tls::server_config(&self.identity, self.offer.fingerprint, &self.opts.quic)?;
         let endpoint = endpoint(punched.socket, Some(config))?;
-        Ok(ManualAcceptor { endpoint })
+        Ok(ManualAcceptor {
+            endpoint,
+            window: self.opts.quic.connection_window,
+        })
     }
 }
 
@@ -244,6 +246,8 @@ pub struct ManualConnector {
     endpoint: quinn::Endpoint,
     remote: SocketAddr,
     config: quinn::ClientConfig,
+    /// Receive-window bound of the connections (`QuicParams::connection_window`).
+    window: u64,
 }
 
 impl ManualConnector {
@@ -264,7 +268,7 @@ impl Connector for ManualConnector {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         debug!("QUIC connected to {}", self.remote);
-        Ok(QuicConn::new(conn))
+        Ok(QuicConn::new(conn, self.window))
     }
 }
 
@@ -272,6 +276,8 @@ impl Connector for ManualConnector {
 #[derive(Debug, Clone)]
 pub struct ManualAcceptor {
     endpoint: quinn::Endpoint,
+    /// Receive-window bound of the connections (`QuicParams::connection_window`).
+    window: u64,
 }
 
 impl ManualAcceptor {
@@ -296,11 +302,12 @@ impl Acceptor for ManualAcceptor {
             let incoming = self.endpoint.accept().await?;
             match incoming.accept() {
                 Ok(connecting) => {
+                    let window = self.window;
                     return Some(Box::pin(async move {
                         let c = connecting
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?;
-                        Ok(QuicConn::new(c))
+                        Ok(QuicConn::new(c, window))
                     }));
                 }
                 Err(e) => debug!("incoming QUIC connection failed: {e}"),

@@ -2,10 +2,8 @@
 //! certificate fingerprint travels in the signaling blob; a connection whose peer
 //! presents any other certificate fails the TLS handshake.
 
-use std::sync::Arc;
-use std::time::Duration;
-
-use porthole_engine::receive_window;
+use porthole_engine::quic_params::{Congestion, QuicParams};
+use quinn::congestion;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
@@ -13,6 +11,7 @@ use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, Serve
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
 use rustls::{DigitallySignedStruct, DistinguishedName, SignatureScheme};
 use sha2::{Digest, Sha256};
+use std::sync::Arc;
 use subtle::ConstantTimeEq;
 
 /// The TLS server name used on the wire (the certificate is pinned, not named).
@@ -71,24 +70,25 @@ fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-fn transport(max_streams: u32) -> Arc<quinn::TransportConfig> {
+/// The shared [`QuicParams`] in quinn's terms.
+fn transport(p: &QuicParams) -> Arc<quinn::TransportConfig> {
+    let varint = |v: u64| quinn::VarInt::from_u64(v).unwrap_or(quinn::VarInt::MAX);
     let mut t = quinn::TransportConfig::default();
-    t.max_concurrent_bidi_streams(max_streams.into());
+    t.max_concurrent_bidi_streams(p.max_streams.into());
     t.max_concurrent_uni_streams(0u32.into());
-    // Streams of equal priority share the path round-robin (bulk ones are demoted, see
-    // porthole_engine::splice): first-come-first-served starved later streams.
-    t.send_fairness(true);
-    // Keep-alives hold the punched NAT mappings open; a silent peer is dead after 20 s.
-    t.keep_alive_interval(Some(Duration::from_secs(5)));
-    t.max_idle_timeout(Duration::from_secs(20).try_into().ok());
-    t.stream_receive_window((1u32 << 20).into());
-    // The upper bound: each connection's tuner sizes it to the path (QuicConn::new).
-    t.receive_window(
-        quinn::VarInt::from_u64(receive_window::MAX_WINDOW).unwrap_or(quinn::VarInt::MAX),
-    );
-    t.send_window(receive_window::MAX_WINDOW);
-    t.datagram_receive_buffer_size(Some(4 << 20));
-    t.datagram_send_buffer_size(4 << 20);
+    t.send_fairness(p.send_fairness);
+    t.keep_alive_interval(Some(p.keep_alive));
+    t.max_idle_timeout(p.idle_timeout.try_into().ok());
+    t.stream_receive_window(varint(p.stream_window));
+    t.receive_window(varint(p.connection_window));
+    t.send_window(p.send_window);
+    t.datagram_receive_buffer_size(Some(p.datagram_buffer));
+    t.datagram_send_buffer_size(p.datagram_buffer);
+    t.congestion_controller_factory(match p.congestion {
+        Congestion::Cubic => Arc::new(congestion::CubicConfig::default()),
+        Congestion::NewReno => Arc::new(congestion::NewRenoConfig::default()),
+        Congestion::Bbr => Arc::new(congestion::BbrConfig::default()),
+    });
     Arc::new(t)
 }
 
@@ -96,7 +96,7 @@ fn transport(max_streams: u32) -> Arc<quinn::TransportConfig> {
 pub fn server_config(
     identity: &Identity,
     client_fp: [u8; 32],
-    max_streams: u32,
+    params: &QuicParams,
 ) -> Result<quinn::ServerConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(Pinned {
@@ -110,7 +110,7 @@ pub fn server_config(
     tls.alpn_protocols = vec![porthole_proto::ALPN.to_vec()];
     let quic = QuicServerConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ServerConfig::with_crypto(Arc::new(quic));
-    config.transport_config(transport(max_streams));
+    config.transport_config(transport(params));
     Ok(config)
 }
 
@@ -118,7 +118,7 @@ pub fn server_config(
 pub fn client_config(
     identity: &Identity,
     server_fp: [u8; 32],
-    max_streams: u32,
+    params: &QuicParams,
 ) -> Result<quinn::ClientConfig, TlsError> {
     let provider = provider();
     let verifier = Arc::new(Pinned {
@@ -133,7 +133,7 @@ pub fn client_config(
     tls.alpn_protocols = vec![porthole_proto::ALPN.to_vec()];
     let quic = QuicClientConfig::try_from(tls).map_err(|e| TlsError::Quic(e.to_string()))?;
     let mut config = quinn::ClientConfig::new(Arc::new(quic));
-    config.transport_config(transport(max_streams));
+    config.transport_config(transport(params));
     Ok(config)
 }
 

@@ -13,6 +13,7 @@ use std::time::Duration;
 use porthole_engine::auth::TokenSet;
 use porthole_engine::client::{Client, ClientConfig, ClientError, ForwardSpec, Status};
 use porthole_engine::policy::{AllowList, Policy};
+use porthole_engine::quic_params::QuicParams;
 use porthole_engine::server::ServerConfig;
 use porthole_engine::transport::Connector;
 use porthole_iroh::paths::PathInfo;
@@ -144,7 +145,6 @@ impl Net {
             bind: vec!["127.0.0.1:0".parse().unwrap()],
             portmap: false,
             accept,
-            max_streams: 1024,
         }
     }
 }
@@ -192,9 +192,12 @@ impl TestServer {
 
 pub async fn start_server(setup: ServerSetup) -> TestServer {
     init_tracing();
-    let endpoint = porthole_iroh::bind(&setup.net.options(true, setup.secret))
-        .await
-        .unwrap();
+    let endpoint = porthole_iroh::bind(
+        &setup.net.options(true, setup.secret),
+        &QuicParams::default(),
+    )
+    .await
+    .unwrap();
     if setup.net.relay.is_some() {
         tokio::time::timeout(Duration::from_secs(20), endpoint.online())
             .await
@@ -210,7 +213,7 @@ pub async fn start_server(setup: ServerSetup) -> TestServer {
     }
     let shutdown = CancellationToken::new();
     let task = tokio::spawn(porthole_engine::server::run(
-        IrohAcceptor::new(endpoint.clone()),
+        IrohAcceptor::new(endpoint.clone(), &QuicParams::default()),
         config,
         shutdown.clone(),
     ));
@@ -343,7 +346,7 @@ pub async fn start_client(setup: ClientSetup) -> TestClient {
     let client = Client::bind(config).await.unwrap();
     let addrs = client.local_addrs();
     let status = client.status();
-    let endpoint = porthole_iroh::bind(&setup.net.options(false, None))
+    let endpoint = porthole_iroh::bind(&setup.net.options(false, None), &QuicParams::default())
         .await
         .unwrap();
     let relays: Vec<RelaySpec> = setup.net.relay.iter().cloned().collect();
@@ -351,7 +354,7 @@ pub async fn start_client(setup: ClientSetup) -> TestClient {
         porthole_iroh::ticket::endpoint_addr(&setup.server, &relays, &setup.server_addrs).unwrap();
     let conns = Arc::new(Mutex::new(Vec::new()));
     let connector = Capturing {
-        inner: IrohConnector::new(endpoint.clone(), addr),
+        inner: IrohConnector::new(endpoint.clone(), addr, &QuicParams::default()),
         conns: conns.clone(),
     };
     let shutdown = CancellationToken::new();

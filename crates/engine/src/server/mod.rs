@@ -54,7 +54,7 @@ impl ServerConfig {
             max_sessions: 100,
             max_pending: 64,
             max_forwards: 64,
-            max_streams: 1024,
+            max_streams: crate::quic_params::MAX_STREAMS,
             max_udp_flows: 1024,
             handshake_timeout: Duration::from_secs(15),
             auth_timeout: Duration::from_secs(10),
