@@ -281,12 +281,13 @@ CASES = {
 }
 
 
-def iperf(port, args, seconds, tries=2, wrapper=()):
-    """iperf3's `end` summary; `wrapper` runs the client under another command (perf stat)."""
+def iperf(port, args, seconds, tries=2, wrapper=(), host="127.0.0.1"):
+    """iperf3's `end` summary; `wrapper` runs the client under another command (perf stat,
+    or `ip netns exec NS` in the WAN lab)."""
     # iperf3's server refuses a test while it still tears the previous one down; through
     # a tunnel that teardown ends later than the client's, so give it a moment.
     time.sleep(0.5)
-    out = subprocess.run([*wrapper, "iperf3", "-c", "127.0.0.1", "-p", str(port), "-t", str(seconds), "-J"] + args,
+    out = subprocess.run([*wrapper, "iperf3", "-c", host, "-p", str(port), "-t", str(seconds), "-J"] + args,
                          capture_output=True, text=True, timeout=seconds + 30)
     data = json.loads(out.stdout)
     if "error" in data:
@@ -296,13 +297,14 @@ def iperf(port, args, seconds, tries=2, wrapper=()):
         busy = "busy" in data["error"] or "unable to receive control message" in data["error"]
         if busy and tries > 1:
             time.sleep(1)
-            return iperf(port, args, seconds, tries - 1, wrapper)
+            return iperf(port, args, seconds, tries - 1, wrapper, host)
         raise RuntimeError(data["error"])
     return data["end"]
 
 
-def tcp(port, streams, seconds, wrapper=()):
-    end = iperf(port, ["-P", str(streams)] if streams > 1 else [], seconds, wrapper=wrapper)
+def tcp(port, streams, seconds, wrapper=(), host="127.0.0.1", reverse=False):
+    args = (["-P", str(streams)] if streams > 1 else []) + (["-R"] if reverse else [])
+    end = iperf(port, args, seconds, wrapper=wrapper, host=host)
     return end["sum_received"]["bits_per_second"], end["sum_received"]["bytes"]
 
 
@@ -512,16 +514,34 @@ def main():
     png = ROOT / "docs/img/bench-throughput.png"
     chart(results, png)
     doc = ROOT / "docs/BENCHMARKS.md"
-    text = doc.read_text()
-    start, end = "<!-- results:start -->", "<!-- results:end -->"
-    cpu = open("/proc/cpuinfo").read().split("model name")[1].split("\n")[0].strip(" :\t")
     stamp = time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime())
-    block = (f"{start}\nRun of {stamp} on {os.cpu_count()} x {cpu}, {seconds} s per iperf3 test, TCP figures the median of {repeat} runs ({JUDGED}: {pairs}), {conns} connections.\n"
+    block = (f"Run of {stamp} on {os.cpu_count()} x {cpu_model()}, {seconds} s per iperf3 test, TCP figures the median of {repeat} runs ({JUDGED}: {pairs}), {conns} connections.\n"
              f"Percentages are of the direct-loopback figure of the same run.\n\n{table}\n\nTargets:\n\n{check_md}\n\n"
-             f"![TCP throughput](img/bench-throughput.png)\n{end}")
-    i, j = text.index(start), text.index(end) + len(end)
-    doc.write_text(text[:i] + block + text[j:])
+             f"![TCP throughput](img/bench-throughput.png)")
+    replace_block(doc, "results", block)
     print(f"bench: wrote {doc} and {png}", file=sys.stderr)
+
+
+def cpu_model():
+    """The CPU's name for the results header ("unknown CPU" where /proc/cpuinfo has none,
+    e.g. on some ARM machines)."""
+    try:
+        for line in open("/proc/cpuinfo"):
+            if line.startswith(("model name", "Model", "cpu model")):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
+def replace_block(doc, name, block):
+    """Replaces what stands between `<!-- NAME:start -->` and `<!-- NAME:end -->` in `doc`."""
+    text = doc.read_text()
+    start, end = f"<!-- {name}:start -->", f"<!-- {name}:end -->"
+    if start not in text or end not in text:
+        raise SystemExit(f"{doc} has no {start} ... {end} block to write the results into")
+    i, j = text.index(start), text.index(end) + len(end)
+    doc.write_text(text[:i] + f"{start}\n{block}\n{end}" + text[j:])
 
 
 if __name__ == "__main__":

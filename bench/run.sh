@@ -5,16 +5,30 @@
 #   ./bench/run.sh            # full run, rewrites docs/BENCHMARKS.md (results) and docs/img/
 #   ./bench/run.sh --quick    # shorter tests, prints the table only
 #   ./bench/run.sh --cases iroh-direct,stunnel
+#   ./bench/run.sh --wan      # across the NAT lab over a shaped path (root): bench/wan.py
+#   ./bench/run.sh --wan --quick --rtts 50 --losses 0
 #
-# Needs iperf3, stunnel4 and gnuplot (installed from Debian when run as root), python3,
-# and cargo. rathole is built from crates.io into bench/out/ when possible, else skipped.
+# Needs iperf3, stunnel4 and gnuplot (and for --wan: iproute2, iptables, ethtool), installed
+# from Debian when run as root, python3, and cargo. rathole is built from crates.io into
+# bench/out/ when possible, else skipped.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+
+wan=0
+if [ "${1:-}" = "--wan" ]; then
+  wan=1
+  shift
+fi
 
 need=()
 command -v iperf3 >/dev/null || need+=(iperf3)
 command -v stunnel4 >/dev/null || need+=(stunnel4)
 command -v gnuplot >/dev/null || need+=(gnuplot-nox)
+if [ $wan = 1 ]; then
+  command -v ip >/dev/null || need+=(iproute2)
+  command -v iptables >/dev/null || need+=(iptables)
+  command -v ethtool >/dev/null || need+=(ethtool)
+fi
 if [ ${#need[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${need[@]}" >/dev/null 2>&1 || \
@@ -28,6 +42,10 @@ fi
 echo "bench: building porthole (release)" >&2
 cargo build --release --locked -q -p porthole --bin porthole
 cargo build --release --locked -q -p porthole-labtool
+
+if [ $wan = 1 ]; then
+  exec python3 bench/wan.py "$@"
+fi
 
 mkdir -p bench/out
 if [ ! -x bench/out/bin/rathole ]; then

@@ -7,16 +7,19 @@
 //! - `tcp-check` / `udp-check`: reach a forwarded port, verify every byte, report timings
 //!   as one JSON line.
 //! - `share-check`: parallel bulk connections plus small probes (`share.rs`).
+//! - `lab`: builds the NAT lab's network (`porthole_labtool::lab`) with a shaped WAN path,
+//!   prints where things are as one JSON line, and tears it down when stdin closes (the
+//!   WAN benchmark, bench/wan.py, drives it).
 //!
-//! Deliberately std-only (plus nfq): small, synchronous, easy to reason about.
+//! Deliberately small and synchronous (std threads, no async runtime): easy to reason about.
 
-use std::collections::VecDeque;
-use std::io::{ErrorKind, Read, Write};
+use std::io::{Read, Write};
 use std::net::{SocketAddr, TcpListener, TcpStream, UdpSocket};
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
 
 use clap::{Parser, Subcommand};
+use porthole_labtool::lab;
 
 mod share;
 
@@ -75,6 +78,32 @@ enum Cmd {
         #[arg(long, default_value_t = 8)]
         seconds: u64,
     },
+    /// Build the NAT lab (root): print its namespaces and addresses as one JSON line, keep
+    /// it until stdin closes, then tear it down. Client behind NAT A, server behind NAT B.
+    Lab {
+        #[arg(long, default_value = "cone")]
+        client_nat: lab::Nat,
+        #[arg(long, default_value = "cone")]
+        server_nat: lab::Nat,
+        /// Delay on each NAT's uplink, i.e. each direction (RTT = 2 x this).
+        #[arg(long, default_value_t = 0)]
+        delay_ms: u64,
+        /// Probability of dropping a packet on each NAT's uplink (0.0 - 1.0).
+        #[arg(long, default_value_t = 0.0)]
+        loss: f64,
+        /// Bottleneck rate of each NAT's uplink (tbf); 0 = unshaped.
+        #[arg(long, default_value_t = 0)]
+        rate_mbit: u32,
+        /// The bottleneck's queue, in milliseconds of traffic at its rate.
+        #[arg(long, default_value_t = 50)]
+        queue_ms: u32,
+        /// GSO/GRO/TSO off on every link (a lost packet is one packet).
+        #[arg(long)]
+        offloads_off: bool,
+        /// TCP ports on NAT B's public address forwarded to host B (repeatable).
+        #[arg(long)]
+        dnat_tcp: Vec<u16>,
+    },
     /// Send COUNT datagrams of SIZE bytes (retrying each), expect them back.
     UdpCheck {
         addr: SocketAddr,
@@ -93,7 +122,8 @@ fn main() -> ExitCode {
             queue,
             delay_ms,
             loss,
-        } => netem(queue, Duration::from_millis(delay_ms), loss),
+        } => porthole_labtool::netem::run(queue, Duration::from_millis(delay_ms), loss)
+            .map_err(|e| format!("netem: {e}").into()),
         Cmd::Echo { tcp, udp } => echo(tcp, udp),
         Cmd::ConnectRate { addr, count } => connect_rate(addr, count),
         Cmd::TcpCheck {
@@ -112,6 +142,30 @@ fn main() -> ExitCode {
             count,
             timeout_s,
         } => udp_check(addr, size, count, Duration::from_secs(timeout_s)),
+        Cmd::Lab {
+            client_nat,
+            server_nat,
+            delay_ms,
+            loss,
+            rate_mbit,
+            queue_ms,
+            offloads_off,
+            dnat_tcp,
+        } => {
+            let mut spec = lab::Spec::new(client_nat, server_nat);
+            if delay_ms > 0 || loss > 0.0 {
+                spec.impair = Some(lab::Impair { delay_ms, loss });
+            }
+            if rate_mbit > 0 {
+                spec.rate = Some(lab::Rate {
+                    mbit: rate_mbit,
+                    queue_ms,
+                });
+            }
+            spec.offloads_off = offloads_off;
+            spec.server_dnat_tcp = dnat_tcp;
+            hold_lab(&spec)
+        }
     };
     match r {
         Ok(()) => ExitCode::SUCCESS,
@@ -124,44 +178,27 @@ fn main() -> ExitCode {
 
 type Result<T> = std::result::Result<T, Box<dyn std::error::Error>>;
 
-fn random_f64() -> f64 {
-    let mut b = [0u8; 8];
-    let _ = getrandom::fill(&mut b);
-    (u64::from_le_bytes(b) >> 11) as f64 / (1u64 << 53) as f64
-}
-
-fn netem(queue_num: u16, delay: Duration, loss: f64) -> Result<()> {
-    let mut q = nfq::Queue::open()?;
-    q.bind(queue_num)?;
-    q.set_queue_max_len(queue_num, 16384)?;
-    q.set_fail_open(queue_num, true)?;
-    q.set_nonblocking(true);
-    eprintln!("netem: queue {queue_num}, delay {delay:?}, loss {loss}");
-    let mut held: VecDeque<(Instant, nfq::Message)> = VecDeque::new();
-    loop {
-        loop {
-            match q.recv() {
-                Ok(mut msg) => {
-                    if loss > 0.0 && random_f64() < loss {
-                        msg.set_verdict(nfq::Verdict::Drop);
-                        q.verdict(msg)?;
-                    } else {
-                        msg.set_verdict(nfq::Verdict::Accept);
-                        held.push_back((Instant::now() + delay, msg));
-                    }
-                }
-                Err(e) if e.kind() == ErrorKind::WouldBlock => break,
-                Err(e) => return Err(e.into()),
-            }
-        }
-        let now = Instant::now();
-        while held.front().is_some_and(|(t, _)| *t <= now) {
-            if let Some((_, msg)) = held.pop_front() {
-                q.verdict(msg)?;
-            }
-        }
-        std::thread::sleep(Duration::from_micros(300));
-    }
+/// `lab`: build, report, hold until stdin closes, tear down (on drop).
+fn hold_lab(spec: &lab::Spec) -> Result<()> {
+    lab::available()?;
+    let net = lab::Net::build(spec, &std::env::current_exe()?)?;
+    let quoted: Vec<String> = net.impaired.iter().map(|n| format!("\"{n}\"")).collect();
+    println!(
+        "{{\"client\":\"{}\",\"server\":\"{}\",\"relay\":\"{}\",\"impaired\":[{}],\"relay_ip\":\"{}\",\"client_nat_ip\":\"{}\",\"server_nat_ip\":\"{}\",\"server_ip\":\"{}\"}}",
+        net.a,
+        net.b,
+        net.relay,
+        quoted.join(","),
+        lab::RELAY_IP,
+        lab::NAT_A_IP,
+        lab::NAT_B_IP,
+        lab::HOST_B_IP
+    );
+    std::io::stdout().flush()?;
+    let mut sink = Vec::new();
+    let _ = std::io::stdin().read_to_end(&mut sink);
+    drop(net);
+    Ok(())
 }
 
 fn echo(tcp: Option<SocketAddr>, udp: Option<SocketAddr>) -> Result<()> {

@@ -517,7 +517,7 @@ fn lab_nat_blocks_unsolicited_inbound() {
     std::thread::sleep(Duration::from_millis(300));
     // From the "internet" (the relay host): neither the NAT's public address nor the
     // private address behind it answers.
-    let relay_ns = lab.a.replace("-hosta", "-relay");
+    let relay_ns = lab.relay.clone();
     for target in ["198.18.0.12:7001", "192.168.2.2:7001"] {
         let out = lab
             .tool(&relay_ns)
