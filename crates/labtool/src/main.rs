@@ -51,6 +51,11 @@ enum Cmd {
         tcp: Option<SocketAddr>,
         #[arg(long)]
         udp: Option<SocketAddr>,
+        /// Each TCP connection stops reading for this long after echoing its first bytes
+        /// (a stalled target: whatever the client sends meanwhile fills the tunnel's
+        /// buffers behind it).
+        #[arg(long, default_value_t = 0)]
+        stall_ms: u64,
     },
     /// Connect (retrying until the deadline), send BYTES, expect them back.
     TcpCheck {
@@ -124,7 +129,7 @@ fn main() -> ExitCode {
             loss,
         } => porthole_labtool::netem::run(queue, Duration::from_millis(delay_ms), loss)
             .map_err(|e| format!("netem: {e}").into()),
-        Cmd::Echo { tcp, udp } => echo(tcp, udp),
+        Cmd::Echo { tcp, udp, stall_ms } => echo(tcp, udp, Duration::from_millis(stall_ms)),
         Cmd::ConnectRate { addr, count } => connect_rate(addr, count),
         Cmd::TcpCheck {
             addr,
@@ -201,7 +206,7 @@ fn hold_lab(spec: &lab::Spec) -> Result<()> {
     Ok(())
 }
 
-fn echo(tcp: Option<SocketAddr>, udp: Option<SocketAddr>) -> Result<()> {
+fn echo(tcp: Option<SocketAddr>, udp: Option<SocketAddr>, stall: Duration) -> Result<()> {
     if let Some(u) = udp {
         let s = UdpSocket::bind(u)?;
         std::thread::spawn(move || {
@@ -217,12 +222,16 @@ fn echo(tcp: Option<SocketAddr>, udp: Option<SocketAddr>) -> Result<()> {
             let Ok(mut s) = s else { continue };
             std::thread::spawn(move || {
                 let mut buf = vec![0u8; 65536];
+                let mut first = true;
                 loop {
                     match s.read(&mut buf) {
                         Ok(0) | Err(_) => break,
                         Ok(n) => {
                             if s.write_all(&buf[..n]).is_err() {
                                 break;
+                            }
+                            if std::mem::take(&mut first) {
+                                std::thread::sleep(stall);
                             }
                         }
                     }
@@ -296,9 +305,15 @@ fn tcp_once(addr: SocketAddr, data: &[u8], start: Instant) -> Result<Duration> {
     if first[0] != data[0] {
         return Err("wrong first byte".into());
     }
-    s.write_all(&data[1..])?;
+    // Write the rest while reading the echo: with megabytes in flight, writing all of it
+    // first would deadlock against an echo that cannot write back.
+    let mut w = s.try_clone()?;
+    let rest = data[1..].to_vec();
+    let writer = std::thread::spawn(move || w.write_all(&rest));
+    s.set_read_timeout(Some(Duration::from_secs(60)))?;
     let mut back = vec![0u8; data.len() - 1];
     s.read_exact(&mut back)?;
+    writer.join().map_err(|_| "the writer thread panicked")??;
     if back != data[1..] {
         return Err("echoed bytes differ".into());
     }

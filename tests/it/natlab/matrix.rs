@@ -72,15 +72,36 @@ fn write_secrets(lab: &Lab) {
     assert!(out.status.success());
 }
 
+/// Echo services on `ns`'s loopback: TCP and UDP on 7000, and on 7001 a TCP echo that
+/// stalls for 3 s after its first bytes (natlab::windows).
 fn start_services(lab: &mut Lab, ns: &str) {
     let mut echo = lab.tool(ns);
     echo.args(["echo", "--tcp", "127.0.0.1:7000", "--udp", "127.0.0.1:7000"]);
     lab.spawn("echo", echo);
+    let mut stalled = lab.tool(ns);
+    stalled.args(["echo", "--tcp", "127.0.0.1:7001", "--stall-ms", "3000"]);
+    lab.spawn("stalled-echo", stalled);
 }
 
+/// The client's forwards in both modes: 8000 -> 7000 (TCP and UDP), 8001 -> 7001 (TCP).
+const FORWARDS: [&str; 12] = [
+    "--source",
+    "tcp://127.0.0.1:7000",
+    "--target",
+    "127.0.0.1:8000",
+    "--source",
+    "udp://127.0.0.1:7000",
+    "--target",
+    "127.0.0.1:8000",
+    "--source",
+    "tcp://127.0.0.1:7001",
+    "--target",
+    "127.0.0.1:8001",
+];
+
 /// Starts an iroh server on host B (services on its loopback) and a client on host A that
-/// forwards 127.0.0.1:8000 there (TCP and UDP). Returns the client's process index and
-/// when it was started.
+/// forwards to them ([`FORWARDS`]). Returns the client's process index and when it was
+/// started.
 pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
     write_secrets(lab);
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
@@ -133,18 +154,7 @@ pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
             "none",
             "--no-portmap",
         ])
-        .args([
-            "--source",
-            "tcp://127.0.0.1:7000",
-            "--target",
-            "127.0.0.1:8000",
-        ])
-        .args([
-            "--source",
-            "udp://127.0.0.1:7000",
-            "--target",
-            "127.0.0.1:8000",
-        ]);
+        .args(FORWARDS);
     (lab.spawn("client", client), started)
 }
 
@@ -296,8 +306,8 @@ pub(super) const LAB_STUN: [&str; 4] = [
 ];
 
 /// Starts echo services and a manual-mode server in `server_ns`, and a client in
-/// `client_ns` forwarding 127.0.0.1:8000 to them (TCP and UDP), signalling through files in
-/// the lab directory. Returns the server's and client's process indexes and the start time.
+/// `client_ns` forwarding to them ([`FORWARDS`]), signalling through files in the lab
+/// directory. Returns the server's and client's process indexes and the start time.
 pub(super) fn start_manual_tunnel(
     lab: &mut Lab,
     server_ns: &str,
@@ -343,18 +353,7 @@ pub(super) fn start_manual_tunnel(
             "--auth-token-file",
             &lab.path("tokens.txt"),
         ])
-        .args([
-            "--source",
-            "tcp://127.0.0.1:7000",
-            "--target",
-            "127.0.0.1:8000",
-        ])
-        .args([
-            "--source",
-            "udp://127.0.0.1:7000",
-            "--target",
-            "127.0.0.1:8000",
-        ])
+        .args(FORWARDS)
         .args([
             "--offer-file",
             &offer,

@@ -16,3 +16,4 @@ macro_rules! lab_test {
 pub mod lab;
 mod matrix;
 mod sharing;
+mod windows;

@@ -23,7 +23,7 @@ lab_test!(
     bulk_streams_share(Mode::Manual)
 );
 
-enum Mode {
+pub(super) enum Mode {
     Iroh,
     Manual,
 }
@@ -32,16 +32,19 @@ enum Mode {
 fn bulk_streams_share(mode: Mode) {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = impaired_lab();
+    let host_a = lab.a.clone();
+    start_tunnel(&mut lab, mode);
+    assert_shared(&lab, &host_a);
+}
+
+/// Starts a tunnel from host A (client) to host B (server) in `mode`; returns the
+/// client's process index.
+pub(super) fn start_tunnel(lab: &mut Lab, mode: Mode) -> usize {
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
     match mode {
-        Mode::Iroh => {
-            start_iroh_tunnel(&mut lab);
-        }
-        Mode::Manual => {
-            start_manual_tunnel(&mut lab, &host_b, &host_a, &LAB_STUN, "40s");
-        }
+        Mode::Iroh => start_iroh_tunnel(lab).0,
+        Mode::Manual => start_manual_tunnel(lab, &host_b, &host_a, &LAB_STUN, "40s").1,
     }
-    assert_shared(&lab, &host_a);
 }
 
 /// Cone <-> cone, 20 ms per NAT egress (40 ms RTT), 1 % loss each way.
