@@ -136,6 +136,16 @@ pub struct IrohArgs {
     pub udp_idle_timeout: Option<std::time::Duration>,
 }
 
+/// QUIC tuning, the same in iroh and manual mode (config file: the `[quic]` table).
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "QUIC tuning")]
+pub struct QuicArgs {
+    /// Congestion controller: bbr (default; keeps its rate through random loss), cubic
+    /// (backs off on every loss; fairer to TCP flows on a shallow-buffered link), newreno.
+    #[arg(long, value_name = "NAME")]
+    pub congestion: Option<porthole_engine::quic_params::Congestion>,
+}
+
 /// Settings of manual mode (plain QUIC + STUN, copy-paste signaling).
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Manual mode (--mode manual)")]
@@ -188,6 +198,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub iroh: IrohArgs,
     #[command(flatten)]
+    pub quic: QuicArgs,
+    #[command(flatten)]
     pub manual: ManualArgs,
 }
 
@@ -226,6 +238,8 @@ pub struct ClientArgs {
     pub auth_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub iroh: IrohArgs,
+    #[command(flatten)]
+    pub quic: QuicArgs,
     #[command(flatten)]
     pub manual: ManualArgs,
 }

@@ -8,6 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use porthole_engine::policy::AllowRule;
+use porthole_engine::quic_params::Congestion;
 use porthole_iroh::{DnsSetting, RelaySpec};
 use porthole_proto::key::EndpointId;
 use porthole_proto::source::Source;
@@ -183,8 +184,30 @@ pub struct ServerFile {
     pub answer_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub punch_timeout: Option<Duration>,
+    #[serde(default)]
+    pub quic: QuicTable,
     /// mode = "nodepass": the tunnel.
     pub nodepass: Option<NodepassTable>,
+}
+
+/// `[quic]`: QUIC tuning, the same in iroh and manual mode.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct QuicTable {
+    #[serde(default, deserialize_with = "from_str")]
+    pub congestion: Option<Congestion>,
+}
+
+/// An optional value written as a string and parsed with its `FromStr` (the parse error
+/// becomes the TOML error, with its line).
+fn from_str<'de, D, T>(d: D) -> Result<Option<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    let s = String::deserialize(d)?;
+    s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
 #[derive(Debug, Deserialize)]
@@ -230,6 +253,8 @@ pub struct ClientFile {
     pub answer_file: Option<PathBuf>,
     #[serde(default, with = "humantime_serde")]
     pub punch_timeout: Option<Duration>,
+    #[serde(default)]
+    pub quic: QuicTable,
     /// mode = "nodepass": the tunnel.
     pub nodepass: Option<NodepassTable>,
 }

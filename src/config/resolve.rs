@@ -16,9 +16,9 @@ use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
 use tracing::warn;
 
-use super::raw::{ClientFile, ServerFile, check_forward};
+use super::raw::{ClientFile, QuicTable, ServerFile, check_forward};
 use super::{Role, read_client, read_server};
-use crate::cli::{ClientArgs, ConfigArgs, IrohArgs, ManualArgs, Mode, ServerArgs};
+use crate::cli::{ClientArgs, ConfigArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ServerArgs};
 use crate::secrets;
 
 pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(60);
@@ -285,7 +285,7 @@ fn server_settings(
         max_sessions,
         iroh,
         manual,
-        quic: QuicParams::default(),
+        quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout
@@ -421,7 +421,7 @@ fn client_settings(
         server_addrs,
         iroh,
         manual,
-        quic: QuicParams::default(),
+        quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout
@@ -499,4 +499,13 @@ fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<Forw
         out.push(ForwardSpec { source, listen });
     }
     Ok(out)
+}
+
+/// QUIC tuning: the command line over the file's `[quic]` table over the defaults.
+fn quic_params(args: &QuicArgs, file: Option<&QuicTable>) -> Result<QuicParams> {
+    let mut q = QuicParams::default();
+    if let Some(c) = args.congestion.or(file.and_then(|f| f.congestion)) {
+        q.congestion = c;
+    }
+    Ok(q)
 }

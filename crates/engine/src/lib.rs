@@ -17,12 +17,12 @@ pub mod net;
 pub mod policy;
 pub mod quic_adapter;
 pub mod quic_params;
-pub mod receive_window;
 pub mod server;
 pub mod socket_buffers;
 pub mod splice;
 pub mod transport;
 pub mod udp;
+pub mod windows;
 
 pub use porthole_proto as proto;
 

@@ -10,7 +10,7 @@
 ///
 /// `peer = |c| expr` says how the connection names its peer in logs and per-peer limits,
 /// `rtt = |c| expr` gives the round-trip time of the path in use as an
-/// `Option<Duration>`, for the [`receive_window`](crate::receive_window) tuner (`c` is
+/// `Option<Duration>`, for the [`windows`](crate::windows) tuner (`c` is
 /// the library's `Connection`), `read_chunks = name` names the library's zero-copy
 /// multi-chunk read (`read_chunks` in quinn, `read_many_chunks` in noq). The calling crate
 /// adds its own inherent methods.
@@ -101,7 +101,7 @@ macro_rules! quic_adapter {
             }
         }
 
-        impl $crate::receive_window::WindowControl for $conn {
+        impl $crate::windows::WindowControl for $conn {
             fn received_bytes(&self) -> u64 {
                 self.0.stats().udp_rx.bytes
             }

@@ -13,13 +13,44 @@ pub const MAX_STREAMS: u32 = 1024;
 /// The congestion controller a connection uses.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
 pub enum Congestion {
-    /// CUBIC (RFC 9438), the kernel's default for TCP.
+    /// BBR (v1, as Linux's `tcp_bbr`): sends at the measured bottleneck rate and does not
+    /// take random loss for congestion. The default: on a 50 ms path with 1 % loss it
+    /// moves ~300 Mbit/s where CUBIC moves ~5 (docs/BENCHMARKS.md, WAN).
     #[default]
+    Bbr,
+    /// CUBIC (RFC 9438), most kernels' TCP default: backs off on every loss; fairer to
+    /// loss-based flows sharing a shallow-buffered bottleneck.
     Cubic,
     /// NewReno (RFC 9002's reference controller).
     NewReno,
-    /// BBR: paced at the measured bottleneck rate; random loss is not taken as congestion.
-    Bbr,
+}
+
+impl Congestion {
+    pub const NAMES: &str = "bbr, cubic or newreno";
+
+    pub fn name(self) -> &'static str {
+        match self {
+            Congestion::Bbr => "bbr",
+            Congestion::Cubic => "cubic",
+            Congestion::NewReno => "newreno",
+        }
+    }
+}
+
+impl std::str::FromStr for Congestion {
+    type Err = String;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        match s.trim().to_ascii_lowercase().as_str() {
+            "bbr" => Ok(Congestion::Bbr),
+            "cubic" => Ok(Congestion::Cubic),
+            "newreno" => Ok(Congestion::NewReno),
+            other => Err(format!(
+                "unknown congestion controller {other:?}: use {}",
+                Self::NAMES
+            )),
+        }
+    }
 }
 
 /// QUIC tuning shared by every porthole connection, whatever the transport.
@@ -27,17 +58,28 @@ pub enum Congestion {
 pub struct QuicParams {
     /// See [`MAX_STREAMS`]. Unidirectional streams are never used (limit 0).
     pub max_streams: u32,
-    /// Per-stream receive window (MAX_STREAM_DATA): what one stream may have in flight.
+    /// Per-stream receive window (MAX_STREAM_DATA): what one stream may have in flight,
+    /// so one TCP connection moves at most this much per round trip. It is a cap, not an
+    /// allocation: the connection's tuned window bounds what is buffered. 8 MiB: one
+    /// stream reaches ~250 Mbit/s over 150 ms (at 1 MiB it ran at 140 Mbit/s at 50 ms);
+    /// 16 MiB moved one stream faster on lossy 150 ms paths but let the first bulk
+    /// streams take most of the connection's credit (docs/BENCHMARKS.md, tuning log).
     ///
-    /// noq closes the whole connection when a stream's reassembly buffer holds more than
-    /// 1024 separate chunks, and keeps every full packet as its own chunk: a 4 MiB window
-    /// reached that during a relay -> direct path switch. 1 MiB is ~870 packets.
+    /// Windows above ~2 MiB need `vendor/noq-proto`: stock noq closes the whole
+    /// connection when a stream's reassembly buffer holds more than 1024 chunks.
     pub stream_window: u64,
-    /// Upper bound of the connection receive window (MAX_DATA); each connection's
-    /// [`receive_window`](crate::receive_window) tuner sizes it to the path below this.
+    /// Cap of a connection's receive window (MAX_DATA beyond what was read); the
+    /// [`windows`](crate::windows) tuner sizes it to the path below this. 32 MiB covers
+    /// 500 Mbit/s at 150 ms with room for recovery; more only added memory.
     pub connection_window: u64,
-    /// Bytes sent but not yet acknowledged that one connection may hold, all streams.
+    /// Send window: data one connection accepts from local TCP and keeps until the peer
+    /// acknowledges it, all streams together. Fixed (iroh has no run-time setter); in
+    /// practice the peer's tuned receive window bounds it further.
     pub send_window: u64,
+    /// Receive-window growth above the floor, summed over every connection of the
+    /// process: what all tunnels together may be asked to buffer beyond 1 MiB each,
+    /// however fast their paths.
+    pub window_budget: u64,
     /// A silent peer counts as gone after this long; its streams are reset.
     pub idle_timeout: Duration,
     /// Keep-alive interval: holds punched NAT mappings open and proves liveness.
@@ -56,9 +98,10 @@ impl Default for QuicParams {
     fn default() -> Self {
         Self {
             max_streams: MAX_STREAMS,
-            stream_window: 1 << 20,
+            stream_window: 8 << 20,
             connection_window: 32 << 20,
-            send_window: 32 << 20,
+            send_window: 16 << 20,
+            window_budget: 512 << 20,
             idle_timeout: Duration::from_secs(20),
             keep_alive: Duration::from_secs(5),
             datagram_buffer: 4 << 20,

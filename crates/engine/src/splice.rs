@@ -11,6 +11,7 @@
 //!   input (its kernel sends RST: iperf3 when busy, HTTP servers refusing an upload)
 //!   gets its answer through; the user then sees EOF, and RST on the next write.
 
+use std::future::Future;
 use std::io::{self, IoSlice};
 use std::pin::{Pin, pin};
 use std::task::Poll;
@@ -182,7 +183,29 @@ where
         if before < BULK_AFTER && *count >= BULK_AFTER {
             w.set_priority(BULK_PRIORITY);
         }
-        w.write_chunk(buf.split().freeze()).await?;
+        hand_over_fairly(w, buf.split().freeze()).await?;
+    }
+}
+
+/// Hands a chunk to the stream; when it had to wait for flow-control credit, lets the
+/// other streams woken by the same credit take their turn before reading on.
+///
+/// A connection's credit (MAX_DATA) is shared by its streams and goes to whoever writes
+/// first. Every blocked stream is woken when credit arrives, but on one thread the first
+/// to run would otherwise keep reading and writing until the credit was gone: with
+/// 16 MiB stream windows, six bulk streams over a 40 ms, 1 %-loss path moved between
+/// 1.5 and 266 MB each in 10 s (`natlab::sharing`). Yielding after a blocked write
+/// shares the credit 64 KiB at a time; a write that did not wait costs nothing extra.
+async fn hand_over_fairly<S: SendStream>(w: &mut S, chunk: bytes::Bytes) -> io::Result<()> {
+    let mut write = pin!(w.write_chunk(chunk));
+    let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(r) => r,
+        Poll::Pending => {
+            write.await?;
+            tokio::task::yield_now().await;
+            Ok(())
+        }
     }
 }
 

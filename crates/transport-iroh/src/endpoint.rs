@@ -11,7 +11,7 @@ use iroh::endpoint::{
 };
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, SecretKey};
 use iroh_relay::tls::CaTlsConfig;
-use noq_proto::congestion::{Bbr3Config, ControllerFactory, CubicConfig, NewRenoConfig};
+use noq_proto::congestion::{ControllerFactory, CubicConfig, NewRenoConfig};
 use porthole_engine::transport::{Acceptor, Connector};
 use porthole_proto::ALPN;
 use tracing::debug;
@@ -20,7 +20,7 @@ use crate::conn::IrohConn;
 use crate::options::{DnsSetting, IrohOptions, RelaySetting};
 use crate::{IrohError, paths};
 use porthole_engine::quic_params::{Congestion, QuicParams};
-use porthole_engine::receive_window;
+use porthole_engine::windows;
 
 /// Binds an endpoint as `opts` describe, its connections tuned by `quic`.
 ///
@@ -91,7 +91,9 @@ fn transport_config(p: &QuicParams) -> QuicTransportConfig {
         .max_concurrent_uni_streams(VarInt::from_u32(0))
         .send_fairness(p.send_fairness)
         .stream_receive_window(varint(p.stream_window))
-        .receive_window(varint(p.connection_window))
+        // The receive window starts at the floor; the tuner grows it to the path within
+        // `p`'s caps (porthole_engine::windows).
+        .receive_window(varint(windows::MIN_WINDOW))
         .send_window(p.send_window)
         .datagram_receive_buffer_size(Some(p.datagram_buffer))
         .datagram_send_buffer_size(p.datagram_buffer)
@@ -103,7 +105,7 @@ fn congestion(c: Congestion) -> Arc<dyn ControllerFactory + Send + Sync + 'stati
     match c {
         Congestion::Cubic => Arc::new(CubicConfig::default()),
         Congestion::NewReno => Arc::new(NewRenoConfig::default()),
-        Congestion::Bbr => Arc::new(Bbr3Config::default()),
+        Congestion::Bbr => Arc::new(crate::bbr::BbrConfig::default()),
     }
 }
 
@@ -111,15 +113,15 @@ fn congestion(c: Congestion) -> Arc<dyn ControllerFactory + Send + Sync + 'stati
 #[derive(Debug, Clone)]
 pub struct IrohAcceptor {
     endpoint: Endpoint,
-    window: u64,
+    quic: Arc<QuicParams>,
 }
 
 impl IrohAcceptor {
-    /// `quic` must be what the endpoint was bound with (its receive-window bound).
+    /// `quic` must be what the endpoint was bound with (its windows' caps).
     pub fn new(endpoint: Endpoint, quic: &QuicParams) -> Self {
         Self {
             endpoint,
-            window: quic.connection_window,
+            quic: Arc::new(quic.clone()),
         }
     }
 }
@@ -135,12 +137,12 @@ impl Acceptor for IrohAcceptor {
             let incoming = self.endpoint.accept().await?;
             match incoming.accept() {
                 Ok(accepting) => {
-                    let window = self.window;
+                    let quic = self.quic.clone();
                     return Some(Box::pin(async move {
                         let conn = accepting
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?;
-                        Ok(established(conn, window))
+                        Ok(established(conn, &quic))
                     }));
                 }
                 Err(e) => debug!("incoming connection failed: {e}"),
@@ -149,12 +151,12 @@ impl Acceptor for IrohAcceptor {
     }
 }
 
-/// Starts the per-connection background tasks (path log, receive-window tuner, up to
-/// `window`) of a connection either side just established, and wraps it for the engine.
-fn established(conn: Connection, window: u64) -> IrohConn {
+/// Starts the per-connection background tasks (path log, window tuner within `quic`'s
+/// caps) of a connection either side just established, and wraps it for the engine.
+fn established(conn: Connection, quic: &QuicParams) -> IrohConn {
     paths::spawn_monitor(conn.clone());
     let conn = IrohConn::new(conn);
-    receive_window::spawn_tuner(conn.clone(), window);
+    windows::spawn_tuner(conn.clone(), quic);
     conn
 }
 
@@ -163,16 +165,16 @@ fn established(conn: Connection, window: u64) -> IrohConn {
 pub struct IrohConnector {
     endpoint: Endpoint,
     addr: EndpointAddr,
-    window: u64,
+    quic: Arc<QuicParams>,
 }
 
 impl IrohConnector {
-    /// `quic` must be what the endpoint was bound with (its receive-window bound).
+    /// `quic` must be what the endpoint was bound with (its windows' caps).
     pub fn new(endpoint: Endpoint, addr: EndpointAddr, quic: &QuicParams) -> Self {
         Self {
             endpoint,
             addr,
-            window: quic.connection_window,
+            quic: Arc::new(quic.clone()),
         }
     }
 }
@@ -186,7 +188,7 @@ impl Connector for IrohConnector {
             .connect(self.addr.clone(), ALPN)
             .await
             .map_err(|e| io::Error::other(describe_connect_error(&e.to_string())))?;
-        Ok(established(conn, self.window))
+        Ok(established(conn, &self.quic))
     }
 }
 

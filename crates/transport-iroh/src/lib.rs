@@ -5,7 +5,9 @@
 //! - [`conn`]: the engine's connection trait over iroh's (noq) connection and streams.
 //! - [`paths`]: watching and logging the selected path (`path=direct` / `path=relay`).
 //! - [`ticket`]: building and reading porthole tickets from iroh addresses.
+//! - `bbr`: the BBR congestion controller for noq (quinn's, ported).
 
+mod bbr;
 pub mod conn;
 pub mod endpoint;
 pub mod options;

@@ -1,6 +1,7 @@
 //! The engine's connection and stream traits over quinn.
 
-use porthole_engine::receive_window;
+use porthole_engine::quic_params::QuicParams;
+use porthole_engine::windows;
 use quinn::Connection;
 
 porthole_engine::quic_adapter!(
@@ -14,12 +15,12 @@ porthole_engine::quic_adapter!(
 );
 
 impl QuicConn {
-    /// Wraps an established connection and starts sizing its receive window to the path
-    /// (`porthole_engine::receive_window`), up to `window`. Call from within the tokio
+    /// Wraps an established connection and starts sizing its windows to the path
+    /// (`porthole_engine::windows`), within `quic`'s caps. Call from within the tokio
     /// runtime.
-    pub fn new(c: Connection, window: u64) -> Self {
+    pub fn new(c: Connection, quic: &QuicParams) -> Self {
         let conn = Self(c);
-        receive_window::spawn_tuner(conn.clone(), window);
+        windows::spawn_tuner(conn.clone(), quic);
         conn
     }
 

@@ -175,7 +175,7 @@ impl PreparedClient {
             endpoint,
             remote: punched.remote,
             config,
-            window: self.opts.quic.connection_window,
+            quic: Arc::new(self.opts.quic.clone()),
         })
     }
 }
@@ -235,7 +235,7 @@ impl PreparedServer {
         let endpoint = endpoint(punched.socket, Some(config))?;
         Ok(ManualAcceptor {
             endpoint,
-            window: self.opts.quic.connection_window,
+            quic: Arc::new(self.opts.quic.clone()),
         })
     }
 }
@@ -246,8 +246,8 @@ pub struct ManualConnector {
     endpoint: quinn::Endpoint,
     remote: SocketAddr,
     config: quinn::ClientConfig,
-    /// Receive-window bound of the connections (`QuicParams::connection_window`).
-    window: u64,
+    /// The connections' tuning (their windows' caps).
+    quic: Arc<QuicParams>,
 }
 
 impl ManualConnector {
@@ -268,7 +268,7 @@ impl Connector for ManualConnector {
             .await
             .map_err(|e| io::Error::other(e.to_string()))?;
         debug!("QUIC connected to {}", self.remote);
-        Ok(QuicConn::new(conn, self.window))
+        Ok(QuicConn::new(conn, &self.quic))
     }
 }
 
@@ -276,8 +276,8 @@ impl Connector for ManualConnector {
 #[derive(Debug, Clone)]
 pub struct ManualAcceptor {
     endpoint: quinn::Endpoint,
-    /// Receive-window bound of the connections (`QuicParams::connection_window`).
-    window: u64,
+    /// The connections' tuning (their windows' caps).
+    quic: Arc<QuicParams>,
 }
 
 impl ManualAcceptor {
@@ -302,12 +302,12 @@ impl Acceptor for ManualAcceptor {
             let incoming = self.endpoint.accept().await?;
             match incoming.accept() {
                 Ok(connecting) => {
-                    let window = self.window;
+                    let quic = self.quic.clone();
                     return Some(Box::pin(async move {
                         let c = connecting
                             .await
                             .map_err(|e| io::Error::other(e.to_string()))?;
-                        Ok(QuicConn::new(c, window))
+                        Ok(QuicConn::new(c, &quic))
                     }));
                 }
                 Err(e) => debug!("incoming QUIC connection failed: {e}"),

@@ -3,6 +3,7 @@
 //! presents any other certificate fails the TLS handshake.
 
 use porthole_engine::quic_params::{Congestion, QuicParams};
+use porthole_engine::windows;
 use quinn::congestion;
 use quinn::crypto::rustls::{QuicClientConfig, QuicServerConfig};
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
@@ -80,7 +81,9 @@ fn transport(p: &QuicParams) -> Arc<quinn::TransportConfig> {
     t.keep_alive_interval(Some(p.keep_alive));
     t.max_idle_timeout(p.idle_timeout.try_into().ok());
     t.stream_receive_window(varint(p.stream_window));
-    t.receive_window(varint(p.connection_window));
+    // The receive window starts at the floor; the tuner grows it to the path within
+    // `p`'s caps (porthole_engine::windows).
+    t.receive_window(varint(windows::MIN_WINDOW));
     t.send_window(p.send_window);
     t.datagram_receive_buffer_size(Some(p.datagram_buffer));
     t.datagram_send_buffer_size(p.datagram_buffer);
