@@ -144,6 +144,16 @@ pub struct QuicArgs {
     /// (backs off on every loss; fairer to TCP flows on a shallow-buffered link), newreno.
     #[arg(long, value_name = "NAME")]
     pub congestion: Option<porthole_engine::quic_params::Congestion>,
+    /// Give the peer up after this much silence (default 90s, 5s to 1h). Outages shorter
+    /// than this keep every connection open; a peer that vanished for good is noticed
+    /// only after it. Both ends propose one; the shorter wins.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub idle_timeout: Option<std::time::Duration>,
+    /// Keep-alive interval (default 5s, 1s to 25s, at most a third of the idle
+    /// timeout): holds NAT mappings open; the client probes a server silent for two of
+    /// these and a second.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_alive: Option<std::time::Duration>,
 }
 
 /// Settings of manual mode (plain QUIC + STUN, copy-paste signaling).

@@ -26,6 +26,7 @@ pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
 pub fn engine_config(s: &ClientSettings) -> ClientConfig {
     let mut c = ClientConfig::new(s.token.clone(), s.forwards.clone());
     c.udp_idle_timeout = s.udp_idle_timeout;
+    c.silent_after = s.quic.silent_after();
     c
 }
 

@@ -8,7 +8,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use porthole_engine::policy::AllowRule;
-use porthole_engine::quic_params::Congestion;
+use porthole_engine::quic_params::{Congestion, QuicParams};
 use porthole_iroh::{DnsSetting, RelaySpec};
 use porthole_proto::key::EndpointId;
 use porthole_proto::source::Source;
@@ -196,6 +196,25 @@ pub struct ServerFile {
 pub struct QuicTable {
     #[serde(default, deserialize_with = "from_str")]
     pub congestion: Option<Congestion>,
+    #[serde(default, with = "humantime_serde")]
+    pub idle_timeout: Option<Duration>,
+    #[serde(default, with = "humantime_serde")]
+    pub keep_alive: Option<Duration>,
+}
+
+impl QuicTable {
+    /// The file's timers must make sense on their own (the command line may still
+    /// override them; the merged values are checked again).
+    pub fn validate(&self) -> Result<()> {
+        let mut q = QuicParams::default();
+        if let Some(t) = self.idle_timeout {
+            q.idle_timeout = t;
+        }
+        if let Some(t) = self.keep_alive {
+            q.keep_alive = t;
+        }
+        q.check().map_err(|e| anyhow::anyhow!("[quic]: {e}"))
+    }
 }
 
 /// An optional value written as a string and parsed with its `FromStr` (the parse error
@@ -314,6 +333,7 @@ impl ServerFile {
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
         check_stun("stun_servers", &self.stun_servers)?;
+        self.quic.validate()?;
         if let Some(np) = &self.nodepass {
             np.to_url("server")?;
         }
@@ -376,6 +396,7 @@ impl ClientFile {
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
         check_stun("stun_servers", &self.stun_servers)?;
+        self.quic.validate()?;
         if let Some(np) = &self.nodepass {
             np.to_url("client")?;
         }

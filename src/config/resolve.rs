@@ -507,5 +507,14 @@ fn quic_params(args: &QuicArgs, file: Option<&QuicTable>) -> Result<QuicParams> 
     if let Some(c) = args.congestion.or(file.and_then(|f| f.congestion)) {
         q.congestion = c;
     }
+    if let Some(t) = args.idle_timeout.or(file.and_then(|f| f.idle_timeout)) {
+        q.idle_timeout = t;
+    }
+    if let Some(t) = args.keep_alive.or(file.and_then(|f| f.keep_alive)) {
+        q.keep_alive = t;
+    }
+    q.check().map_err(|e| {
+        anyhow::anyhow!("{e} (--idle-timeout / --keep-alive, [quic] in the config)")
+    })?;
     Ok(q)
 }

@@ -194,6 +194,39 @@ fn bad_command_lines_are_usage_errors() {
 }
 
 #[test]
+fn quic_timers_out_of_bounds_name_the_flags_and_the_range() {
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{}\n", crate::support::TOKEN)).unwrap();
+    let tokens = tokens.to_str().unwrap();
+    let out = run(&[
+        "server",
+        "--auth-tokens-file",
+        tokens,
+        "--keep-alive",
+        "40s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("use 1s to 25s") && e.contains("--keep-alive"),
+        "{e}"
+    );
+    let out = run(&[
+        "server",
+        "--auth-tokens-file",
+        tokens,
+        "--idle-timeout",
+        "20s",
+        "--keep-alive",
+        "10s",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = text(&out.stderr);
+    assert!(e.contains("a third of the idle timeout"), "{e}");
+}
+
+#[test]
 fn help_teaches() {
     for sub in [
         "server",

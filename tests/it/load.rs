@@ -257,3 +257,78 @@ async fn burst_stress() {
         burst(listen, round * 1000).await;
     }
 }
+
+/// A server with 100 connected clients that do nothing must hold its memory: keep-alives,
+/// the window tuner and path bookkeeping may not accumulate per tick (receive windows
+/// that follow the path must not turn into buffers nobody uses).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_server_with_100_idle_clients_does_not_grow() {
+    const CLIENTS: usize = 100;
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let target = tcp_echo().await;
+    let port = free_udp_port();
+    let mut cmd = bin();
+    cmd.args(["server", "--auth-tokens-file", tokens.to_str().unwrap()])
+        .args([
+            "--relay-url",
+            "none",
+            "--dns-server",
+            "none",
+            "--no-portmap",
+        ])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--allowed-tcp", "127.0.0.0/8", "-q"])
+        .args(["--max-sessions", &(CLIENTS + 10).to_string()]);
+    let server = Proc::spawn("server", cmd);
+    let id: porthole_proto::key::EndpointId = server
+        .wait_line("EndpointId: ", Duration::from_secs(20))
+        .trim_start_matches("EndpointId: ")
+        .parse()
+        .unwrap();
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    let alone = server.rss_kib();
+
+    let mut clients = Vec::with_capacity(CLIENTS);
+    for _ in 0..CLIENTS {
+        let source = format!("tcp://{target}");
+        let setup = crate::support::ClientSetup {
+            net: crate::support::Net::default(),
+            server: id,
+            server_addrs: vec![format!("127.0.0.1:{port}").parse().unwrap()],
+            forwards: vec![source],
+            token: crate::support::token(TOKEN),
+            tweak: None,
+        };
+        let mut c = crate::support::start_client(setup).await;
+        c.connected().await;
+        clients.push(c);
+    }
+    // Every tunnel carries a little, so windows and paths are set up as in real use.
+    for (i, c) in clients.iter().enumerate() {
+        echo_once(c.addrs[0].port(), i as u32, 4096).await;
+    }
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    let connected = server.rss_kib();
+    // Six keep-alive rounds and 600 window-tuner ticks per connection.
+    tokio::time::sleep(Duration::from_secs(30)).await;
+    let later = server.rss_kib();
+    eprintln!(
+        "server RSS: alone {alone} KiB, {CLIENTS} clients connected {connected} KiB \
+         (~{} KiB each), 30 s later {later} KiB",
+        connected.saturating_sub(alone) / CLIENTS as u64
+    );
+    assert!(
+        later <= connected + connected / 20 + 2048,
+        "an idle server grew from {connected} to {later} KiB in 30 s"
+    );
+    assert!(
+        connected.saturating_sub(alone) / (CLIENTS as u64) < 1024,
+        "an idle client costs the server {} KiB",
+        connected.saturating_sub(alone) / CLIENTS as u64
+    );
+    for c in clients {
+        c.stop().await.unwrap();
+    }
+}

@@ -224,8 +224,10 @@ fn reconnects_after_server_restart_and_exits_0_on_sigterm() {
     client.wait_line("tunnel up", LONG);
     eventually_echo(listen, LONG);
 
-    // Kill the server hard, with a transfer in flight: the local application must
-    // see an error, not a silent clean end of stream.
+    // Kill the server hard, with a transfer in flight, and restart it on the same
+    // address with the same key. The old connection can never work again: the local
+    // application must see an error (not a silent clean end of stream), and well before
+    // the 90 s idle timeout: the client's liveness probe finds the restarted server.
     let mut inflight = TcpStream::connect(("127.0.0.1", listen)).unwrap();
     inflight.write_all(b"hello").unwrap();
     let mut five = [0u8; 5];
@@ -234,6 +236,7 @@ fn reconnects_after_server_restart_and_exits_0_on_sigterm() {
         .unwrap();
     inflight.read_exact(&mut five).unwrap();
     server.kill();
+    let (mut server, _) = s.server(port);
     inflight
         .set_read_timeout(Some(Duration::from_secs(45)))
         .unwrap();
@@ -241,11 +244,11 @@ fn reconnects_after_server_restart_and_exits_0_on_sigterm() {
     let r = inflight.read(&mut buf);
     assert!(
         r.is_err(),
-        "expected a reset after the server died, got {r:?}"
+        "expected a reset after the server restarted, got {r:?}"
     );
+    client.wait_line("no longer answers", Duration::from_secs(5));
 
-    // Restart on the same address with the same key: the client comes back by itself.
-    let (mut server, _) = s.server(port);
+    // The client comes back by itself.
     let took = eventually_echo(listen, Duration::from_secs(60));
     assert!(
         client.is_running(),

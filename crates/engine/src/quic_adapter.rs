@@ -11,20 +11,22 @@
 /// `peer = |c| expr` says how the connection names its peer in logs and per-peer limits,
 /// `rtt = |c| expr` gives the round-trip time of the path in use as an
 /// `Option<Duration>`, for the [`windows`](crate::windows) tuner (`c` is
-/// the library's `Connection`), `read_chunks = name` names the library's zero-copy
+/// the library's `Connection`), `heard = |s| expr` counts the frames received that prove
+/// the peer alive from the library's `ConnectionStats` `s` (ACK frames differ: multipath
+/// noq acknowledges with PATH_ACK), `read_chunks = name` names the library's zero-copy
 /// multi-chunk read (`read_chunks` in quinn, `read_many_chunks` in noq). The calling crate
 /// adds its own inherent methods.
 ///
 /// ```ignore
 /// porthole_engine::quic_adapter!(quinn, QuicConn, QuicSend, QuicRecv,
 ///     peer = |c| c.remote_address().to_string(), rtt = |c| Some(c.rtt()),
-///     read_chunks = read_chunks);
+///     heard = |s| s.frame_rx.acks + s.frame_rx.ping, read_chunks = read_chunks);
 /// ```
 #[macro_export]
 macro_rules! quic_adapter {
     ($quic:ident, $conn:ident, $send:ident, $recv:ident,
      peer = |$c:ident| $peer:expr, rtt = |$r:ident| $rtt:expr,
-     read_chunks = $read_chunks:ident) => {
+     heard = |$h:ident| $heard:expr, read_chunks = $read_chunks:ident) => {
         /// An established connection, as the engine sees it.
         #[derive(Debug, Clone)]
         pub struct $conn($quic::Connection);
@@ -98,6 +100,11 @@ macro_rules! quic_adapter {
             fn peer(&self) -> String {
                 let $c = &self.0;
                 $peer
+            }
+
+            fn frames_received(&self) -> u64 {
+                let $h = self.0.stats();
+                $heard
             }
         }
 

@@ -53,6 +53,15 @@ impl std::str::FromStr for Congestion {
     }
 }
 
+/// Accepted idle timeouts. Below 5 s a few lost keep-alives end the connection; above
+/// an hour a vanished peer holds its resources for longer than anyone waits.
+pub const IDLE_TIMEOUT_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(5)..=Duration::from_secs(3600);
+/// Accepted keep-alive intervals: more often than every second is noise; NAT mappings
+/// commonly expire after 30 s without traffic.
+pub const KEEP_ALIVE_RANGE: std::ops::RangeInclusive<Duration> =
+    Duration::from_secs(1)..=Duration::from_secs(25);
+
 /// QUIC tuning shared by every porthole connection, whatever the transport.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct QuicParams {
@@ -80,9 +89,18 @@ pub struct QuicParams {
     /// process: what all tunnels together may be asked to buffer beyond 1 MiB each,
     /// however fast their paths.
     pub window_budget: u64,
-    /// A silent peer counts as gone after this long; its streams are reset.
+    /// How long a silent peer is waited for before the connection and every stream on it
+    /// are given up. An outage shorter than this is only a pause: the connection, the
+    /// users' TCP connections and UDP flows carry on within a few seconds of the path
+    /// returning (`natlab::outage`: 0.3-3 s after a 30 s cut). The price is how long
+    /// a peer that vanished without a word (host down, cable cut for good) takes to be
+    /// noticed; a server that restarted is noticed much sooner by the client's liveness
+    /// probe ([`QuicParams::silent_after`]). 90 s rides out the minute-long outages
+    /// users meet (Wi-Fi drops, a train tunnel, a lid closed for a coffee); at 20 s every
+    /// SSH session died in them. Both peers propose one; QUIC uses the smaller.
     pub idle_timeout: Duration,
-    /// Keep-alive interval: holds punched NAT mappings open and proves liveness.
+    /// Keep-alive interval: holds punched NAT mappings open (many expire after 30 s of
+    /// silence) and proves liveness: a live peer is heard at least this often.
     pub keep_alive: Duration,
     /// Datagram queue per direction (UDP forwards): bursts above it are dropped.
     pub datagram_buffer: usize,
@@ -94,6 +112,47 @@ pub struct QuicParams {
     pub congestion: Congestion,
 }
 
+impl QuicParams {
+    /// Checks the timers against their bounds and each other; the message names the
+    /// setting and the fix.
+    pub fn check(&self) -> Result<(), String> {
+        let secs = |r: &std::ops::RangeInclusive<Duration>| {
+            format!("{}s to {}s", r.start().as_secs(), r.end().as_secs())
+        };
+        if !IDLE_TIMEOUT_RANGE.contains(&self.idle_timeout) {
+            return Err(format!(
+                "idle timeout {:?} is out of range: use {}",
+                self.idle_timeout,
+                secs(&IDLE_TIMEOUT_RANGE)
+            ));
+        }
+        if !KEEP_ALIVE_RANGE.contains(&self.keep_alive) {
+            return Err(format!(
+                "keep-alive {:?} is out of range: use {}",
+                self.keep_alive,
+                secs(&KEEP_ALIVE_RANGE)
+            ));
+        }
+        if self.keep_alive * 3 > self.idle_timeout {
+            return Err(format!(
+                "keep-alive {:?} is too long for idle timeout {:?}: a live but quiet peer \
+                 would time out after two lost keep-alives; use at most a third of the \
+                 idle timeout",
+                self.keep_alive, self.idle_timeout
+            ));
+        }
+        Ok(())
+    }
+
+    /// How long the client lets its connection go without hearing the server before it
+    /// checks, with a fresh connection, whether the server is still there (a restarted
+    /// server never answers the old connection again). Two keep-alive intervals and a
+    /// second: one lost keep-alive is not silence.
+    pub fn silent_after(&self) -> Duration {
+        self.keep_alive * 2 + Duration::from_secs(1)
+    }
+}
+
 impl Default for QuicParams {
     fn default() -> Self {
         Self {
@@ -102,11 +161,43 @@ impl Default for QuicParams {
             connection_window: 32 << 20,
             send_window: 16 << 20,
             window_budget: 512 << 20,
-            idle_timeout: Duration::from_secs(20),
+            idle_timeout: Duration::from_secs(90),
             keep_alive: Duration::from_secs(5),
             datagram_buffer: 4 << 20,
             send_fairness: true,
             congestion: Congestion::default(),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn with(idle: u64, keep_alive: u64) -> QuicParams {
+        QuicParams {
+            idle_timeout: Duration::from_secs(idle),
+            keep_alive: Duration::from_secs(keep_alive),
+            ..QuicParams::default()
+        }
+    }
+
+    #[test]
+    fn defaults_ride_out_a_minute_and_pass_their_own_check() {
+        let q = QuicParams::default();
+        assert_eq!(q.check(), Ok(()));
+        assert!(q.idle_timeout > Duration::from_secs(60));
+        assert_eq!(q.silent_after(), Duration::from_secs(11));
+    }
+
+    #[test]
+    fn timers_out_of_bounds_or_inconsistent_are_refused_with_the_fix() {
+        assert!(with(4, 1).check().unwrap_err().contains("use 5s to 3600s"));
+        assert!(with(3601, 5).check().unwrap_err().contains("idle timeout"));
+        assert!(with(90, 26).check().unwrap_err().contains("use 1s to 25s"));
+        assert!(with(90, 0).check().unwrap_err().contains("keep-alive"));
+        assert!(with(30, 11).check().unwrap_err().contains("a third"));
+        assert_eq!(with(30, 10).check(), Ok(()));
+        assert_eq!(with(5, 1).check(), Ok(()));
     }
 }

@@ -87,6 +87,12 @@ pub trait Connection: Clone + Send + Sync + 'static {
     fn close_reason(&self) -> Option<ConnectionEnd>;
     /// Who the peer is (EndpointId, fingerprint or address), for logs and per-peer limits.
     fn peer(&self) -> String;
+    /// Frames received from the peer so far that prove it alive: acknowledgements, pings,
+    /// stream data, datagrams. With keep-alives on, this grows at least once per
+    /// keep-alive interval while the peer and a path to it are up. Counted after
+    /// decryption: unlike raw UDP bytes, a stateless reset the connection does not
+    /// recognise (a restarted server sends them) adds nothing.
+    fn frames_received(&self) -> u64;
 }
 
 /// The server side of a transport: hands out incoming connections.

@@ -516,6 +516,23 @@ impl Net {
         Ok((host, second))
     }
 
+    /// Cuts (`up = false`) or restores the uplink of side `'a'` (the client's) or `'b'`:
+    /// its NAT forwards nothing either way, as when a Wi-Fi drops. The NAT's mappings
+    /// stay (they expire only after minutes of silence), as in a home router.
+    pub fn set_uplink(&self, side: char, up: bool) -> Result<()> {
+        let nat = [
+            format!("{}-nat{side}", self.prefix),
+            format!("{}-cgn{side}", self.prefix),
+        ]
+        .into_iter()
+        .find(|ns| self.namespaces.contains(ns))
+        .ok_or_else(|| format!("no NAT on side {side:?}"))?;
+        let rule = ["FORWARD", "-j", "DROP"];
+        let mut args = vec![if up { "-D" } else { "-I" }];
+        args.extend_from_slice(&rule);
+        self.iptables(&nat, &args)
+    }
+
     /// GSO, GRO and TSO off on every link made so far.
     fn offloads_off(&self) -> Result<()> {
         if !has_tool("ethtool") {

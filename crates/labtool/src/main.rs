@@ -7,6 +7,8 @@
 //! - `tcp-check` / `udp-check`: reach a forwarded port, verify every byte, report timings
 //!   as one JSON line.
 //! - `share-check`: parallel bulk connections plus small probes (`share.rs`).
+//! - `hold-check`: an interactive and a bulk connection held open across an outage,
+//!   every byte verified (`hold.rs`).
 //! - `lab`: builds the NAT lab's network (`porthole_labtool::lab`) with a shaped WAN path,
 //!   prints where things are as one JSON line, and tears it down when stdin closes (the
 //!   WAN benchmark, bench/wan.py, drives it).
@@ -21,6 +23,7 @@ use std::time::{Duration, Instant};
 use clap::{Parser, Subcommand};
 use porthole_labtool::lab;
 
+mod hold;
 mod share;
 
 #[derive(Parser)]
@@ -109,6 +112,23 @@ enum Cmd {
         #[arg(long)]
         dnat_tcp: Vec<u16>,
     },
+    /// Hold an interactive connection (a line every INTERVAL_MS) and a bulk one (paced
+    /// to BULK_MBIT) to an echo for SECONDS, verifying every byte. Prints the lines, the
+    /// longest echo wait (ms) and the bulk bytes as one JSON line; fails on any reset,
+    /// early EOF or altered byte.
+    HoldCheck {
+        addr: SocketAddr,
+        #[arg(long, default_value_t = 40)]
+        seconds: u64,
+        #[arg(long, default_value_t = 200)]
+        interval_ms: u64,
+        /// 0: no bulk connection.
+        #[arg(long, default_value_t = 20)]
+        bulk_mbit: u32,
+        /// Longest wait for an echo (must exceed the outage under test).
+        #[arg(long, default_value_t = 120)]
+        read_limit_s: u64,
+    },
     /// Send COUNT datagrams of SIZE bytes (retrying each), expect them back.
     UdpCheck {
         addr: SocketAddr,
@@ -141,6 +161,19 @@ fn main() -> ExitCode {
             streams,
             seconds,
         } => share::share_check(addr, streams, Duration::from_secs(seconds)),
+        Cmd::HoldCheck {
+            addr,
+            seconds,
+            interval_ms,
+            bulk_mbit,
+            read_limit_s,
+        } => hold::hold_check(&hold::Hold {
+            addr,
+            duration: Duration::from_secs(seconds),
+            interval: Duration::from_millis(interval_ms),
+            bulk_mbit,
+            read_limit: Duration::from_secs(read_limit_s),
+        }),
         Cmd::UdpCheck {
             addr,
             size,

@@ -11,6 +11,10 @@ porthole_engine::quic_adapter!(
     IrohRecv,
     peer = |c| c.remote_id().fmt_short().to_string(),
     rtt = |c| crate::paths::selected(c).map(|p| p.rtt),
+    heard = |s| {
+        let f = &s.frame_rx;
+        f.acks + f.path_acks + f.ping + f.stream + f.datagram
+    },
     read_chunks = read_many_chunks
 );
 

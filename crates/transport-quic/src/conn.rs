@@ -11,6 +11,10 @@ porthole_engine::quic_adapter!(
     QuicRecv,
     peer = |c| c.remote_address().to_string(),
     rtt = |c| Some(c.rtt()),
+    heard = |s| {
+        let f = &s.frame_rx;
+        f.acks + f.ping + f.stream + f.datagram
+    },
     read_chunks = read_chunks
 );
 

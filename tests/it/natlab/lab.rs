@@ -58,9 +58,9 @@ pub struct Lab {
     pub a2: String,
     /// The relay host on the lab's internet.
     pub relay: String,
-    /// Held for its `Drop` (teardown); declared last, so it is dropped after `Drop for
-    /// Lab` has stopped the processes.
-    _net: Net,
+    /// The network; declared last, so it is dropped (torn down) after `Drop for Lab` has
+    /// stopped the processes.
+    pub net: Net,
 }
 
 impl Lab {
@@ -77,7 +77,7 @@ impl Lab {
             b: net.b.clone(),
             a2: net.a2.clone(),
             relay: net.relay.clone(),
-            _net: net,
+            net,
         };
         let relay = lab.relay.clone();
         lab.start_relay(&relay);

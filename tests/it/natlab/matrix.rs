@@ -3,6 +3,7 @@
 //! where a UDP path can exist and relayed where it cannot. Each run writes its row to
 //! target/natlab/*.row (the source of docs/NAT-TRAVERSAL.md's table).
 
+use std::process::Command;
 use std::time::{Duration, Instant};
 
 use super::lab::{Impair, LAB_LOCK, Lab, Nat, RELAY_IP, STUN_ADDRS, should_run};
@@ -106,31 +107,7 @@ pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
     write_secrets(lab);
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
     start_services(lab, &host_b);
-    let mut server = lab.cmd(&host_b);
-    server
-        .args([
-            "server",
-            "--secret-file",
-            &lab.path("server.key"),
-            "--auth-tokens-file",
-            &lab.path("tokens.txt"),
-        ])
-        .args([
-            "--relay-url",
-            &lab.relay_url(),
-            "--relay-ca",
-            &lab.ca(),
-            "--dns-server",
-            "none",
-            "--no-portmap",
-        ])
-        .args([
-            "--allowed-tcp",
-            "127.0.0.0/8",
-            "--allowed-udp",
-            "127.0.0.0/8",
-        ]);
-    let s = lab.spawn("server", server);
+    let s = lab.spawn("server", iroh_server(lab));
     let ticket = lab.procs[s]
         .wait_line("Ticket: ", Duration::from_secs(30))
         .trim_start_matches("Ticket: ")
@@ -156,6 +133,36 @@ pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
         ])
         .args(FORWARDS);
     (lab.spawn("client", client), started)
+}
+
+/// The iroh server of [`start_iroh_tunnel`] on host B (its key and tokens in the lab
+/// directory), as a command: tests restart it with the same identity.
+pub(super) fn iroh_server(lab: &Lab) -> Command {
+    let mut server = lab.cmd(&lab.b);
+    server
+        .args([
+            "server",
+            "--secret-file",
+            &lab.path("server.key"),
+            "--auth-tokens-file",
+            &lab.path("tokens.txt"),
+        ])
+        .args([
+            "--relay-url",
+            &lab.relay_url(),
+            "--relay-ca",
+            &lab.ca(),
+            "--dns-server",
+            "none",
+            "--no-portmap",
+        ])
+        .args([
+            "--allowed-tcp",
+            "127.0.0.0/8",
+            "--allowed-udp",
+            "127.0.0.0/8",
+        ]);
+    server
 }
 
 /// iroh mode: server on host B, client on host A, services on host B's loopback.

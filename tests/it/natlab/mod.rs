@@ -15,5 +15,6 @@ macro_rules! lab_test {
 
 pub mod lab;
 mod matrix;
+mod outage;
 mod sharing;
 mod windows;

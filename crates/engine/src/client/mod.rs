@@ -1,6 +1,7 @@
 //! The client side: local listeners that live for the whole run, and one authenticated
 //! connection to the server that is re-established with backoff whenever it drops.
 
+mod liveness;
 mod session;
 mod tcp;
 mod udp;
@@ -45,6 +46,9 @@ pub struct ClientConfig {
     pub backoff_max: Duration,
     pub udp_idle_timeout: Duration,
     pub max_udp_flows: usize,
+    /// After this long without hearing the server, check with a fresh connection whether
+    /// it still knows the tunnel (`QuicParams::silent_after`; see `liveness`).
+    pub silent_after: Duration,
 }
 
 impl ClientConfig {
@@ -59,6 +63,7 @@ impl ClientConfig {
             backoff_max: Duration::from_secs(30),
             udp_idle_timeout: Duration::from_secs(60),
             max_udp_flows: 1024,
+            silent_after: crate::quic_params::QuicParams::default().silent_after(),
         }
     }
 }
@@ -230,10 +235,15 @@ async fn connection_loop<C: Connector>(
         .without_max_times();
     let mut backoff = backoff_builder.build();
     let mut announced = false;
+    // A fresh session that replaced one whose server no longer answered.
+    let mut replacement = None;
     loop {
-        let attempt = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
-            r = session::establish(connector, config) => r,
+        let attempt = match replacement.take() {
+            Some(fresh) => Ok(fresh),
+            None => tokio::select! {
+                _ = shutdown.cancelled() => return Ok(()),
+                r = session::establish(connector, config) => r,
+            },
         };
         match attempt {
             Ok(session) => {
@@ -254,6 +264,19 @@ async fn connection_loop<C: Connector>(
                 );
                 let end = tokio::select! {
                     end = session.conn.closed() => end,
+                    fresh = liveness::replacement(&session.conn, connector, config) => {
+                        // Its streams are reset: users' connections end now, with RST.
+                        session.conn.close(CloseCode::Normal.as_u32(), b"replaced");
+                        let _ = sessions.send(None);
+                        rx.abort();
+                        warn!("tunnel lost: the server no longer answers it (restarted?); \
+                               continuing on a fresh connection");
+                        let _ = status.send(Status::Reconnecting {
+                            reason: "the server stopped answering".into(),
+                        });
+                        replacement = Some(fresh);
+                        continue;
+                    }
                     _ = shutdown.cancelled() => {
                         session.conn.close(CloseCode::Normal.as_u32(), b"client shutting down");
                         rx.abort();
