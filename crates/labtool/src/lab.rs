@@ -533,6 +533,25 @@ impl Net {
         self.iptables(&nat, &args)
     }
 
+    /// Gives side `'a'` or `'b'`'s NAT a new public address, as when an ISP renumbers a
+    /// line or a phone moves to another network: `ip` is added, the old address removed.
+    /// MASQUERADE forgets every mapping that used the old one, so each flow leaves from a
+    /// new address and port. Not for a double NAT.
+    pub fn set_public_ip(&self, side: char, ip: &str) -> Result<()> {
+        let nat = format!("{}-nat{side}", self.prefix);
+        if !self.namespaces.contains(&nat) {
+            return Err(format!("no single NAT on side {side:?}"));
+        }
+        let old = if side == 'a' { NAT_A_IP } else { NAT_B_IP };
+        // Without this, removing the primary address removes the new (secondary) one too.
+        self.exec(
+            &nat,
+            &["sysctl", "-qw", "net.ipv4.conf.wan.promote_secondaries=1"],
+        )?;
+        self.ip(&nat, &["addr", "add", &format!("{ip}/24"), "dev", "wan"])?;
+        self.ip(&nat, &["addr", "del", &format!("{old}/24"), "dev", "wan"])
+    }
+
     /// GSO, GRO and TSO off on every link made so far.
     fn offloads_off(&self) -> Result<()> {
         if !has_tool("ethtool") {

@@ -38,6 +38,10 @@ lab_test!(
     iroh_server_restart_during_an_outage_resets_users_promptly,
     server_restart()
 );
+lab_test!(
+    iroh_open_connections_survive_a_new_public_ip_during_an_outage,
+    new_public_ip()
+);
 
 /// Both sides behind `nat` (symmetric: the relay carries the tunnel), 20 ms RTT.
 fn lab(nat: Nat) -> Lab {
@@ -163,6 +167,53 @@ fn server_restart() {
         &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
     );
 }
+
+/// The client's NAT gets a new public address during a 10 s outage (its old mappings are
+/// gone): the server's NAT filters the new address until the peers punch again through the
+/// relay, after which the connection carries on over a new direct path, nothing lost.
+fn new_public_ip() {
+    const CUT: Duration = Duration::from_secs(10);
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = lab(Nat::Cone);
+    let host_a = lab.a.clone();
+    let c = start_tunnel(&mut lab, Mode::Iroh);
+    lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
+    );
+    lab.procs[c].wait_line("path=direct", Duration::from_secs(20));
+
+    let mut hold = lab.tool(&host_a);
+    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
+        .args(["--bulk-mbit", "50", "--seconds", "35"]);
+    let h = lab.spawn("hold-check", hold);
+    std::thread::sleep(Duration::from_secs(5));
+    lab.net.set_uplink('a', false).unwrap();
+    lab.net.set_public_ip('a', NEW_IP).unwrap();
+    std::thread::sleep(CUT);
+    lab.net.set_uplink('a', true).unwrap();
+    let out = lab.procs[h].wait_line("\"ok\":true", Duration::from_secs(120));
+    eprintln!("hold-check across a new public IP: {out}");
+    let gap = Duration::from_millis(json_u64(&out, "max_gap_ms"));
+    assert!(
+        gap <= CUT + RELAYED_RECOVERY,
+        "traffic took {:?} to flow again after the path returned",
+        gap.saturating_sub(CUT)
+    );
+    assert!(
+        lab.procs[c].first_seen("tunnel lost").is_none(),
+        "the connection was lost: {}",
+        lab.procs[c].last_line("tunnel lost").unwrap_or_default()
+    );
+    // The server now sees the client at its new address.
+    lab.procs[lab.procs.iter().position(|p| p.name == "server").unwrap()]
+        .wait_line(&format!("remote={NEW_IP}"), Duration::from_secs(30));
+}
+
+/// The client NAT's address after [`new_public_ip`]'s renumbering.
+const NEW_IP: &str = "198.18.0.21";
 
 fn json_u64(json: &str, key: &str) -> u64 {
     let at = json
