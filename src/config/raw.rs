@@ -203,16 +203,24 @@ pub struct QuicTable {
 }
 
 impl QuicTable {
-    /// The file's timers must make sense on their own (the command line may still
-    /// override them; the merged values are checked again).
-    pub fn validate(&self) -> Result<()> {
-        let mut q = QuicParams::default();
+    /// Sets what the table gives on `q`.
+    pub fn apply(&self, q: &mut QuicParams) {
+        if let Some(c) = self.congestion {
+            q.congestion = c;
+        }
         if let Some(t) = self.idle_timeout {
             q.idle_timeout = t;
         }
         if let Some(t) = self.keep_alive {
             q.keep_alive = t;
         }
+    }
+
+    /// The file's timers must make sense on their own (the command line may still
+    /// override them; the merged values are checked again).
+    pub fn validate(&self) -> Result<()> {
+        let mut q = QuicParams::default();
+        self.apply(&mut q);
         q.check().map_err(|e| anyhow::anyhow!("[quic]: {e}"))
     }
 }

@@ -504,13 +504,16 @@ fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<Forw
 /// QUIC tuning: the command line over the file's `[quic]` table over the defaults.
 fn quic_params(args: &QuicArgs, file: Option<&QuicTable>) -> Result<QuicParams> {
     let mut q = QuicParams::default();
-    if let Some(c) = args.congestion.or(file.and_then(|f| f.congestion)) {
+    if let Some(f) = file {
+        f.apply(&mut q);
+    }
+    if let Some(c) = args.congestion {
         q.congestion = c;
     }
-    if let Some(t) = args.idle_timeout.or(file.and_then(|f| f.idle_timeout)) {
+    if let Some(t) = args.idle_timeout {
         q.idle_timeout = t;
     }
-    if let Some(t) = args.keep_alive.or(file.and_then(|f| f.keep_alive)) {
+    if let Some(t) = args.keep_alive {
         q.keep_alive = t;
     }
     q.check().map_err(|e| {

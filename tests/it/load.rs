@@ -60,6 +60,29 @@ async fn burst(port: u16, seed: u32) {
     }
 }
 
+/// The server binary on 127.0.0.1:`port` (no relay, no DNS, no port mapping), allowing TCP
+/// to loopback, with `extra` flags; returns it and its EndpointId.
+fn loopback_server(tokens: &std::path::Path, port: u16, extra: &[&str]) -> (Proc, String) {
+    let mut cmd = bin();
+    cmd.args(["server", "--auth-tokens-file", tokens.to_str().unwrap()])
+        .args([
+            "--relay-url",
+            "none",
+            "--dns-server",
+            "none",
+            "--no-portmap",
+        ])
+        .args(["--bind", &format!("127.0.0.1:{port}")])
+        .args(["--allowed-tcp", "127.0.0.0/8"])
+        .args(extra);
+    let server = Proc::spawn("server", cmd);
+    let id = server
+        .wait_line("EndpointId: ", Duration::from_secs(20))
+        .trim_start_matches("EndpointId: ")
+        .to_string();
+    (server, id)
+}
+
 fn snapshot(p: &Proc) -> (usize, u64) {
     (p.fds(), p.rss_kib())
 }
@@ -71,27 +94,7 @@ async fn ten_thousand_sequential_and_500_concurrent_connections() {
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let target = tcp_echo().await;
     let port = free_udp_port();
-    let mut cmd = bin();
-    cmd.args([
-        "server",
-        "--auth-tokens-file",
-        tokens.to_str().unwrap(),
-        "--relay-url",
-        "none",
-    ])
-    .args([
-        "--bind",
-        &format!("127.0.0.1:{port}"),
-        "--dns-server",
-        "none",
-        "--no-portmap",
-    ])
-    .args(["--allowed-tcp", "127.0.0.0/8", "-q"]);
-    let server = Proc::spawn("server", cmd);
-    let id = server
-        .wait_line("EndpointId: ", Duration::from_secs(20))
-        .trim_start_matches("EndpointId: ")
-        .to_string();
+    let (server, id) = loopback_server(&tokens, port, &["-q"]);
     let listen = free_tcp_port();
     let mut cmd = bin();
     cmd.args([
@@ -207,27 +210,7 @@ async fn burst_stress() {
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let target = tcp_echo().await;
     let port = free_udp_port();
-    let mut cmd = bin();
-    cmd.args([
-        "server",
-        "--auth-tokens-file",
-        tokens.to_str().unwrap(),
-        "--relay-url",
-        "none",
-    ])
-    .args([
-        "--bind",
-        &format!("127.0.0.1:{port}"),
-        "--dns-server",
-        "none",
-        "--no-portmap",
-    ])
-    .args(["--allowed-tcp", "127.0.0.0/8"]);
-    let server = Proc::spawn("server", cmd);
-    let id = server
-        .wait_line("EndpointId: ", Duration::from_secs(20))
-        .trim_start_matches("EndpointId: ")
-        .to_string();
+    let (_server, id) = loopback_server(&tokens, port, &[]);
     let listen = free_tcp_port();
     let mut cmd = bin();
     cmd.args([
@@ -269,24 +252,9 @@ async fn a_server_with_100_idle_clients_does_not_grow() {
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let target = tcp_echo().await;
     let port = free_udp_port();
-    let mut cmd = bin();
-    cmd.args(["server", "--auth-tokens-file", tokens.to_str().unwrap()])
-        .args([
-            "--relay-url",
-            "none",
-            "--dns-server",
-            "none",
-            "--no-portmap",
-        ])
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .args(["--allowed-tcp", "127.0.0.0/8", "-q"])
-        .args(["--max-sessions", &(CLIENTS + 10).to_string()]);
-    let server = Proc::spawn("server", cmd);
-    let id: porthole_proto::key::EndpointId = server
-        .wait_line("EndpointId: ", Duration::from_secs(20))
-        .trim_start_matches("EndpointId: ")
-        .parse()
-        .unwrap();
+    let max_sessions = (CLIENTS + 10).to_string();
+    let (server, id) = loopback_server(&tokens, port, &["-q", "--max-sessions", &max_sessions]);
+    let id: porthole_proto::key::EndpointId = id.parse().unwrap();
     tokio::time::sleep(Duration::from_secs(1)).await;
     let alone = server.rss_kib();
 
