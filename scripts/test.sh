@@ -7,6 +7,10 @@ cd "$(dirname "$0")/.."
 need_pkgs=()
 command -v ip >/dev/null 2>&1 || need_pkgs+=(iproute2)
 command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
+# WireGuard over a porthole forward (tests/it/natlab/wireguard.rs).
+command -v wireguard-go >/dev/null 2>&1 || need_pkgs+=(wireguard-go)
+command -v wg >/dev/null 2>&1 || need_pkgs+=(wireguard-tools)
+command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need_pkgs[*]}" >&2

@@ -156,6 +156,27 @@ pub struct QuicArgs {
     pub keep_alive: Option<std::time::Duration>,
 }
 
+/// Which addresses direct paths may use, the same in iroh and manual mode (config file:
+/// the `[direct_paths]` table).
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Direct paths")]
+pub struct DirectPathArgs {
+    /// Never advertise or send to these (repeatable, or comma-separated): a network
+    /// (192.168.0.0/16), an address, or an interface name (wg0, matched for local
+    /// addresses on it and remote addresses routed through it).
+    #[arg(
+        long = "exclude-addr",
+        value_name = "CIDR|IFACE",
+        value_delimiter = ','
+    )]
+    pub exclude: Vec<porthole_engine::direct_paths::AddrRule>,
+    /// Use only these for direct paths (same syntax). Also how to allow a tunnel
+    /// interface, which is skipped by default: addresses on or routed through TUN,
+    /// WireGuard or other tunnel devices could route porthole through its own forward.
+    #[arg(long = "pin-addr", value_name = "CIDR|IFACE", value_delimiter = ',')]
+    pub pin: Vec<porthole_engine::direct_paths::AddrRule>,
+}
+
 /// Settings of manual mode (plain QUIC + STUN, copy-paste signaling).
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Manual mode (--mode manual)")]
@@ -210,6 +231,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub quic: QuicArgs,
     #[command(flatten)]
+    pub direct_paths: DirectPathArgs,
+    #[command(flatten)]
     pub manual: ManualArgs,
 }
 
@@ -250,6 +273,8 @@ pub struct ClientArgs {
     pub iroh: IrohArgs,
     #[command(flatten)]
     pub quic: QuicArgs,
+    #[command(flatten)]
+    pub direct_paths: DirectPathArgs,
     #[command(flatten)]
     pub manual: ManualArgs,
 }

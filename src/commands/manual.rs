@@ -70,6 +70,7 @@ async fn options(m: &ManualSettings, quic: &QuicParams) -> ManualOptions {
         stun: resolve_stun(&m.stun).await,
         punch_timeout: m.punch_timeout,
         quic: quic.clone(),
+        direct_paths: m.direct_paths.clone(),
         ..ManualOptions::default()
     }
 }

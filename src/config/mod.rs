@@ -147,6 +147,21 @@ mod tests {
     }
 
     #[test]
+    fn direct_path_rules_are_typed_at_parse() {
+        let p = Path::new(env!("CARGO_MANIFEST_DIR"))
+            .join("tests/fixtures/config/valid/server-full.toml");
+        let f = parse_server(&std::fs::read_to_string(p).unwrap()).unwrap();
+        let shown = |v: &[porthole_engine::direct_paths::AddrRule]| {
+            v.iter().map(|r| r.to_string()).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            shown(&f.direct_paths.exclude),
+            ["192.168.100.0/24", "docker0"]
+        );
+        assert_eq!(shown(&f.direct_paths.pin), ["eth0", "10.0.0.0/8"]);
+    }
+
+    #[test]
     fn valid_fixtures_parse() {
         for p in fixtures("valid") {
             parse_any(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));

@@ -7,6 +7,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use porthole_engine::direct_paths::AddrRule;
 use porthole_engine::policy::AllowRule;
 use porthole_engine::quic_params::{Congestion, QuicParams};
 use porthole_iroh::{DnsSetting, RelaySpec};
@@ -186,6 +187,8 @@ pub struct ServerFile {
     pub punch_timeout: Option<Duration>,
     #[serde(default)]
     pub quic: QuicTable,
+    #[serde(default)]
+    pub direct_paths: DirectPathsTable,
     /// mode = "nodepass": the tunnel.
     pub nodepass: Option<NodepassTable>,
 }
@@ -223,6 +226,28 @@ impl QuicTable {
         self.apply(&mut q);
         q.check().map_err(|e| anyhow::anyhow!("[quic]: {e}"))
     }
+}
+
+/// `[direct_paths]`: which addresses direct paths may use, the same in iroh and manual
+/// mode (`--exclude-addr` / `--pin-addr`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct DirectPathsTable {
+    #[serde(default, deserialize_with = "rules")]
+    pub exclude: Vec<AddrRule>,
+    #[serde(default, deserialize_with = "rules")]
+    pub pin: Vec<AddrRule>,
+}
+
+/// A list of address rules, each parsed with its `FromStr` (the error names the entry).
+fn rules<'de, D>(d: D) -> Result<Vec<AddrRule>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+{
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .map(|s| s.parse().map_err(serde::de::Error::custom))
+        .collect()
 }
 
 /// An optional value written as a string and parsed with its `FromStr` (the parse error
@@ -282,6 +307,8 @@ pub struct ClientFile {
     pub punch_timeout: Option<Duration>,
     #[serde(default)]
     pub quic: QuicTable,
+    #[serde(default)]
+    pub direct_paths: DirectPathsTable,
     /// mode = "nodepass": the tunnel.
     pub nodepass: Option<NodepassTable>,
 }

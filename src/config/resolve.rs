@@ -7,6 +7,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use porthole_engine::auth::TokenSet;
 use porthole_engine::client::ForwardSpec;
+use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
 use porthole_iroh::options::parse_pem_certs;
@@ -16,9 +17,11 @@ use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
 use tracing::warn;
 
-use super::raw::{ClientFile, QuicTable, ServerFile, check_forward};
+use super::raw::{ClientFile, DirectPathsTable, QuicTable, ServerFile, check_forward};
 use super::{Role, read_client, read_server};
-use crate::cli::{ClientArgs, ConfigArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ServerArgs};
+use crate::cli::{
+    ClientArgs, ConfigArgs, DirectPathArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ServerArgs,
+};
 use crate::secrets;
 
 pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(60);
@@ -34,6 +37,8 @@ pub struct ManualSettings {
     pub answer_file: Option<PathBuf>,
     pub punch_timeout: Option<Duration>,
     pub bind: Option<SocketAddr>,
+    /// The same rules as [`IrohOptions::direct_paths`].
+    pub direct_paths: PathRules,
 }
 
 struct ManualFileSettings<'a> {
@@ -66,6 +71,7 @@ fn manual_settings(
         answer_file: args.answer_file.clone().or(file.answer_file.cloned()),
         punch_timeout: args.punch_timeout.or(file.punch_timeout),
         bind: bind.first().copied(),
+        direct_paths: PathRules::default(),
     })
 }
 
@@ -267,7 +273,7 @@ fn server_settings(
     )?;
     iroh.secret = secret.clone();
     iroh.accept = true;
-    let manual = manual_settings(
+    let mut manual = manual_settings(
         &args.manual,
         ManualFileSettings {
             stun: f.map(|f| f.stun_servers.as_slice()).unwrap_or_default(),
@@ -277,6 +283,10 @@ fn server_settings(
         },
         &iroh.bind,
     )?;
+    // One set of rules for whichever transport runs.
+    let rules = direct_paths(&args.direct_paths, f.map(|f| &f.direct_paths));
+    iroh.direct_paths = rules.clone();
+    manual.direct_paths = rules;
     Ok(ServerSettings {
         mode,
         secret,
@@ -392,7 +402,7 @@ fn client_settings(
         .map(|t| t.relay_urls.clone())
         .unwrap_or_default();
     let empty: Vec<String> = Vec::new();
-    let iroh = iroh_options(
+    let mut iroh = iroh_options(
         &args.iroh,
         IrohFileSettings {
             relay_urls: f.map(|f| f.relay_urls.as_slice()).unwrap_or(&empty),
@@ -403,7 +413,7 @@ fn client_settings(
         },
         &ticket_relays,
     )?;
-    let manual = manual_settings(
+    let mut manual = manual_settings(
         &args.manual,
         ManualFileSettings {
             stun: f.map(|f| f.stun_servers.as_slice()).unwrap_or_default(),
@@ -413,6 +423,10 @@ fn client_settings(
         },
         &iroh.bind,
     )?;
+    // One set of rules for whichever transport runs.
+    let rules = direct_paths(&args.direct_paths, f.map(|f| &f.direct_paths));
+    iroh.direct_paths = rules.clone();
+    manual.direct_paths = rules;
     Ok(ClientSettings {
         mode,
         token,
@@ -499,6 +513,20 @@ fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<Forw
         out.push(ForwardSpec { source, listen });
     }
     Ok(out)
+}
+
+/// Direct-path rules: each list on the command line replaces the file's.
+fn direct_paths(args: &DirectPathArgs, file: Option<&DirectPathsTable>) -> PathRules {
+    PathRules {
+        exclude: list(
+            &args.exclude,
+            file.map(|f| f.exclude.as_slice()).unwrap_or_default(),
+        ),
+        pin: list(
+            &args.pin,
+            file.map(|f| f.pin.as_slice()).unwrap_or_default(),
+        ),
+    }
 }
 
 /// QUIC tuning: the command line over the file's `[quic]` table over the defaults.

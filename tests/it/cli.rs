@@ -194,6 +194,30 @@ fn bad_command_lines_are_usage_errors() {
 }
 
 #[test]
+fn a_bad_direct_path_rule_names_the_flag_and_the_forms() {
+    let out = run(&[
+        "client",
+        "--exclude-addr",
+        "192.168.1",
+        "--server-node-id",
+        "x",
+    ]);
+    assert_eq!(out.status.code(), Some(2));
+    let e = text(&out.stderr);
+    assert!(
+        e.contains("--exclude-addr") && e.contains("an interface name (wg0)"),
+        "{e}"
+    );
+    let out = run(&["server", "--pin-addr", "10.0.0.0/40"]);
+    assert_eq!(out.status.code(), Some(2));
+    assert!(
+        text(&out.stderr).contains("--pin-addr"),
+        "{}",
+        text(&out.stderr)
+    );
+}
+
+#[test]
 fn quic_timers_out_of_bounds_name_the_flags_and_the_range() {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.txt");

@@ -13,6 +13,7 @@
 pub mod auth;
 pub mod client;
 pub mod control;
+pub mod direct_paths;
 pub mod net;
 pub mod policy;
 pub mod quic_adapter;

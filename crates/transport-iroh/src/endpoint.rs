@@ -7,7 +7,7 @@ use std::sync::Arc;
 
 use iroh::address_lookup::{PkarrPublisher, PkarrResolver};
 use iroh::endpoint::{
-    Connection, IdleTimeout, PortmapperConfig, QuicTransportConfig, VarInt, presets,
+    Connection, IdleTimeout, IpPathFilter, PortmapperConfig, QuicTransportConfig, VarInt, presets,
 };
 use iroh::{Endpoint, EndpointAddr, RelayMap, RelayMode, SecretKey};
 use iroh_relay::tls::CaTlsConfig;
@@ -19,6 +19,7 @@ use tracing::debug;
 use crate::conn::IrohConn;
 use crate::options::{DnsSetting, IrohOptions, RelaySetting};
 use crate::{IrohError, paths};
+use porthole_engine::direct_paths::PathGuard;
 use porthole_engine::quic_params::{Congestion, QuicParams};
 use porthole_engine::windows;
 
@@ -78,7 +79,22 @@ pub async fn bind(opts: &IrohOptions, quic: &QuicParams) -> Result<Endpoint, Iro
         b = b.alpns(vec![ALPN.to_vec()]);
     }
     b = b.transport_config(transport_config(quic));
+    b = b.ip_path_filter(Arc::new(Guard(PathGuard::new(opts.direct_paths.clone()))));
     b.bind().await.map_err(|e| IrohError::Bind(e.to_string()))
+}
+
+/// The engine's direct-path rules as iroh's filter: local addresses it may advertise,
+/// remote addresses its UDP sockets may send to (vendor/iroh's patch).
+#[derive(Debug)]
+struct Guard(PathGuard);
+
+impl IpPathFilter for Guard {
+    fn advertise(&self, local: std::net::IpAddr) -> bool {
+        self.0.advertise(local)
+    }
+    fn reach(&self, remote: std::net::SocketAddr) -> bool {
+        self.0.reach(remote)
+    }
 }
 
 /// The shared [`QuicParams`] in iroh's terms.

@@ -4,6 +4,7 @@ use std::net::SocketAddr;
 use std::str::FromStr;
 
 use iroh::RelayUrl;
+use porthole_engine::direct_paths::PathRules;
 use porthole_proto::key::SecretKey;
 use rustls_pki_types::CertificateDer;
 use url::Url;
@@ -150,6 +151,9 @@ pub struct IrohOptions {
     pub portmap: bool,
     /// Accept incoming porthole connections (servers).
     pub accept: bool,
+    /// Which addresses direct paths may use (tunnel interfaces, `--exclude-addr`,
+    /// `--pin-addr`).
+    pub direct_paths: PathRules,
 }
 
 impl Default for IrohOptions {
@@ -163,6 +167,7 @@ impl Default for IrohOptions {
             bind: Vec::new(),
             portmap: true,
             accept: false,
+            direct_paths: PathRules::default(),
         }
     }
 }

@@ -3,6 +3,7 @@
 use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
+use porthole_engine::direct_paths::{PathGuard, PathRules};
 use porthole_proto::signal::{Candidate, CandidateKind, MAX_CANDIDATES, NatKind};
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
@@ -12,7 +13,9 @@ use crate::stun;
 /// Local interface addresses with the socket's port. A socket bound to a specific
 /// address offers only that one; one bound to the wildcard offers every non-loopback
 /// IPv4 interface.
-pub fn host_candidates(socket: &UdpSocket) -> Vec<Candidate> {
+/// Addresses on tunnel interfaces (and any the rules refuse) are left out.
+pub fn host_candidates(socket: &UdpSocket, rules: &PathRules) -> Vec<Candidate> {
+    let guard = PathGuard::new(rules.clone());
     let Ok(local) = socket.local_addr() else {
         return Vec::new();
     };
@@ -32,6 +35,7 @@ pub fn host_candidates(socket: &UdpSocket) -> Vec<Candidate> {
         vec![local.ip()]
     };
     ips.into_iter()
+        .filter(|ip| guard.advertise(*ip))
         .map(|ip| Candidate {
             addr: SocketAddr::new(ip, local.port()),
             kind: CandidateKind::Host,
@@ -41,8 +45,12 @@ pub fn host_candidates(socket: &UdpSocket) -> Vec<Candidate> {
 
 /// Host candidates plus what the STUN servers see, and the NAT behaviour that implies:
 /// two servers reporting different public ports mean an endpoint-dependent NAT.
-pub async fn gather(socket: &UdpSocket, stun_servers: &[SocketAddr]) -> (Vec<Candidate>, NatKind) {
-    let mut candidates = host_candidates(socket);
+pub async fn gather(
+    socket: &UdpSocket,
+    stun_servers: &[SocketAddr],
+    rules: &PathRules,
+) -> (Vec<Candidate>, NatKind) {
+    let mut candidates = host_candidates(socket, rules);
     if stun_servers.is_empty() {
         return (candidates, NatKind::Unknown);
     }
@@ -116,7 +124,7 @@ mod tests {
         let stun_addr = stun_sock.local_addr().unwrap();
         let t = tokio::spawn(stun::respond(stun_sock));
         let s = UdpSocket::bind("127.0.0.1:0").await.unwrap();
-        let (cands, nat) = gather(&s, &[stun_addr]).await;
+        let (cands, nat) = gather(&s, &[stun_addr], &PathRules::default()).await;
         assert_eq!(nat, NatKind::Open);
         assert_eq!(cands, vec![c(&s.local_addr().unwrap().to_string())]);
         t.abort();

@@ -11,6 +11,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
+use porthole_engine::direct_paths::{PathGuard, PathRules};
 use porthole_engine::quic_params::QuicParams;
 use porthole_engine::transport::{Acceptor, Connector};
 use porthole_proto::signal::{NatKind, Signal, SignalError, SignalKind};
@@ -34,6 +35,9 @@ pub struct ManualOptions {
     pub punch_timeout: Option<Duration>,
     /// QUIC tuning (windows, timeouts, stream limit, congestion control).
     pub quic: QuicParams,
+    /// Which addresses may be offered and punched (tunnel interfaces, `--exclude-addr`,
+    /// `--pin-addr`).
+    pub direct_paths: PathRules,
 }
 
 impl Default for ManualOptions {
@@ -44,6 +48,7 @@ impl Default for ManualOptions {
             expiry: Duration::from_secs(600),
             punch_timeout: None,
             quic: QuicParams::default(),
+            direct_paths: PathRules::default(),
         }
     }
 }
@@ -96,13 +101,16 @@ fn punch_plan(
     local_nat: NatKind,
     remote: &Signal,
 ) -> PunchPlan {
-    let mut plan = PunchPlan::new(
-        role,
-        session,
-        local_nat,
-        remote.nat,
-        remote.candidates.clone(),
-    );
+    // The peer's candidates that do not route through a tunnel (or the rules) only: a
+    // path through porthole's own forward would carry the tunnel inside itself.
+    let guard = PathGuard::new(opts.direct_paths.clone());
+    let candidates = remote
+        .candidates
+        .iter()
+        .filter(|c| guard.reach(c.addr))
+        .cloned()
+        .collect();
+    let mut plan = PunchPlan::new(role, session, local_nat, remote.nat, candidates);
     if let Some(t) = opts.punch_timeout {
         plan.timeout = t;
     }
@@ -130,7 +138,7 @@ impl PreparedClient {
     pub async fn new(opts: ManualOptions) -> Result<Self, ManualError> {
         let socket = bind(opts.bind).await?;
         let identity = Identity::generate()?;
-        let (candidates, nat) = gather::gather(&socket, &opts.stun).await;
+        let (candidates, nat) = gather::gather(&socket, &opts.stun, &opts.direct_paths).await;
         let offer = Signal {
             kind: SignalKind::Offer,
             session_id: random_session(),
@@ -193,7 +201,7 @@ impl PreparedServer {
     pub async fn new(opts: ManualOptions, offer: Signal) -> Result<Self, ManualError> {
         let socket = bind(opts.bind).await?;
         let identity = Identity::generate()?;
-        let (candidates, nat) = gather::gather(&socket, &opts.stun).await;
+        let (candidates, nat) = gather::gather(&socket, &opts.stun, &opts.direct_paths).await;
         let answer = Signal {
             kind: SignalKind::Answer,
             session_id: offer.session_id,

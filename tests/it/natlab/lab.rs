@@ -7,7 +7,7 @@ use std::process::Command;
 use std::sync::Mutex;
 use std::time::Duration;
 
-pub use porthole_labtool::lab::{Impair, Nat, RELAY_IP, STUN_ADDRS};
+pub use porthole_labtool::lab::{HOST_B_IP, Impair, Nat, RELAY_IP, STUN_ADDRS};
 use porthole_labtool::lab::{Net, Spec};
 
 use crate::support::process::{Proc, bin, scrub};

@@ -64,7 +64,7 @@ pub(super) fn check(lab: &Lab, ns: &str, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
-fn write_secrets(lab: &Lab) {
+pub(super) fn write_secrets(lab: &Lab) {
     std::fs::write(lab.path("tokens.txt"), format!("{TOKEN}\n")).unwrap();
     let out = crate::support::process::bin()
         .args(["generate-server-key", "--output", &lab.path("server.key")])

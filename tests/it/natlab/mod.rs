@@ -18,3 +18,4 @@ mod matrix;
 mod outage;
 mod sharing;
 mod windows;
+mod wireguard;

@@ -145,6 +145,7 @@ impl Net {
             bind: vec!["127.0.0.1:0".parse().unwrap()],
             portmap: false,
             accept,
+            direct_paths: Default::default(),
         }
     }
 }
