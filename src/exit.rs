@@ -37,11 +37,28 @@ impl From<anyhow::Error> for Exit {
     }
 }
 
+/// What the user can do about an engine error, in the command line's own terms (the
+/// engine does not know the flags).
+fn hint(error: &anyhow::Error) -> Option<&'static str> {
+    match error.downcast_ref::<ClientError>()? {
+        ClientError::AuthRejected => Some(
+            "check --auth-token-file / PORTHOLE_AUTH_TOKEN / auth_token_file against the \
+             server's --auth-tokens-file / auth_tokens",
+        ),
+        ClientError::NoForwards => Some("give at least one --source/--target pair"),
+        ClientError::Version(_) => Some("run the same porthole version on both sides"),
+        _ => None,
+    }
+}
+
 pub fn report(result: Result<(), Exit>) -> ExitCode {
     match result {
         Ok(()) => ExitCode::from(OK),
         Err(e) => {
             eprintln!("error: {:#}", e.error);
+            if let Some(h) = hint(&e.error) {
+                eprintln!("hint: {h}");
+            }
             ExitCode::from(e.code)
         }
     }

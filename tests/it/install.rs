@@ -64,9 +64,21 @@ fn install_reinstall_systemd_uninstall() {
 #[test]
 fn missing_cargo_is_a_clear_error() {
     let dir = tempfile::tempdir().unwrap();
+    // A PATH with only what install.sh runs up to its missing-cargo message: wherever cargo
+    // lives on this machine (even /usr/bin), it is not on this one.
+    let path = dir.path().join("bin");
+    std::fs::create_dir(&path).unwrap();
+    for tool in ["dirname", "cat"] {
+        let found = ["/usr/bin", "/bin"]
+            .into_iter()
+            .map(|d| std::path::Path::new(d).join(tool))
+            .find(|p| p.exists())
+            .unwrap_or_else(|| panic!("{tool} (coreutils) not found"));
+        std::os::unix::fs::symlink(found, path.join(tool)).unwrap();
+    }
     let out = Command::new("/bin/bash")
         .arg(concat!(env!("CARGO_MANIFEST_DIR"), "/install.sh"))
-        .env("PATH", "/usr/bin:/bin")
+        .env("PATH", &path)
         .env("HOME", dir.path())
         .env("PREFIX", dir.path())
         .output()

@@ -173,11 +173,13 @@ fn wrong_token_exits_3_with_a_clear_message() {
         free_tcp_port(),
     );
     assert_eq!(client.wait_exit(LONG), 3);
+    // What happened (from the engine) and what to do (in the command line's terms).
+    let out = client.output();
     assert!(
-        client.output().contains("refused the auth token"),
-        "{}",
-        client.output()
+        out.contains("error: the server refused the auth token"),
+        "{out}"
     );
+    assert!(out.contains("hint: check --auth-token-file"), "{out}");
 }
 
 #[test]

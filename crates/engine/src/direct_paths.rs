@@ -137,7 +137,7 @@ impl fmt::Display for Refusal {
             Refusal::Tunnel(name) => write!(
                 f,
                 "it is on or routed through tunnel interface {name} (a direct path there could \
-                 run through porthole's own forward; pin it with --pin-addr {name} if it does not)"
+                 run through porthole's own forward; pin {name} if it does not)"
             ),
         }
     }

@@ -70,7 +70,8 @@ pub async fn splice<S: SendStream, R: RecvStream>(
             &mut up_finished
         ));
         let down_fut = pin!(write_chunks_then_finish(&mut recv, &mut tcp_w, &mut down));
-        join_fail_fast(up_fut, down_fut).await
+        // Both directions to their end; the first error ends both at once.
+        tokio::try_join!(up_fut, down_fut).map(|_| ())
     };
     match result {
         Ok(()) => SpliceEnd::Clean { up, down },
@@ -205,32 +206,6 @@ async fn hand_over_fairly<S: SendStream>(w: &mut S, chunk: bytes::Bytes) -> io::
             write.await?;
             tokio::task::yield_now().await;
             Ok(())
-        }
-    }
-}
-
-/// Waits for both futures; returns the first error as soon as it happens.
-async fn join_fail_fast<A, B>(a: A, b: B) -> io::Result<()>
-where
-    A: std::future::Future<Output = io::Result<()>> + Unpin,
-    B: std::future::Future<Output = io::Result<()>> + Unpin,
-{
-    let (mut a, mut b) = (Some(a), Some(b));
-    loop {
-        match (a.as_mut(), b.as_mut()) {
-            (None, None) => return Ok(()),
-            (Some(fa), None) => {
-                fa.await?;
-                a = None;
-            }
-            (None, Some(fb)) => {
-                fb.await?;
-                b = None;
-            }
-            (Some(fa), Some(fb)) => tokio::select! {
-                r = fa => { r?; a = None; }
-                r = fb => { r?; b = None; }
-            },
         }
     }
 }

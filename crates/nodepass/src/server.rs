@@ -294,7 +294,17 @@ impl TunnelSession<'_> {
                     let _ = stream.set_nodelay(true);
                 }
                 let is_first = std::mem::replace(&mut first, false);
-                let id: PoolId = if is_first { CONTROL_ID } else { random_id() };
+                let id: PoolId = if is_first {
+                    CONTROL_ID
+                } else {
+                    match random_id() {
+                        Ok(id) => id,
+                        Err(e) => {
+                            warn!("refusing a pool connection: no random pool id ({e})");
+                            continue;
+                        }
+                    }
+                };
                 let tls = self.tls.clone();
                 let pool = self.pool.clone();
                 let max = self.max;
@@ -400,12 +410,14 @@ async fn admit(
     })
 }
 
-fn random_id() -> PoolId {
+/// A fresh pool id (never the control connection's). Fails only if the OS has no
+/// randomness to give, instead of spinning on the same bytes forever.
+fn random_id() -> Result<PoolId, getrandom::Error> {
     loop {
         let mut id = [0u8; 4];
-        let _ = getrandom::fill(&mut id);
+        getrandom::fill(&mut id)?;
         if id != CONTROL_ID {
-            return id;
+            return Ok(id);
         }
     }
 }

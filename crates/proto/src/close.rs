@@ -44,19 +44,11 @@ impl CloseCode {
         self as u32
     }
 
-    /// Whether a client should stop retrying after this close (a config problem
-    /// that retrying cannot fix) rather than reconnect with backoff.
-    pub fn is_fatal_for_client(self) -> bool {
-        matches!(self, Self::AuthFailed | Self::UnsupportedVersion)
-    }
-
     /// A sentence for users: what happened and what to do.
     pub fn explain(self) -> &'static str {
         match self {
             Self::Normal => "the peer closed the connection",
-            Self::AuthFailed => {
-                "the server refused the auth token: check --auth-token / auth_token_file against the server's auth_tokens"
-            }
+            Self::AuthFailed => "the server refused the auth token",
             Self::AuthTimeout => "authentication did not complete in time",
             Self::ProtocolError => "the peer sent an invalid message (version mismatch or bug)",
             Self::UnsupportedVersion => {

@@ -339,13 +339,21 @@ pub fn predict(reflexive: &[SocketAddr]) -> Vec<SocketAddr> {
         .collect()
 }
 
-/// xorshift, seeded from the OS: only used to pick ports to spray.
+/// xorshift, seeded from the OS: only used to pick ports to spray. Predictable ports
+/// cost nothing but spread (the probes are authenticated), so without OS randomness
+/// the clock seeds it.
 struct Rng(u64);
 
 impl Rng {
     fn new() -> Self {
         let mut b = [0u8; 8];
-        let _ = getrandom::fill(&mut b);
+        if getrandom::fill(&mut b).is_err() {
+            let nanos = std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map(|d| d.as_nanos() as u64)
+                .unwrap_or(0x9e37_79b9_7f4a_7c15);
+            b = nanos.to_le_bytes();
+        }
         Self(u64::from_le_bytes(b) | 1)
     }
 

@@ -69,6 +69,8 @@ pub enum ManualError {
     Punch(#[from] PunchError),
     #[error("cannot start QUIC on the punched socket: {0}")]
     Endpoint(io::Error),
+    #[error("the OS has no randomness to give: {0}")]
+    Random(String),
 }
 
 pub fn now_unix() -> u64 {
@@ -78,10 +80,12 @@ pub fn now_unix() -> u64 {
         .unwrap_or_default()
 }
 
-fn random_session() -> [u8; 16] {
+/// The offer's session id: what ties an answer (and the punch probes) to this offer, so
+/// it must not be predictable or repeat.
+fn random_session() -> Result<[u8; 16], ManualError> {
     let mut s = [0u8; 16];
-    let _ = getrandom::fill(&mut s);
-    s
+    getrandom::fill(&mut s).map_err(|e| ManualError::Random(e.to_string()))?;
+    Ok(s)
 }
 
 /// The socket that STUN, punching and then QUIC all use, with big buffers: quinn leaves
@@ -141,7 +145,7 @@ impl PreparedClient {
         let (candidates, nat) = gather::gather(&socket, &opts.stun, &opts.direct_paths).await;
         let offer = Signal {
             kind: SignalKind::Offer,
-            session_id: random_session(),
+            session_id: random_session()?,
             expires_unix: now_unix() + opts.expiry.as_secs(),
             fingerprint: identity.fingerprint,
             nat,

@@ -77,9 +77,7 @@ pub enum ClientError {
         forward: Source,
         error: std::io::Error,
     },
-    #[error(
-        "the server refused the auth token: check --auth-token / auth_token_file against the server's auth_tokens"
-    )]
+    #[error("the server refused the auth token")]
     AuthRejected,
     #[error("the server refused forward {forward}: {reason}: {detail}")]
     SourceRefused {
@@ -89,8 +87,26 @@ pub enum ClientError {
     },
     #[error("protocol version mismatch: {0}")]
     Version(String),
-    #[error("no forwards configured: give at least one --source/--target pair")]
+    #[error("no forwards configured")]
     NoForwards,
+}
+
+/// Whether the server's close ends this client for good: a refused token or another
+/// protocol version are configuration problems that retrying cannot fix; every other end
+/// is retried with backoff. The one place that decides it, for a handshake and for a
+/// running tunnel alike.
+pub(crate) fn fatal_close(end: &ConnectionEnd) -> Option<ClientError> {
+    let ConnectionEnd::Peer { code, reason } = end else {
+        return None;
+    };
+    match CloseCode::from_u64(*code)? {
+        CloseCode::AuthFailed => Some(ClientError::AuthRejected),
+        CloseCode::UnsupportedVersion => Some(ClientError::Version(format!(
+            "{} ({reason})",
+            CloseCode::UnsupportedVersion.explain()
+        ))),
+        _ => None,
+    }
 }
 
 /// What the client is doing, for logs, tests and status displays.
@@ -285,14 +301,9 @@ async fn connection_loop<C: Connector>(
                 };
                 let _ = sessions.send(None);
                 rx.abort();
-                if let ConnectionEnd::Peer { code, .. } = &end {
-                    match CloseCode::from_u64(*code) {
-                        Some(CloseCode::AuthFailed) => return Err(ClientError::AuthRejected),
-                        Some(CloseCode::UnsupportedVersion) => {
-                            return Err(ClientError::Version(end.to_string()));
-                        }
-                        _ => {}
-                    }
+                if let Some(fatal) = fatal_close(&end) {
+                    error!("{fatal}");
+                    return Err(fatal);
                 }
                 warn!("tunnel lost: {end}; reconnecting");
                 let _ = status.send(Status::Reconnecting {

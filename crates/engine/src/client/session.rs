@@ -128,15 +128,10 @@ async fn handshake<C: Connection>(
 }
 
 fn classify(end: Option<ConnectionEnd>, e: ControlError) -> EstablishError {
+    if let Some(fatal) = end.as_ref().and_then(super::fatal_close) {
+        return EstablishError::Fatal(fatal);
+    }
     match end {
-        Some(ConnectionEnd::Peer { code, reason }) => match CloseCode::from_u64(code) {
-            Some(CloseCode::AuthFailed) => EstablishError::Fatal(ClientError::AuthRejected),
-            Some(CloseCode::UnsupportedVersion) => EstablishError::Fatal(ClientError::Version(
-                format!("{} ({reason})", CloseCode::UnsupportedVersion.explain()),
-            )),
-            Some(c) => EstablishError::Retry(c.explain().to_string()),
-            None => EstablishError::Retry(format!("server closed with code {code}: {reason}")),
-        },
         Some(other) => EstablishError::Retry(other.to_string()),
         None => EstablishError::Retry(format!("handshake failed: {e}")),
     }
