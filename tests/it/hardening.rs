@@ -302,6 +302,49 @@ async fn repeated_wrong_tokens_are_slowed_down() {
     assert!(!t.server.output().contains(OTHER_TOKEN));
 }
 
+/// The limiter's key is the peer's whole EndpointId, not the 5-byte prefix the logs show:
+/// peers whose ids share a prefix (or one ground to match a victim's) get their own
+/// buckets. And a peer blocked for failures does not block anybody else.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn the_limiter_keys_on_the_whole_identity() {
+    use porthole_engine::transport::Connection as _;
+    let t = server();
+    let r = raw(&t).await;
+    let conn = porthole_iroh::IrohConn::new(r.conn.clone());
+    let full = r.conn.remote_id().to_string();
+    assert_eq!(conn.peer_key(), full);
+    assert!(full.len() >= 64, "{full}");
+    assert!(full.starts_with(&conn.peer()) && conn.peer().len() < full.len());
+
+    // One identity blocked...
+    let opts = porthole_iroh::IrohOptions {
+        secret: Some(porthole_proto::key::SecretKey::generate().unwrap()),
+        relays: porthole_iroh::RelaySetting::Disabled,
+        dns: porthole_iroh::DnsSetting::Disabled,
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        portmap: false,
+        ..Default::default()
+    };
+    for _ in 0..6 {
+        let bad = raw_with(&t, &opts).await;
+        if let Ok((mut s, _r)) = bad.conn.open_bi().await {
+            let auth = AuthRequest {
+                version: 1,
+                token: OTHER_TOKEN.into(),
+            };
+            let _ = s.write_all(&frame::encode(&auth).unwrap()).await;
+        }
+        bad.closed_with(Duration::from_secs(5)).await;
+        bad.endpoint.close().await;
+    }
+    t.server.wait_line("peer blocked", Duration::from_secs(5));
+    // ...and a different one (same address, same machine), connecting afterwards, is
+    // still served.
+    let fresh = raw(&t).await;
+    let (_s, mut rx) = fresh.auth(1, TOKEN).await;
+    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn odd_sources_are_refused_one_by_one() {
     let t = server();

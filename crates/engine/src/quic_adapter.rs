@@ -8,7 +8,8 @@
 /// RecvStream}` and implements the engine's transport traits (and tokio I/O) for them.
 /// `$quic` is a module name in scope at the call site (`use iroh::endpoint as noq;`).
 ///
-/// `peer = |c| expr` says how the connection names its peer in logs and per-peer limits,
+/// `peer = |c| expr` says how the connection names its peer in logs, `peer_key = |c| expr`
+/// the peer's full identity that per-peer limits are keyed on (never truncated),
 /// `rtt = |c| expr` gives the round-trip time of the path in use as an
 /// `Option<Duration>`, for the [`windows`](crate::windows) tuner (`c` is
 /// the library's `Connection`), `heard = |s| expr` counts the frames received that prove
@@ -19,13 +20,15 @@
 ///
 /// ```ignore
 /// porthole_engine::quic_adapter!(quinn, QuicConn, QuicSend, QuicRecv,
-///     peer = |c| c.remote_address().to_string(), rtt = |c| Some(c.rtt()),
+///     peer = |c| c.remote_address().to_string(), peer_key = |c| c.remote_address().ip().to_string(),
+///     rtt = |c| Some(c.rtt()),
 ///     heard = |s| s.frame_rx.acks + s.frame_rx.ping, read_chunks = read_chunks);
 /// ```
 #[macro_export]
 macro_rules! quic_adapter {
     ($quic:ident, $conn:ident, $send:ident, $recv:ident,
-     peer = |$c:ident| $peer:expr, rtt = |$r:ident| $rtt:expr,
+     peer = |$c:ident| $peer:expr, peer_key = |$k:ident| $peer_key:expr,
+     rtt = |$r:ident| $rtt:expr,
      heard = |$h:ident| $heard:expr, read_chunks = $read_chunks:ident) => {
         /// An established connection, as the engine sees it.
         #[derive(Debug, Clone)]
@@ -100,6 +103,11 @@ macro_rules! quic_adapter {
             fn peer(&self) -> String {
                 let $c = &self.0;
                 $peer
+            }
+
+            fn peer_key(&self) -> String {
+                let $k = &self.0;
+                $peer_key
             }
 
             fn frames_received(&self) -> u64 {

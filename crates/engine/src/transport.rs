@@ -85,8 +85,13 @@ pub trait Connection: Clone + Send + Sync + 'static {
     fn closed(&self) -> impl Future<Output = ConnectionEnd> + Send;
     /// The reason if the connection has already ended.
     fn close_reason(&self) -> Option<ConnectionEnd>;
-    /// Who the peer is (EndpointId, fingerprint or address), for logs and per-peer limits.
+    /// Who the peer is, short, for logs (an EndpointId's first bytes, an address).
     fn peer(&self) -> String;
+    /// The peer's full identity, never shortened: what per-peer limits are keyed on, so
+    /// unrelated peers never share a bucket and nobody can grind a key into another's
+    /// (the whole EndpointId in iroh mode; the remote IP in manual mode, where a peer
+    /// has no identity beyond its certificate of the moment).
+    fn peer_key(&self) -> String;
     /// Frames received from the peer so far that prove it alive: acknowledgements, pings,
     /// stream data, datagrams. With keep-alives on, this grows at least once per
     /// keep-alive interval while the peer and a path to it are up. Counted after

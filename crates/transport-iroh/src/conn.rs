@@ -10,6 +10,7 @@ porthole_engine::quic_adapter!(
     IrohSend,
     IrohRecv,
     peer = |c| c.remote_id().fmt_short().to_string(),
+    peer_key = |c| c.remote_id().to_string(),
     rtt = |c| crate::paths::selected(c).map(|p| p.rtt),
     heard = |s| {
         let f = &s.frame_rx;

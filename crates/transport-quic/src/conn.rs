@@ -10,6 +10,7 @@ porthole_engine::quic_adapter!(
     QuicSend,
     QuicRecv,
     peer = |c| c.remote_address().to_string(),
+    peer_key = |c| c.remote_address().ip().to_canonical().to_string(),
     rtt = |c| Some(c.rtt()),
     heard = |s| {
         let f = &s.frame_rx;

@@ -60,8 +60,10 @@ pub(crate) async fn serve<C: Connection>(
     let peer = conn.peer();
     tracing::Span::current().record("peer", tracing::field::display(&peer));
     let config = &shared.config;
+    // The limiter's key: the full identity, not the short name in the logs.
+    let key = conn.peer_key();
 
-    if let Some(wait) = shared.limiter.check(&peer, Instant::now()) {
+    if let Some(wait) = shared.limiter.check(&key, Instant::now()) {
         info!("refusing connection: too many failed auths, blocked for another {wait:?}");
         conn.close(CloseCode::RateLimited.as_u32(), b"rate limited");
         return;
@@ -72,7 +74,7 @@ pub(crate) async fn serve<C: Connection>(
         Ok(Ok(streams)) => streams,
         Ok(Err(AuthFailure::Close(code, reason, log))) => {
             if code == CloseCode::AuthFailed {
-                match shared.limiter.failure(&peer, Instant::now()) {
+                match shared.limiter.failure(&key, Instant::now()) {
                     Some(b) => warn!("auth failed ({log}); peer blocked for {b:?}"),
                     None => warn!("auth failed ({log})"),
                 }
@@ -92,7 +94,7 @@ pub(crate) async fn serve<C: Connection>(
             return;
         }
     };
-    shared.limiter.success(&peer);
+    shared.limiter.success(&key);
 
     let Ok(_session) = shared.sessions.clone().try_acquire_owned() else {
         warn!(
