@@ -339,6 +339,102 @@ impl Reassembler {
     }
 }
 
+/// Why a received datagram was dropped.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum DropReason {
+    /// Not a porthole datagram (too short, unknown kind, bad fragment numbers).
+    Malformed(DatagramError),
+    /// A fragment that contradicts the others of its packet, repeats one, or would make
+    /// the packet larger than a UDP payload.
+    BadFragment,
+}
+
+impl std::fmt::Display for DropReason {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            DropReason::Malformed(e) => write!(f, "malformed datagram: {e}"),
+            DropReason::BadFragment => f.write_str("inconsistent fragment"),
+        }
+    }
+}
+
+/// What one received datagram came to.
+#[derive(Debug, PartialEq, Eq)]
+pub enum Received<'a> {
+    /// A whole UDP payload for `flow`: borrowed from the datagram, or reassembled.
+    Payload(FlowKey, std::borrow::Cow<'a, [u8]>),
+    /// A fragment was stored; the rest of its packet is still missing.
+    Pending,
+    /// The datagram was dropped, and why.
+    Dropped(DropReason),
+}
+
+/// One connection's incoming datagrams, I/O-free: bytes and the time in, a flow's payload
+/// or a typed reason for dropping out. Both ends' receive loops drive one, the way quinn
+/// drives quinn-proto; what they do with a payload (a flow's socket, a local peer) is
+/// theirs.
+#[derive(Debug)]
+pub struct Receiver {
+    reassembler: Reassembler,
+    timed_out: u64,
+}
+
+impl Default for Receiver {
+    fn default() -> Self {
+        Self::new(ReassemblyLimits::default())
+    }
+}
+
+impl Receiver {
+    pub fn new(limits: ReassemblyLimits) -> Self {
+        Self {
+            reassembler: Reassembler::new(limits),
+            timed_out: 0,
+        }
+    }
+
+    /// Decodes `data` (and reassembles it, if it is a fragment). Incomplete packets older
+    /// than the reassembly timeout are dropped first: [`Receiver::take_timed_out`] says
+    /// how many.
+    pub fn receive<'a>(&mut self, data: &'a [u8], now: Instant) -> Received<'a> {
+        if self.reassembler.pending() > 0 {
+            self.timed_out += self.reassembler.expire(now) as u64;
+        }
+        match Datagram::decode(data) {
+            Ok(Datagram::Whole { flow, payload }) => {
+                Received::Payload(flow, std::borrow::Cow::Borrowed(payload))
+            }
+            Ok(Datagram::Fragment {
+                flow,
+                packet_id,
+                index,
+                count,
+                chunk,
+            }) => match self
+                .reassembler
+                .push(flow, packet_id, index, count, chunk, now)
+            {
+                Reassembled::Complete(flow, payload) => {
+                    Received::Payload(flow, std::borrow::Cow::Owned(payload))
+                }
+                Reassembled::Pending => Received::Pending,
+                Reassembled::Rejected => Received::Dropped(DropReason::BadFragment),
+            },
+            Err(e) => Received::Dropped(DropReason::Malformed(e)),
+        }
+    }
+
+    /// Incomplete packets dropped for age since the last call.
+    pub fn take_timed_out(&mut self) -> u64 {
+        std::mem::take(&mut self.timed_out)
+    }
+
+    /// Incomplete packets held now.
+    pub fn pending(&self) -> usize {
+        self.reassembler.pending()
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -348,6 +444,63 @@ mod tests {
         forward_id: 2,
         flow_id: 77,
     };
+
+    #[test]
+    fn receiver_hands_out_whole_and_reassembled_payloads() {
+        let mut rx = Receiver::default();
+        let now = Instant::now();
+        let whole = encode(FLOW, 1, b"hello", 1200).unwrap();
+        assert_eq!(whole.len(), 1);
+        assert_eq!(
+            rx.receive(&whole[0], now),
+            Received::Payload(FLOW, std::borrow::Cow::Borrowed(&b"hello"[..]))
+        );
+        let big: Vec<u8> = (0..5000u32).map(|i| i as u8).collect();
+        let parts = encode(FLOW, 2, &big, 1200).unwrap();
+        assert!(parts.len() > 1);
+        for p in &parts[..parts.len() - 1] {
+            assert_eq!(rx.receive(p, now), Received::Pending);
+        }
+        assert_eq!(rx.pending(), 1);
+        match rx.receive(&parts[parts.len() - 1], now) {
+            Received::Payload(flow, payload) => {
+                assert_eq!(flow, FLOW);
+                assert_eq!(&payload[..], &big[..]);
+            }
+            other => panic!("{other:?}"),
+        }
+        assert_eq!(rx.pending(), 0);
+        assert_eq!(rx.take_timed_out(), 0);
+    }
+
+    #[test]
+    fn receiver_names_what_it_drops() {
+        let mut rx = Receiver::default();
+        let now = Instant::now();
+        assert!(matches!(
+            rx.receive(&[], now),
+            Received::Dropped(DropReason::Malformed(DatagramError::Short(0)))
+        ));
+        let big = vec![7u8; 3000];
+        let parts = encode(FLOW, 3, &big, 1200).unwrap();
+        assert_eq!(rx.receive(&parts[0], now), Received::Pending);
+        // The same fragment again.
+        assert_eq!(
+            rx.receive(&parts[0], now),
+            Received::Dropped(DropReason::BadFragment)
+        );
+        assert_eq!(DropReason::BadFragment.to_string(), "inconsistent fragment");
+        // An incomplete packet times out, counted once, on the next datagram.
+        let later = now + ReassemblyLimits::default().timeout;
+        let whole = encode(FLOW, 4, b"x", 1200).unwrap();
+        assert!(matches!(
+            rx.receive(&whole[0], later),
+            Received::Payload(..)
+        ));
+        assert_eq!(rx.take_timed_out(), 1);
+        assert_eq!(rx.take_timed_out(), 0);
+        assert_eq!(rx.pending(), 0);
+    }
 
     fn reassemble(datagrams: &[Vec<u8>], r: &mut Reassembler, now: Instant) -> Option<Vec<u8>> {
         let mut done = None;

@@ -9,7 +9,9 @@
 //! - [`ticket`]: one copy-pasteable string naming a server (id, relays, direct addresses).
 //! - [`source`]: `tcp://host:port` / `udp://host:port` forward sources.
 //! - [`message`] and [`frame`]: control messages and their length-prefixed framing.
-//! - [`datagram`]: the UDP datagram header, fragmentation and reassembly.
+//! - [`datagram`]: the UDP datagram header, fragmentation and reassembly, and the
+//!   [`datagram::Receiver`] both ends' receive loops drive (bytes and time in, a flow's
+//!   payload or a typed drop reason out).
 //! - [`close`]: application close and stream error codes.
 //! - [`signal`] and [`punch`]: manual mode's copy-paste offer/answer and hole-punching probes.
 

@@ -8,7 +8,7 @@ use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use porthole_proto::datagram::{Datagram, FlowKey, Reassembled, Reassembler, ReassemblyLimits};
+use porthole_proto::datagram::{FlowKey, Received, Receiver};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
@@ -176,8 +176,7 @@ pub(crate) async fn datagram_loop<C: Connection>(
         .map(|(i, id)| (*id, i))
         .collect();
     let unknown = DropCounter::new("UDP datagrams discarded");
-    let mut reassembler = Reassembler::new(ReassemblyLimits::default());
-    let mut last_expire = Instant::now();
+    let mut rx = Receiver::default();
     let route = |flow: FlowKey, payload: &[u8]| match by_id
         .get(&flow.forward_id)
         .and_then(|i| forwards.get(*i))
@@ -187,27 +186,15 @@ pub(crate) async fn datagram_loop<C: Connection>(
         None => unknown.add(1, &"datagram for an unknown forward"),
     };
     while let Ok(data) = session.conn.read_datagram().await {
-        let now = Instant::now();
-        if now.duration_since(last_expire) > Duration::from_secs(1) {
-            last_expire = now;
-            let n = reassembler.expire(now);
-            unknown.add(n as u64, &"incomplete fragmented datagrams timed out");
+        match rx.receive(&data, Instant::now()) {
+            Received::Payload(flow, payload) => route(flow, &payload),
+            Received::Pending => {}
+            Received::Dropped(why) => unknown.add(1, &why),
         }
-        match Datagram::decode(&data) {
-            Ok(Datagram::Whole { flow, payload }) => route(flow, payload),
-            Ok(Datagram::Fragment {
-                flow,
-                packet_id,
-                index,
-                count,
-                chunk,
-            }) => match reassembler.push(flow, packet_id, index, count, chunk, now) {
-                Reassembled::Complete(flow, payload) => route(flow, &payload),
-                Reassembled::Pending => {}
-                Reassembled::Rejected => unknown.add(1, &"inconsistent fragment"),
-            },
-            Err(e) => unknown.add(1, &format_args!("malformed datagram: {e}")),
-        }
+        unknown.add(
+            rx.take_timed_out(),
+            &"incomplete fragmented datagrams timed out",
+        );
     }
 }
 

@@ -7,7 +7,7 @@ use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use porthole_proto::datagram::{Datagram, FlowKey, Reassembled, Reassembler, ReassemblyLimits};
+use porthole_proto::datagram::{FlowKey, Received, Receiver};
 use porthole_proto::source::Protocol;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
@@ -57,8 +57,7 @@ impl<C: Connection> ServerUdp<C> {
 
     /// Reads datagrams from the client until the connection ends.
     pub async fn datagram_loop(self: Arc<Self>) {
-        let mut reassembler = Reassembler::new(ReassemblyLimits::default());
-        let mut last_expire = Instant::now();
+        let mut rx = Receiver::default();
         loop {
             let data = tokio::select! {
                 _ = self.cancel.cancelled() => break,
@@ -67,28 +66,15 @@ impl<C: Connection> ServerUdp<C> {
                     Err(_) => break,
                 },
             };
-            let now = Instant::now();
-            if now.duration_since(last_expire) > Duration::from_secs(1) {
-                last_expire = now;
-                let n = reassembler.expire(now);
-                self.drops
-                    .add(n as u64, &"incomplete fragmented datagrams timed out");
+            match rx.receive(&data, Instant::now()) {
+                Received::Payload(flow, payload) => self.deliver(flow, &payload).await,
+                Received::Pending => {}
+                Received::Dropped(why) => self.drops.add(1, &why),
             }
-            match Datagram::decode(&data) {
-                Ok(Datagram::Whole { flow, payload }) => self.deliver(flow, payload).await,
-                Ok(Datagram::Fragment {
-                    flow,
-                    packet_id,
-                    index,
-                    count,
-                    chunk,
-                }) => match reassembler.push(flow, packet_id, index, count, chunk, now) {
-                    Reassembled::Complete(flow, payload) => self.deliver(flow, &payload).await,
-                    Reassembled::Pending => {}
-                    Reassembled::Rejected => self.drops.add(1, &"inconsistent fragment"),
-                },
-                Err(e) => self.drops.add(1, &format_args!("malformed datagram: {e}")),
-            }
+            self.drops.add(
+                rx.take_timed_out(),
+                &"incomplete fragmented datagrams timed out",
+            );
         }
         self.cancel.cancel();
     }
