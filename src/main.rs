@@ -33,7 +33,7 @@ fn main() -> ExitCode {
             });
         }
     };
-    logging::init(cli.verbose, cli.quiet, nodepass_log(&cli));
+    logging::init(cli.verbose, cli.quiet);
     let _ = rustls::crypto::ring::default_provider().install_default();
     exit::report(dispatch(cli.command, cli.threads))
 }
@@ -66,15 +66,6 @@ fn dispatch(command: Command, threads: Option<usize>) -> Result<(), Exit> {
             .block_on(commands::relay::run(&a))
             .map_err(Exit::from),
     }
-}
-
-/// A NodePass URL's `log=` level, used when neither -v/-q nor RUST_LOG say otherwise.
-fn nodepass_log(cli: &Cli) -> Option<String> {
-    let Command::Nodepass(a) = &cli.command else {
-        return None;
-    };
-    let url: porthole_nodepass::NodepassUrl = a.url.parse().ok()?;
-    Some(url.params.log)
 }
 
 /// A tokio runtime: `threads == 1` single-threaded, 0 one worker per core, else N workers.

@@ -5,6 +5,8 @@ use porthole_nodepass::{NodepassUrl, Role};
 use tracing::warn;
 
 pub async fn run(url: NodepassUrl) -> Result<()> {
+    // The URL's log level, wherever the URL came from (command line or config file).
+    crate::logging::use_nodepass_level(&url.params.log);
     for p in &url.unknown {
         warn!("unknown NodePass parameter `{p}` ignored");
     }

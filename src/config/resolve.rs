@@ -24,7 +24,6 @@ use crate::cli::{
 };
 use crate::secrets;
 
-pub const DEFAULT_UDP_IDLE: Duration = Duration::from_secs(60);
 /// Public STUN servers used by manual mode unless told otherwise.
 pub const DEFAULT_STUN: [&str; 2] = ["stun.l.google.com:19302", "stun.cloudflare.com:3478"];
 
@@ -255,7 +254,7 @@ fn server_settings(
     let max_sessions = args
         .max_sessions
         .or(f.and_then(|f| f.max_sessions))
-        .unwrap_or(100);
+        .unwrap_or(porthole_engine::server::DEFAULT_MAX_SESSIONS);
     if max_sessions == 0 {
         bail!("--max-sessions must be at least 1");
     }
@@ -300,7 +299,7 @@ fn server_settings(
             .iroh
             .udp_idle_timeout
             .or(f.and_then(|f| f.udp_idle_timeout))
-            .unwrap_or(DEFAULT_UDP_IDLE),
+            .unwrap_or(porthole_engine::udp::DEFAULT_IDLE_TIMEOUT),
     })
 }
 
@@ -440,7 +439,7 @@ fn client_settings(
             .iroh
             .udp_idle_timeout
             .or(f.and_then(|f| f.udp_idle_timeout))
-            .unwrap_or(DEFAULT_UDP_IDLE),
+            .unwrap_or(porthole_engine::udp::DEFAULT_IDLE_TIMEOUT),
     })
 }
 

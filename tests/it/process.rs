@@ -347,3 +347,41 @@ fn relay_restart_both_sides_recover() {
     assert!(client.is_running());
     drop(server);
 }
+
+/// A NodePass URL's `log=` sets the level wherever the URL comes from: the `nodepass`
+/// subcommand, or `[nodepass]` in a config file (which used to be ignored there).
+#[test]
+fn nodepass_log_level_applies_from_the_url_and_from_a_config_file() {
+    let dir = tempfile::tempdir().unwrap();
+    // Each run: a NodePass server (tls=0, reverse flow: users connect to `user`), with
+    // the level `log`; returns whether its info line appeared once the tunnel port
+    // accepts connections.
+    let run = |from_file: bool, log: &str| -> bool {
+        let (tunnel, user) = (free_tcp_port(), free_tcp_port());
+        let url = format!("server://127.0.0.1:{tunnel}/127.0.0.1:{user}?tls=0&log={log}");
+        let mut cmd = bin();
+        if from_file {
+            let cfg = dir.path().join(format!("np-{log}.toml"));
+            std::fs::write(
+                &cfg,
+                format!("role = \"server\"\nmode = \"nodepass\"\n[nodepass]\nurl = \"{url}\"\n"),
+            )
+            .unwrap();
+            cmd.arg("server").arg("-c").arg(&cfg);
+        } else {
+            cmd.args(["nodepass", &url]);
+        }
+        let p = Proc::spawn("nodepass", cmd);
+        let start = Instant::now();
+        while TcpStream::connect(("127.0.0.1", tunnel)).is_err() {
+            assert!(start.elapsed() < LONG, "never listened:\n{}", p.output());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        std::thread::sleep(Duration::from_millis(300));
+        p.output().contains("NodePass server on")
+    };
+    assert!(run(false, "info"));
+    assert!(!run(false, "warn"));
+    assert!(run(true, "info"));
+    assert!(!run(true, "warn"));
+}

@@ -12,6 +12,9 @@ use crate::transport::Connection;
 
 /// Receive buffer for one UDP read: the largest possible UDP payload.
 pub const UDP_BUF: usize = 65_536;
+/// A UDP flow with no datagram either way for this long is closed (both ends; the
+/// one default of `--udp-idle-timeout`).
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(60);
 /// Socket buffer size asked of the OS for UDP sockets (the OS may cap it).
 pub const SOCKET_BUFFER: usize = 4 << 20;
 

@@ -61,7 +61,7 @@ impl ClientConfig {
             session_wait: Duration::from_secs(20),
             backoff_min: Duration::from_millis(250),
             backoff_max: Duration::from_secs(30),
-            udp_idle_timeout: Duration::from_secs(60),
+            udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
             max_udp_flows: 1024,
             silent_after: crate::quic_params::QuicParams::default().silent_after(),
         }

@@ -19,6 +19,9 @@ use crate::policy::Policy;
 use crate::transport::{Acceptor, Connection};
 use porthole_proto::close::CloseCode;
 
+/// Concurrent client connections a server takes by default (`--max-sessions`).
+pub const DEFAULT_MAX_SESSIONS: usize = 100;
+
 /// Everything the server engine needs to know.
 #[derive(Debug)]
 pub struct ServerConfig {
@@ -51,7 +54,7 @@ impl ServerConfig {
         Self {
             tokens,
             policy,
-            max_sessions: 100,
+            max_sessions: DEFAULT_MAX_SESSIONS,
             max_pending: 64,
             max_forwards: 64,
             max_streams: crate::quic_params::MAX_STREAMS,
@@ -61,7 +64,7 @@ impl ServerConfig {
             resolve_timeout: Duration::from_secs(5),
             dial_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
-            udp_idle_timeout: Duration::from_secs(60),
+            udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
         }
     }
 }
