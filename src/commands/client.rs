@@ -1,7 +1,7 @@
 //! `porthole client`.
 
 use anyhow::{Context, Result};
-use porthole_engine::client::{Client, ClientConfig};
+use porthole_engine::client::Client;
 use porthole_iroh::{IrohConnector, RelaySetting};
 use tokio_util::sync::CancellationToken;
 
@@ -23,16 +23,9 @@ pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
     }
 }
 
-pub fn engine_config(s: &ClientSettings) -> ClientConfig {
-    let mut c = ClientConfig::new(s.token.clone(), s.forwards.clone());
-    c.udp_idle_timeout = s.udp_idle_timeout;
-    c.silent_after = s.quic.silent_after();
-    c
-}
-
 async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
     // Listeners first: a port conflict is reported before any network work.
-    let client = Client::bind(engine_config(&s)).await?;
+    let client = Client::bind(s.engine_config()).await?;
     let endpoint = porthole_iroh::bind(&s.iroh, &s.quic)
         .await
         .context("starting the iroh endpoint")?;

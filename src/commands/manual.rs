@@ -36,7 +36,7 @@ pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Resul
         a = prepared.accept() => a?,
         _ = shutdown.cancelled() => return Ok(()),
     };
-    let config = super::server::engine_config(&s);
+    let config = s.engine_config();
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, "serving over the punched path");
     porthole_engine::server::run(acceptor.clone(), config, shutdown).await?;
     acceptor.close().await;
@@ -44,7 +44,7 @@ pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Resul
 }
 
 pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
-    let client = Client::bind(super::client::engine_config(&s)).await?;
+    let client = Client::bind(s.engine_config()).await?;
     let prepared = PreparedClient::new(options(&s.manual, &s.quic).await).await?;
     write_blob(
         &prepared.offer().encode()?,

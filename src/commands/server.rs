@@ -4,7 +4,6 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use iroh::Watcher;
-use porthole_engine::server::ServerConfig;
 use porthole_iroh::{IrohAcceptor, RelaySetting};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
@@ -27,21 +26,13 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
     }
 }
 
-pub fn engine_config(s: &ServerSettings) -> ServerConfig {
-    let mut c = ServerConfig::new(s.tokens.clone(), s.policy.clone());
-    c.max_sessions = s.max_sessions;
-    c.max_streams = s.quic.max_streams;
-    c.udp_idle_timeout = s.udp_idle_timeout;
-    c
-}
-
 async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
     if s.secret.is_none() {
         warn!(
             "no --secret-file: this server gets a new EndpointId on every start; create a stable one with: porthole generate-server-key --output server.key"
         );
     }
-    let config = engine_config(&s);
+    let config = s.engine_config();
     let opts = &s.iroh;
     let endpoint = porthole_iroh::bind(opts, &s.quic)
         .await

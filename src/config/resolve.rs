@@ -6,10 +6,11 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use porthole_engine::auth::TokenSet;
-use porthole_engine::client::ForwardSpec;
+use porthole_engine::client::{ClientConfig, ForwardSpec};
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
+use porthole_engine::server::ServerConfig;
 use porthole_iroh::options::parse_pem_certs;
 use porthole_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
 use porthole_proto::key::{EndpointId, SecretKey};
@@ -100,6 +101,27 @@ pub struct ClientSettings {
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
+}
+
+impl ServerSettings {
+    /// What the server engine needs, whichever transport runs (iroh or manual mode).
+    pub fn engine_config(&self) -> ServerConfig {
+        let mut c = ServerConfig::new(self.tokens.clone(), self.policy.clone());
+        c.max_sessions = self.max_sessions;
+        c.max_streams = self.quic.max_streams;
+        c.udp_idle_timeout = self.udp_idle_timeout;
+        c
+    }
+}
+
+impl ClientSettings {
+    /// What the client engine needs, whichever transport runs (iroh or manual mode).
+    pub fn engine_config(&self) -> ClientConfig {
+        let mut c = ClientConfig::new(self.token.clone(), self.forwards.clone());
+        c.udp_idle_timeout = self.udp_idle_timeout;
+        c.silent_after = self.quic.silent_after();
+        c
+    }
 }
 
 fn config_path(args: &ConfigArgs, role: Role) -> Result<Option<PathBuf>> {

@@ -3,7 +3,7 @@
 
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::Ordering;
 use std::time::Duration;
 
 use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::pool::{Pool, PoolConn};
 use crate::relay::{self, Dialer, Limits};
+pub use crate::tunnel::TunnelHandle;
 use crate::wire::signal::{MAX_LINE, Signal};
 use crate::wire::url::TlsMode;
 use crate::wire::{id_hex, parse_id};
@@ -22,47 +23,6 @@ pub const PING_EVERY: Duration = Duration::from_secs(5);
 pub const DEAD_AFTER: Duration = Duration::from_secs(15);
 /// A launched pool connection is looked up for this long on the dialing side.
 pub const LOOKUP_WAIT: Duration = Duration::from_secs(5);
-
-/// What the accepting side needs to start sessions on the current tunnel.
-#[derive(Debug)]
-pub struct TunnelHandle {
-    pub pool: Arc<Pool>,
-    signals: mpsc::Sender<Signal>,
-    verified: watch::Receiver<bool>,
-    pub errors: AtomicU64,
-}
-
-impl TunnelHandle {
-    /// Takes the oldest idle pool connection and announces it (`tcp` / `udp`); the caller
-    /// relays at once, without waiting for an answer.
-    pub async fn launch(&self, kind: &str, remote: SocketAddr) -> Option<PoolConn> {
-        let mut v = self.verified.clone();
-        // Under tls=1 nothing is served before the peer's fingerprint was checked.
-        if tokio::time::timeout(Duration::from_secs(15), v.wait_for(|ok| *ok))
-            .await
-            .is_err()
-        {
-            warn!("peer not verified: refusing {remote}");
-            return None;
-        }
-        let conn = self.pool.wait_take_oldest(Duration::from_secs(2)).await;
-        let Some(conn) = conn else {
-            self.errors.fetch_add(1, Ordering::Relaxed);
-            warn!("no idle pool connection for {remote}");
-            return None;
-        };
-        let signal = Signal {
-            action: kind.into(),
-            remote: remote.to_string(),
-            id: id_hex(conn.id),
-            fp: String::new(),
-        };
-        if self.signals.send(signal).await.is_err() {
-            return None;
-        }
-        Some(conn)
-    }
-}
 
 /// Everything the control loop needs.
 pub struct ControlCtx {
@@ -102,12 +62,7 @@ pub async fn run(
     let (tx, mut rx) = mpsc::channel::<Signal>(256);
     let needs_verify = ctx.tls == TlsMode::SelfSigned;
     let (verified_tx, verified_rx) = watch::channel(!needs_verify);
-    let handle = Arc::new(TunnelHandle {
-        pool: ctx.pool.clone(),
-        signals: tx.clone(),
-        verified: verified_rx,
-        errors: AtomicU64::new(0),
-    });
+    let handle = Arc::new(TunnelHandle::new(ctx.pool.clone(), tx.clone(), verified_rx));
     if ctx.accepting {
         let _ = tunnels.send(Some(handle.clone()));
     }

@@ -6,6 +6,7 @@
 //! - [`pool`]: the idle pool connections, by ID.
 //! - [`server`] / [`client`]: the two roles (handshake, pool, control channel).
 //! - [`control`]: the control channel shared by both roles: signals, liveness, verify.
+//! - [`tunnel`]: the running tunnel as the users' side sees it (launching a session).
 //! - [`relay`]: user sessions over pool connections (TCP, UDP), targets, limits.
 
 pub mod client;
@@ -15,6 +16,7 @@ pub mod relay;
 pub mod server;
 pub mod stream;
 pub mod tls;
+pub mod tunnel;
 pub mod wire;
 
 pub use wire::url::{NodepassUrl, Role};

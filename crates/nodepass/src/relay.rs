@@ -14,9 +14,9 @@ use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::control::TunnelHandle;
 use crate::pool::PoolConn;
 use crate::stream::DatagramStream;
+use crate::tunnel::TunnelHandle;
 use crate::wire::proxy;
 use crate::wire::url::{HostPort, Params};
 

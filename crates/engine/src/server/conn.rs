@@ -1,6 +1,6 @@
 //! One client connection on the server: auth gate, control stream, streams, datagrams.
 
-use std::sync::{Arc, RwLock};
+use std::sync::Arc;
 use std::time::Instant;
 
 use porthole_proto::PROTOCOL_VERSION;
@@ -15,34 +15,11 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use super::forwards::Forwards;
 use super::udp::ServerUdp;
 use super::{ServerConfig, Shared};
 use crate::control::{ControlError, read_frame, read_frame_or_eof, write_frame};
-use crate::policy::Resolved;
 use crate::transport::{Connection, ConnectionEnd};
-
-/// The forwards a connection has opened, indexed by forward id.
-#[derive(Debug, Default)]
-pub(crate) struct Forwards(RwLock<Vec<Arc<Resolved>>>);
-
-impl Forwards {
-    pub fn get(&self, id: u16) -> Option<Arc<Resolved>> {
-        self.0
-            .read()
-            .unwrap_or_else(|e| e.into_inner())
-            .get(id as usize)
-            .cloned()
-    }
-
-    fn push(&self, r: Resolved, max: usize) -> Option<u16> {
-        let mut v = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if v.len() >= max.min(u16::MAX as usize) {
-            return None;
-        }
-        v.push(Arc::new(r));
-        Some((v.len() - 1) as u16)
-    }
-}
 
 enum AuthFailure {
     /// Close with this code and wire reason; log the detail (never sent to the peer).

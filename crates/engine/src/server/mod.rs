@@ -2,6 +2,7 @@
 //! authenticated client asks for, within the allow-list and the limits.
 
 mod conn;
+mod forwards;
 mod tcp;
 mod udp;
 

@@ -12,7 +12,7 @@ use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
 use super::Shared;
-use super::conn::Forwards;
+use super::forwards::Forwards;
 use crate::control::read_frame;
 use crate::splice::{SpliceEnd, splice, tune_tcp};
 use crate::transport::{RecvStream, SendStream};

@@ -14,7 +14,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use super::ServerConfig;
-use super::conn::Forwards;
+use super::forwards::Forwards;
 use crate::transport::Connection;
 use crate::udp::{Clock, DropCounter, SendError, UDP_BUF, send_payload, size_socket};
 

@@ -1,6 +1,6 @@
 //! NodePass v1.14's wire, free of I/O: URL grammar, tunnel key and bearer token, the
 //! HTTP handshake, control-channel signals, PROXY v1 lines and certificate
-//! fingerprints. Every example of `shared/nodepass-protocol.md` is a unit test here.
+//! fingerprints. Every byte example of docs/NODEPASS.md ("The wire") is a unit test here.
 
 #[doc(hidden)]
 pub mod exercise;
