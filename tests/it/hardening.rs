@@ -12,7 +12,7 @@ use porthole_proto::message::{
 };
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+use crate::support::process::{Offline, Proc, endpoint_id, free_tcp_port, free_udp_port};
 use crate::support::{OTHER_TOKEN, TOKEN, init_tracing};
 
 struct Target {
@@ -28,33 +28,10 @@ fn server() -> Target {
     let tokens = dir.path().join("tokens.txt");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let port = free_udp_port();
-    let mut cmd = bin();
-    cmd.args([
-        "server",
-        "--auth-tokens-file",
-        tokens.to_str().unwrap(),
-        "--relay-url",
-        "none",
-    ])
-    .args([
-        "--bind",
-        &format!("127.0.0.1:{port}"),
-        "--dns-server",
-        "none",
-        "--no-portmap",
-    ])
-    .args([
-        "--allowed-tcp",
-        "127.0.0.0/8",
-        "--allowed-udp",
-        "127.0.0.0/8",
-    ]);
-    let server = Proc::spawn("server", cmd);
-    let id = server
-        .wait_line("EndpointId: ", Duration::from_secs(20))
-        .trim_start_matches("EndpointId: ")
-        .parse()
-        .unwrap();
+    let server = Offline::server(&tokens, port)
+        .args(&["--allowed-udp", "127.0.0.0/8"])
+        .spawn("server");
+    let id = endpoint_id(&server).parse().unwrap();
     server.wait_line("serving", Duration::from_secs(20));
     Target {
         server,
@@ -140,29 +117,9 @@ fn legit(t: &Target, target_port: u16) -> Legit {
     let token = dir.path().join("t");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
     let listen = free_tcp_port();
-    let mut cmd = bin();
-    cmd.args([
-        "client",
-        "--server-node-id",
-        &t.id.to_string(),
-        "--server-addr",
-        &t.addr.to_string(),
-    ])
-    .args([
-        "--relay-url",
-        "none",
-        "--dns-server",
-        "none",
-        "--no-portmap",
-    ])
-    .args([
-        "--source",
-        &format!("tcp://127.0.0.1:{target_port}"),
-        "--target",
-        &format!("127.0.0.1:{listen}"),
-    ])
-    .args(["--auth-token-file", token.to_str().unwrap()]);
-    let client = Proc::spawn("legit-client", cmd);
+    let client = Offline::client(&t.id.to_string(), t.addr.port(), &token)
+        .forward(&format!("tcp://127.0.0.1:{target_port}"), listen)
+        .spawn("legit-client");
     client.wait_line("tunnel up", Duration::from_secs(20));
     std::mem::forget(dir);
     Legit {

@@ -8,7 +8,7 @@ use tokio::net::TcpStream;
 
 use crate::support::TOKEN;
 use crate::support::echo::tcp_echo;
-use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+use crate::support::process::{Offline, Proc, endpoint_id, free_tcp_port, free_udp_port};
 
 fn payload(seed: u32, len: usize) -> Vec<u8> {
     let mut x = seed.wrapping_mul(2_654_435_761) | 1;
@@ -63,23 +63,8 @@ async fn burst(port: u16, seed: u32) {
 /// The server binary on 127.0.0.1:`port` (no relay, no DNS, no port mapping), allowing TCP
 /// to loopback, with `extra` flags; returns it and its EndpointId.
 fn loopback_server(tokens: &std::path::Path, port: u16, extra: &[&str]) -> (Proc, String) {
-    let mut cmd = bin();
-    cmd.args(["server", "--auth-tokens-file", tokens.to_str().unwrap()])
-        .args([
-            "--relay-url",
-            "none",
-            "--dns-server",
-            "none",
-            "--no-portmap",
-        ])
-        .args(["--bind", &format!("127.0.0.1:{port}")])
-        .args(["--allowed-tcp", "127.0.0.0/8"])
-        .args(extra);
-    let server = Proc::spawn("server", cmd);
-    let id = server
-        .wait_line("EndpointId: ", Duration::from_secs(20))
-        .trim_start_matches("EndpointId: ")
-        .to_string();
+    let server = Offline::server(tokens, port).args(extra).spawn("server");
+    let id = endpoint_id(&server);
     (server, id)
 }
 
@@ -96,29 +81,9 @@ async fn ten_thousand_sequential_and_500_concurrent_connections() {
     let port = free_udp_port();
     let (server, id) = loopback_server(&tokens, port, &["-q"]);
     let listen = free_tcp_port();
-    let mut cmd = bin();
-    cmd.args([
-        "client",
-        "--server-node-id",
-        &id,
-        "--server-addr",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args([
-        "--relay-url",
-        "none",
-        "--dns-server",
-        "none",
-        "--no-portmap",
-    ])
-    .args([
-        "--source",
-        &format!("tcp://{target}"),
-        "--target",
-        &format!("127.0.0.1:{listen}"),
-    ])
-    .args(["--auth-token-file", tokens.to_str().unwrap()]);
-    let client = Proc::spawn("client", cmd);
+    let client = Offline::client(&id, port, &tokens)
+        .forward(&format!("tcp://{target}"), listen)
+        .spawn("client");
     client.wait_line("tunnel up", Duration::from_secs(20));
 
     // Warm up (lazy allocations, connection state), then take the baseline.
@@ -212,29 +177,9 @@ async fn burst_stress() {
     let port = free_udp_port();
     let (_server, id) = loopback_server(&tokens, port, &[]);
     let listen = free_tcp_port();
-    let mut cmd = bin();
-    cmd.args([
-        "client",
-        "--server-node-id",
-        &id,
-        "--server-addr",
-        &format!("127.0.0.1:{port}"),
-    ])
-    .args([
-        "--relay-url",
-        "none",
-        "--dns-server",
-        "none",
-        "--no-portmap",
-    ])
-    .args([
-        "--source",
-        &format!("tcp://{target}"),
-        "--target",
-        &format!("127.0.0.1:{listen}"),
-    ])
-    .args(["--auth-token-file", tokens.to_str().unwrap()]);
-    let client = Proc::spawn("client", cmd);
+    let client = Offline::client(&id, port, &tokens)
+        .forward(&format!("tcp://{target}"), listen)
+        .spawn("client");
     client.wait_line("tunnel up", Duration::from_secs(20));
     for round in 0..40u32 {
         burst(listen, round * 1000).await;

@@ -6,7 +6,7 @@ use std::net::TcpStream;
 use std::path::Path;
 use std::time::{Duration, Instant};
 
-use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+use crate::support::process::{Offline, Proc, bin, endpoint_id, free_tcp_port, free_udp_port};
 use crate::support::{OTHER_TOKEN, TOKEN};
 
 const LONG: Duration = Duration::from_secs(30);
@@ -45,35 +45,25 @@ impl Setup {
         self.dir.path().join(name).to_str().unwrap().to_string()
     }
 
+    /// The server (its key and tokens in the setup's directory) on 127.0.0.1:`bind_port`,
+    /// with the setup's relay and `extra` flags.
+    fn server_with(&self, bind_port: u16, extra: &[&str]) -> Offline {
+        Offline::server(Path::new(&self.path("tokens.txt")), bind_port)
+            .relay(&self.relay_url)
+            .args(&["--secret-file", &self.path("server.key")])
+            .args(extra)
+    }
+
     fn server(&self, bind_port: u16) -> (Proc, String) {
-        let mut cmd = bin();
-        cmd.args([
-            "server",
-            "--secret-file",
-            &self.path("server.key"),
-            "--relay-url",
-            &self.relay_url,
-        ])
-        .args([
-            "--allowed-tcp",
-            "127.0.0.0/8",
-            "--auth-tokens-file",
-            &self.path("tokens.txt"),
-        ])
-        .args([
-            "--bind",
-            &format!("127.0.0.1:{bind_port}"),
-            "--no-portmap",
-            "--dns-server",
-            "none",
-        ]);
-        let p = Proc::spawn("server", cmd);
-        let id = p
-            .wait_line("EndpointId: ", LONG)
-            .trim_start_matches("EndpointId: ")
-            .to_string();
+        let p = self.server_with(bind_port, &[]).spawn("server");
+        let id = endpoint_id(&p);
         p.wait_line("serving", LONG);
         (p, id)
+    }
+
+    /// A client of server `id`, through the setup's relay, with `extra` flags.
+    fn client_with(&self, id: &str, server_port: u16, token_file: &str) -> Offline {
+        Offline::client(id, server_port, Path::new(&self.path(token_file))).relay(&self.relay_url)
     }
 
     fn client(
@@ -84,54 +74,14 @@ impl Setup {
         source: &str,
         listen: u16,
     ) -> Proc {
-        let mut cmd = bin();
-        cmd.args([
-            "client",
-            "--server-node-id",
-            id,
-            "--relay-url",
-            &self.relay_url,
-        ])
-        .args(["--server-addr", &format!("127.0.0.1:{server_port}")])
-        .args([
-            "--source",
-            source,
-            "--target",
-            &format!("127.0.0.1:{listen}"),
-        ])
-        .args([
-            "--auth-token-file",
-            &self.path(token_file),
-            "--no-portmap",
-            "--dns-server",
-            "none",
-        ]);
-        Proc::spawn("client", cmd)
+        self.client_with(id, server_port, token_file)
+            .forward(source, listen)
+            .spawn("client")
     }
 }
 
 fn echo_server() -> u16 {
-    let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let port = l.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        for s in l.incoming() {
-            let Ok(mut s) = s else { continue };
-            std::thread::spawn(move || {
-                let mut buf = [0u8; 65536];
-                loop {
-                    match s.read(&mut buf) {
-                        Ok(0) | Err(_) => break,
-                        Ok(n) => {
-                            if s.write_all(&buf[..n]).is_err() {
-                                break;
-                            }
-                        }
-                    }
-                }
-            });
-        }
-    });
-    port
+    crate::support::echo::tcp_echo_blocking().port()
 }
 
 /// One request/response through the tunnel; `None` if it failed.
@@ -273,59 +223,14 @@ fn relay_restart_both_sides_recover() {
     let target = echo_server();
     let relay_port = s.relay_url.rsplit(':').next().unwrap().to_string();
     let port = free_udp_port();
-    let mut server = bin();
-    server
-        .args([
-            "server",
-            "--secret-file",
-            &s.path("server.key"),
-            "--relay-url",
-            &s.relay_url,
-            "--relay-only",
-        ])
-        .args([
-            "--allowed-tcp",
-            "127.0.0.0/8",
-            "--auth-tokens-file",
-            &s.path("tokens.txt"),
-        ])
-        .args([
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--no-portmap",
-            "--dns-server",
-            "none",
-        ]);
-    let server = Proc::spawn("server", server);
-    let id = server
-        .wait_line("EndpointId: ", LONG)
-        .trim_start_matches("EndpointId: ")
-        .to_string();
+    let server = s.server_with(port, &["--relay-only"]).spawn("server");
+    let id = endpoint_id(&server);
     let listen = free_tcp_port();
-    let mut client = bin();
-    client
-        .args([
-            "client",
-            "--server-node-id",
-            &id,
-            "--relay-url",
-            &s.relay_url,
-            "--relay-only",
-        ])
-        .args([
-            "--source",
-            &format!("tcp://127.0.0.1:{target}"),
-            "--target",
-            &format!("127.0.0.1:{listen}"),
-        ])
-        .args([
-            "--auth-token-file",
-            &s.path("token.txt"),
-            "--no-portmap",
-            "--dns-server",
-            "none",
-        ]);
-    let mut client = Proc::spawn("client", client);
+    let mut client = s
+        .client_with(&id, port, "token.txt")
+        .args(&["--relay-only"])
+        .forward(&format!("tcp://127.0.0.1:{target}"), listen)
+        .spawn("client");
     client.wait_line("tunnel up", LONG);
     eventually_echo(listen, LONG);
     assert!(

@@ -4,7 +4,7 @@
 use std::io::{Read, Write};
 use std::time::Duration;
 
-use crate::support::process::{Proc, bin, free_tcp_port, free_udp_port};
+use crate::support::process::{Offline, Proc, bin, endpoint_id, free_tcp_port, free_udp_port};
 use crate::support::{OTHER_TOKEN, TOKEN};
 
 fn forbidden_in(output: &str, secrets: &[&str], who: &str) {
@@ -53,59 +53,18 @@ fn no_secret_in_trace_logs() {
         }
     });
     let port = free_udp_port();
-    let mut server = bin();
-    server
+    let server = Offline::server(std::path::Path::new(&p("tokens.txt")), port)
         .env("RUST_LOG", "trace")
-        .args([
-            "server",
-            "-vv",
-            "--secret-file",
-            &p("server.key"),
-            "--auth-tokens-file",
-            &p("tokens.txt"),
-        ])
-        .args([
-            "--relay-url",
-            "none",
-            "--bind",
-            &format!("127.0.0.1:{port}"),
-            "--dns-server",
-            "none",
-            "--no-portmap",
-        ])
-        .args(["--allowed-tcp", "127.0.0.0/8"]);
-    let server = Proc::spawn("server", server);
-    let id = server
-        .wait_line("EndpointId: ", Duration::from_secs(20))
-        .trim_start_matches("EndpointId: ")
-        .to_string();
+        .args(&["-vv", "--secret-file", &p("server.key")])
+        .spawn("server");
+    let id = endpoint_id(&server);
 
     let client = |token_file: &str, listen: u16| {
-        let mut c = bin();
-        c.env("RUST_LOG", "trace")
-            .args([
-                "client",
-                "-vv",
-                "--server-node-id",
-                &id,
-                "--server-addr",
-                &format!("127.0.0.1:{port}"),
-            ])
-            .args([
-                "--relay-url",
-                "none",
-                "--dns-server",
-                "none",
-                "--no-portmap",
-            ])
-            .args([
-                "--source",
-                &format!("tcp://127.0.0.1:{tport}"),
-                "--target",
-                &format!("127.0.0.1:{listen}"),
-            ])
-            .args(["--auth-token-file", token_file]);
-        c
+        Offline::client(&id, port, std::path::Path::new(token_file))
+            .env("RUST_LOG", "trace")
+            .args(&["-vv"])
+            .forward(&format!("tcp://127.0.0.1:{tport}"), listen)
+            .command()
     };
     let listen = free_tcp_port();
     let good = Proc::spawn("client", client(&p("tokens.txt"), listen));

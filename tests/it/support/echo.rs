@@ -35,6 +35,23 @@ pub async fn tcp_echo() -> SocketAddr {
     })
 }
 
+/// [`tcp_echo`] for tests without a runtime: served from a thread of its own for the
+/// rest of the test process.
+pub fn tcp_echo_blocking() -> SocketAddr {
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let _ = tx.send(tcp_echo().await);
+            std::future::pending::<()>().await
+        });
+    });
+    rx.recv().unwrap()
+}
+
 /// Reads to EOF, then answers with a reply that names how much it read: proves that
 /// a half-closed client still gets the whole answer.
 pub async fn tcp_count_then_reply() -> SocketAddr {

@@ -207,3 +207,86 @@ pub fn free_tcp_port() -> u16 {
         .unwrap()
         .port()
 }
+
+/// The real binary as a server or client on loopback that needs nothing outside the
+/// machine: no relay (unless [`Offline::relay`] names one), no DNS discovery, no port
+/// mapping. The one place for the flags every process test would otherwise repeat.
+pub struct Offline {
+    cmd: Command,
+    relay: String,
+}
+
+impl Offline {
+    /// `porthole server` on UDP 127.0.0.1:`port`, accepting the tokens in `tokens`,
+    /// allowing TCP to loopback.
+    pub fn server(tokens: &std::path::Path, port: u16) -> Self {
+        let mut cmd = bin();
+        cmd.args(["server", "--auth-tokens-file"])
+            .arg(tokens)
+            .args(["--bind", &format!("127.0.0.1:{port}")])
+            .args(["--allowed-tcp", "127.0.0.0/8"]);
+        Self::with_offline_flags(cmd)
+    }
+
+    /// `porthole client` reaching server `id` at 127.0.0.1:`port` with the token in
+    /// `token`.
+    pub fn client(id: &str, port: u16, token: &std::path::Path) -> Self {
+        let mut cmd = bin();
+        cmd.args(["client", "--server-node-id", id])
+            .args(["--server-addr", &format!("127.0.0.1:{port}")])
+            .arg("--auth-token-file")
+            .arg(token);
+        Self::with_offline_flags(cmd)
+    }
+
+    fn with_offline_flags(mut cmd: Command) -> Self {
+        cmd.args(["--dns-server", "none", "--no-portmap"]);
+        Self {
+            cmd,
+            relay: "none".into(),
+        }
+    }
+
+    /// Through this relay instead of none.
+    pub fn relay(mut self, url: &str) -> Self {
+        self.relay = url.to_string();
+        self
+    }
+
+    /// A client's forward: `source` on the server's side, listened for on 127.0.0.1:`listen`.
+    pub fn forward(self, source: &str, listen: u16) -> Self {
+        self.args(&[
+            "--source",
+            source,
+            "--target",
+            &format!("127.0.0.1:{listen}"),
+        ])
+    }
+
+    pub fn args(mut self, args: &[&str]) -> Self {
+        self.cmd.args(args);
+        self
+    }
+
+    pub fn env(mut self, key: &str, value: &str) -> Self {
+        self.cmd.env(key, value);
+        self
+    }
+
+    pub fn command(mut self) -> Command {
+        self.cmd.args(["--relay-url", &self.relay]);
+        self.cmd
+    }
+
+    pub fn spawn(self, name: &str) -> Proc {
+        Proc::spawn(name, self.command())
+    }
+}
+
+/// A server's EndpointId, from its `EndpointId: ` line.
+pub fn endpoint_id(server: &Proc) -> String {
+    server
+        .wait_line("EndpointId: ", Duration::from_secs(20))
+        .trim_start_matches("EndpointId: ")
+        .to_string()
+}
