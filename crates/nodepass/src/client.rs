@@ -15,6 +15,7 @@ use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
 use crate::relay::{self, Dialer, Limits};
 use crate::stream::PoolStream;
+use crate::tasks::Tasks;
 use crate::wire::http::{self, Reply};
 use crate::wire::url::{NodepassUrl, TlsMode};
 use crate::wire::{CONTROL_ID, PoolId, fingerprint, id_hex};
@@ -90,28 +91,26 @@ async fn single_end(
     );
     let dialer = Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy));
     let limits = Arc::new(Limits::from_params(p));
+    let tasks = Tasks::new(&shutdown);
     if !p.noudp
         && let Ok(u) = UdpSocket::bind(url.tunnel.listen()).await
     {
         porthole_engine::udp::size_socket(&u);
-        tokio::spawn(single_end_udp(
-            Arc::new(u),
-            dialer.clone(),
-            shutdown.clone(),
-        ));
+        tasks.spawn(single_end_udp(Arc::new(u), dialer.clone(), tasks.clone()));
     }
     if p.notcp {
         shutdown.cancelled().await;
+        tasks.finish().await;
         return Ok(());
     }
     loop {
         let (user, from) = tokio::select! {
-            _ = shutdown.cancelled() => return Ok(()),
+            _ = shutdown.cancelled() => break,
             a = listener.accept() => match a { Ok(x) => x, Err(_) => continue },
         };
         let dialer = dialer.clone();
         let limits = limits.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             match dialer.tcp().await {
                 Ok((target, _)) => {
                     relay::splice(user, target, &limits).await;
@@ -120,16 +119,18 @@ async fn single_end(
             }
         });
     }
+    tasks.finish().await;
+    Ok(())
 }
 
-async fn single_end_udp(socket: Arc<UdpSocket>, dialer: Arc<Dialer>, shutdown: CancellationToken) {
+/// Ends with its [`Tasks`] (spawned there).
+async fn single_end_udp(socket: Arc<UdpSocket>, dialer: Arc<Dialer>, tasks: Tasks) {
     use std::collections::HashMap;
     let mut sessions: HashMap<std::net::SocketAddr, Arc<UdpSocket>> = HashMap::new();
     let mut buf = vec![0u8; 65536];
     loop {
-        let (n, from) = tokio::select! {
-            _ = shutdown.cancelled() => return,
-            r = socket.recv_from(&mut buf) => match r { Ok(x) => x, Err(_) => continue },
+        let Ok((n, from)) = socket.recv_from(&mut buf).await else {
+            continue;
         };
         let target = match sessions.get(&from) {
             Some(t) => t.clone(),
@@ -138,7 +139,7 @@ async fn single_end_udp(socket: Arc<UdpSocket>, dialer: Arc<Dialer>, shutdown: C
                 let t = Arc::new(t);
                 sessions.insert(from, t.clone());
                 let (back, sock) = (t.clone(), socket.clone());
-                tokio::spawn(async move {
+                tasks.spawn(async move {
                     let mut b = vec![0u8; 65536];
                     while let Ok(Ok(n)) =
                         tokio::time::timeout(relay::UDP_IDLE, back.recv(&mut b)).await
@@ -164,6 +165,7 @@ async fn dual_end(
     let dialer = Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy));
     let (tunnels_tx, tunnels_rx) = watch::channel::<Option<Arc<TunnelHandle>>>(None);
     let user_cancel = shutdown.child_token();
+    let tasks = Tasks::new(&shutdown);
     let mut user_side_bound = false;
     let result = loop {
         let reply = tokio::select! {
@@ -182,18 +184,20 @@ async fn dual_end(
                 .await
                 .map_err(|e| ClientError::Bind(url.targets[0].listen(), e))?;
             if let Some(l) = tcp {
-                tokio::spawn(relay::accept_tcp(
+                tasks.spawn(relay::accept_tcp(
                     l,
                     tunnels_rx.clone(),
                     limits.clone(),
                     user_cancel.clone(),
+                    tasks.clone(),
                 ));
             }
             if let Some(u) = udp {
-                tokio::spawn(relay::accept_udp(
+                tasks.spawn(relay::accept_udp(
                     u,
                     tunnels_rx.clone(),
                     user_cancel.clone(),
+                    tasks.clone(),
                 ));
             }
             user_side_bound = true;
@@ -237,6 +241,7 @@ async fn dual_end(
                     dialer: Some(dialer.clone()),
                     limits: limits.clone(),
                     verify_after: opts.verify_after,
+                    tasks: tasks.clone(),
                 };
                 control::run(conn, ctx, &tunnels_tx, &shutdown).await
             }
@@ -258,6 +263,7 @@ async fn dual_end(
         }
     };
     user_cancel.cancel();
+    tasks.finish().await;
     result
 }
 

@@ -13,6 +13,7 @@ use tracing::{debug, info, warn};
 
 use crate::pool::{Pool, PoolConn};
 use crate::relay::{self, Dialer, Limits};
+use crate::tasks::Tasks;
 pub use crate::tunnel::TunnelHandle;
 use crate::wire::signal::{MAX_LINE, Signal};
 use crate::wire::url::TlsMode;
@@ -36,6 +37,8 @@ pub struct ControlCtx {
     pub limits: Arc<Limits>,
     /// When to send our own `verify` (tls=1): 5-10 s after the channel is up.
     pub verify_after: Duration,
+    /// Where launches and verify checks run (ended and awaited at shutdown).
+    pub tasks: Tasks,
 }
 
 /// Why the control channel ended.
@@ -90,7 +93,7 @@ pub async fn run(
         let tx = tx.clone();
         let own = ctx.own_fp.clone();
         let delay = ctx.verify_after;
-        tokio::spawn(async move {
+        ctx.tasks.spawn(async move {
             tokio::time::sleep(delay).await;
             loop {
                 if let Some(c) = pool.take_newest() {
@@ -170,7 +173,7 @@ pub async fn run(
                 let limits = ctx.limits.clone();
                 let errors_handle = handle.clone();
                 let udp = kind == "udp";
-                tokio::spawn(async move {
+                ctx.tasks.spawn(async move {
                     let Some(conn) = pool.wait_take(id, LOOKUP_WAIT).await else {
                         errors_handle.errors.fetch_add(1, Ordering::Relaxed);
                         warn!("launch for unknown pool connection {}", id_hex(id));
@@ -193,7 +196,7 @@ pub async fn run(
                 let tls = ctx.tls;
                 let verified_tx = verified_tx.clone();
                 let end_tx = end_tx.clone();
-                tokio::spawn(async move {
+                ctx.tasks.spawn(async move {
                     let conn = pool.wait_take(id, LOOKUP_WAIT).await;
                     // tls=2 peers (v1.14) send an empty fingerprint: skip the check there.
                     if tls != TlsMode::SelfSigned {

@@ -8,6 +8,7 @@
 //! - [`control`]: the control channel shared by both roles: signals, liveness, verify.
 //! - [`tunnel`]: the running tunnel as the users' side sees it (launching a session).
 //! - [`relay`]: user sessions over pool connections (TCP, UDP), targets, limits.
+//! - [`tasks`]: every task a tunnel starts, ended and awaited at shutdown.
 
 pub mod client;
 pub mod control;
@@ -15,6 +16,7 @@ pub mod pool;
 pub mod relay;
 pub mod server;
 pub mod stream;
+pub mod tasks;
 pub mod tls;
 pub mod tunnel;
 pub mod wire;

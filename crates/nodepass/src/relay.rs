@@ -16,6 +16,7 @@ use tracing::{debug, info, warn};
 
 use crate::pool::PoolConn;
 use crate::stream::DatagramStream;
+use crate::tasks::Tasks;
 use crate::tunnel::TunnelHandle;
 use crate::wire::proxy;
 use crate::wire::url::{HostPort, Params};
@@ -311,6 +312,7 @@ pub async fn accept_tcp(
     tunnels: Tunnels,
     limits: Arc<Limits>,
     cancel: CancellationToken,
+    tasks: Tasks,
 ) {
     loop {
         let (user, from) = tokio::select! {
@@ -323,7 +325,7 @@ pub async fn accept_tcp(
         let _ = user.set_nodelay(true);
         let tunnel = tunnels.borrow().clone();
         let limits = limits.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             let Some(tunnel) = tunnel else {
                 debug!("no tunnel: closing user connection from {from}");
                 return;
@@ -348,7 +350,12 @@ pub async fn accept_tcp(
 }
 
 /// Accepting side, UDP: one pool connection per user address.
-pub async fn accept_udp(socket: Arc<UdpSocket>, tunnels: Tunnels, cancel: CancellationToken) {
+pub async fn accept_udp(
+    socket: Arc<UdpSocket>,
+    tunnels: Tunnels,
+    cancel: CancellationToken,
+    tasks: Tasks,
+) {
     let sessions: Arc<Mutex<HashMap<SocketAddr, mpsc::Sender<Vec<u8>>>>> = Arc::default();
     let mut buf = vec![0u8; 65536];
     loop {
@@ -383,7 +390,7 @@ pub async fn accept_udp(socket: Arc<UdpSocket>, tunnels: Tunnels, cancel: Cancel
             .insert(from, tx);
         let socket = socket.clone();
         let sessions = sessions.clone();
-        tokio::spawn(async move {
+        tasks.spawn(async move {
             if let Some(conn) = tunnel.launch("udp", from).await {
                 udp_session(conn, socket, from, rx).await;
             }

@@ -15,6 +15,7 @@ use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
 use crate::relay::{self, Dialer, Limits};
 use crate::stream::PoolStream;
+use crate::tasks::Tasks;
 use crate::tls::ServerTls;
 use crate::wire::http::{self, Reply, Verdict};
 use crate::wire::url::{NodepassUrl, TlsMode};
@@ -100,20 +101,23 @@ pub async fn run(
     let limits = Arc::new(Limits::from_params(p));
     let (tunnels_tx, tunnels_rx) = watch::channel::<Option<Arc<TunnelHandle>>>(None);
     let user_cancel = shutdown.child_token();
+    let tasks = Tasks::new(&shutdown);
     if let Some((tcp, udp)) = user_side {
         if let Some(l) = tcp {
-            tokio::spawn(relay::accept_tcp(
+            tasks.spawn(relay::accept_tcp(
                 l,
                 tunnels_rx.clone(),
                 limits.clone(),
                 user_cancel.clone(),
+                tasks.clone(),
             ));
         }
         if let Some(u) = udp {
-            tokio::spawn(relay::accept_udp(
+            tasks.spawn(relay::accept_udp(
                 u,
                 tunnels_rx.clone(),
                 user_cancel.clone(),
+                tasks.clone(),
             ));
         }
     }
@@ -140,6 +144,7 @@ pub async fn run(
             tls: tls.clone(),
             max: p.max,
             pool: pool.clone(),
+            tasks: tasks.clone(),
         };
         let ctx = ControlCtx {
             key: key.clone(),
@@ -150,6 +155,7 @@ pub async fn run(
             dialer: dialer.clone(),
             limits: limits.clone(),
             verify_after: opts.verify_after,
+            tasks: tasks.clone(),
         };
         let (end, next) = session.run(ctx, &tunnels_tx, &shutdown).await;
         pool.clear();
@@ -172,6 +178,7 @@ pub async fn run(
         }
     }
     user_cancel.cancel();
+    tasks.finish().await;
     Ok(())
 }
 
@@ -261,6 +268,7 @@ struct TunnelSession<'a> {
     tls: Option<ServerTls>,
     max: usize,
     pool: Arc<Pool>,
+    tasks: Tasks,
 }
 
 impl TunnelSession<'_> {
@@ -310,7 +318,7 @@ impl TunnelSession<'_> {
                 let max = self.max;
                 let control = if is_first { control_tx.take() } else { None };
                 let rehandshake = rehandshake_tx.clone();
-                tokio::spawn(async move {
+                self.tasks.spawn(async move {
                     match admit(stream, id, tls, &pool, max).await {
                         Admitted::Conn(conn) => match control {
                             Some(tx) => {

@@ -152,3 +152,39 @@ fn binary_config_and_url() {
     // The URL holding the key never shows up in the logs.
     assert!(!client.output().contains("s3cret") && !server.output().contains("s3cret"));
 }
+
+/// Shutdown ends every session and waits for it: once `run` has returned on both ends,
+/// nothing of theirs still relays, so an open user connection is closed, not left
+/// carrying bytes for a tunnel that is gone (sessions used to be detached tasks).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn shutdown_ends_open_sessions_before_run_returns() {
+    for forward in [false, true] {
+        let p = pair(forward, 0).await;
+        eventually_tcp(p.user, Duration::from_secs(20)).await;
+        let mut user = TcpStream::connect(p.user).await.unwrap();
+        user.write_all(b"ping").await.unwrap();
+        let mut buf = [0u8; 4];
+        tokio::time::timeout(Duration::from_secs(5), user.read_exact(&mut buf))
+            .await
+            .expect("no echo through the tunnel")
+            .unwrap();
+        assert_eq!(&buf, b"ping");
+
+        p.shutdown.cancel();
+        for end in [p.server, p.client] {
+            tokio::time::timeout(Duration::from_secs(10), end)
+                .await
+                .expect("run did not return after shutdown")
+                .unwrap();
+        }
+        // Both ends have returned: the session must already be gone.
+        let _ = user.write_all(b"more").await;
+        let mut rest = Vec::new();
+        let read = tokio::time::timeout(Duration::from_secs(1), user.read_to_end(&mut rest)).await;
+        assert!(
+            read.is_ok(),
+            "flow {}: the user connection is still open after both ends returned",
+            if forward { "forward" } else { "reverse" }
+        );
+    }
+}
