@@ -89,7 +89,7 @@ pub struct NodepassArgs {
 pub enum Mode {
     /// iroh: hole punching, relay fallback, discovery (default).
     Iroh,
-    /// Plain QUIC + STUN with copy-paste signaling (no iroh infrastructure).
+    /// Plain QUIC + STUN with a copy-paste offer and answer (no iroh infrastructure).
     Manual,
     /// NodePass v1.14 compatible TLS pool (direct links).
     Nodepass,
@@ -177,7 +177,7 @@ pub struct DirectPathArgs {
     pub pin: Vec<porthole_engine::direct_paths::AddrRule>,
 }
 
-/// Settings of manual mode (plain QUIC + STUN, copy-paste signaling).
+/// Settings of manual mode (plain QUIC + STUN, copy-paste offer and answer).
 #[derive(Debug, Args, Default)]
 #[command(next_help_heading = "Manual mode (--mode manual)")]
 pub struct ManualArgs {

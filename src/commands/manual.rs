@@ -8,7 +8,7 @@ use std::time::Duration;
 use anyhow::{Context, Result, bail};
 use porthole_engine::client::Client;
 use porthole_engine::quic_params::QuicParams;
-use porthole_proto::signal::{Signal, SignalKind};
+use porthole_proto::blob::{Blob, BlobKind};
 use porthole_quic::session::now_unix;
 use porthole_quic::{ManualOptions, PreparedClient, PreparedServer};
 use tokio::io::{AsyncBufReadExt, BufReader};
@@ -21,7 +21,7 @@ use crate::secrets;
 pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
     let opts = options(&s.manual, &s.quic).await;
     let offer = tokio::select! {
-        o = read_blob(SignalKind::Offer, s.manual.offer_file.as_deref()) => o?,
+        o = read_blob(BlobKind::Offer, s.manual.offer_file.as_deref()) => o?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     info!(nat = %offer.nat, "offer received with {} candidate(s)", offer.candidates.len());
@@ -53,7 +53,7 @@ pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Resul
         "server",
     )?;
     let answer = tokio::select! {
-        a = read_blob(SignalKind::Answer, s.manual.answer_file.as_deref()) => a?,
+        a = read_blob(BlobKind::Answer, s.manual.answer_file.as_deref()) => a?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     let connector = tokio::select! {
@@ -118,10 +118,10 @@ fn write_blob(text: &str, file: Option<&Path>, what: &str, peer: &str) -> Result
 }
 
 /// Reads a blob from a file (waiting for it to appear) or from stdin (pasted).
-async fn read_blob(kind: SignalKind, file: Option<&Path>) -> Result<Signal> {
+async fn read_blob(kind: BlobKind, file: Option<&Path>) -> Result<Blob> {
     let label = match kind {
-        SignalKind::Offer => "offer",
-        SignalKind::Answer => "answer",
+        BlobKind::Offer => "offer",
+        BlobKind::Answer => "answer",
     };
     if let Some(path) = file {
         info!("waiting for the {label} in {}", path.display());
@@ -129,7 +129,7 @@ async fn read_blob(kind: SignalKind, file: Option<&Path>) -> Result<Signal> {
             if let Ok(text) = tokio::fs::read_to_string(path).await
                 && text.contains(&format!("-----END PORTHOLE {}-----", label.to_uppercase()))
             {
-                return Signal::decode(&text, kind, now_unix())
+                return Blob::decode(&text, kind, now_unix())
                     .with_context(|| format!("{}", path.display()));
             }
             tokio::time::sleep(Duration::from_millis(200)).await;
@@ -143,7 +143,7 @@ async fn read_blob(kind: SignalKind, file: Option<&Path>) -> Result<Signal> {
         text.push_str(&line);
         text.push('\n');
         if line.trim().trim_start_matches('>').trim() == end {
-            match Signal::decode(&text, kind, now_unix()) {
+            match Blob::decode(&text, kind, now_unix()) {
                 Ok(s) => return Ok(s),
                 Err(e) => {
                     eprintln!("that {label} is not usable: {e}\n---- paste it again ----");

@@ -7,7 +7,7 @@ use porthole_engine::auth::TokenSet;
 use porthole_engine::client::{Client, ClientConfig, ForwardSpec, Status};
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::server::ServerConfig;
-use porthole_proto::signal::{NatKind, Signal, SignalKind};
+use porthole_proto::blob::{Blob, BlobKind, NatKind};
 use porthole_quic::session::now_unix;
 use porthole_quic::{ManualOptions, PreparedClient, PreparedServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -65,12 +65,12 @@ async fn manual_tunnel_tcp_and_udp_over_loopback() {
     );
 
     // Server: reads the offer text, answers.
-    let offer = Signal::decode(&offer_text, SignalKind::Offer, now_unix()).unwrap();
+    let offer = Blob::decode(&offer_text, BlobKind::Offer, now_unix()).unwrap();
     let prepared_server = PreparedServer::new(opts(stun.addrs().to_vec()), offer)
         .await
         .unwrap();
     let answer_text = prepared_server.answer().encode().unwrap();
-    let answer = Signal::decode(&answer_text, SignalKind::Answer, now_unix()).unwrap();
+    let answer = Blob::decode(&answer_text, BlobKind::Answer, now_unix()).unwrap();
 
     // Both punch at once.
     let (acceptor, connector) =

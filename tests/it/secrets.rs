@@ -110,7 +110,7 @@ fn nodepass_key_stays_out_of_trace_logs() {
     client.wait_line("control channel up", Duration::from_secs(15));
     server.wait_line("control channel up", Duration::from_secs(5));
     std::thread::sleep(Duration::from_millis(500));
-    let token = porthole_nodepass::wire::token::bearer_token(key);
+    let token = porthole_nodepass::wire::key::bearer(key);
     forbidden_in(&server.output(), &[key, &token], "nodepass server");
     forbidden_in(&client.output(), &[key, &token], "nodepass client");
 }

@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
+use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
-use crate::relay::{self, Dialer, Limits};
+use crate::session::{self, Dialer, Limits};
 use crate::stream::PoolStream;
 use crate::tasks::Tasks;
 use crate::wire::http::{self, Reply};
@@ -113,7 +113,7 @@ async fn single_end(
         tasks.spawn(async move {
             match dialer.tcp().await {
                 Ok((target, _)) => {
-                    relay::splice(user, target, &limits).await;
+                    session::splice(user, target, &limits).await;
                 }
                 Err(e) => warn!("{from}: target unreachable: {e}"),
             }
@@ -142,7 +142,7 @@ async fn single_end_udp(socket: Arc<UdpSocket>, dialer: Arc<Dialer>, tasks: Task
                 tasks.spawn(async move {
                     let mut b = vec![0u8; 65536];
                     while let Ok(Ok(n)) =
-                        tokio::time::timeout(relay::UDP_IDLE, back.recv(&mut b)).await
+                        tokio::time::timeout(session::UDP_IDLE, back.recv(&mut b)).await
                     {
                         let _ = sock.send_to(&b[..n], from).await;
                     }
@@ -180,11 +180,11 @@ async fn dual_end(
         info!(flow = %reply.flow, max = reply.max, tls = %reply.tls, "handshake accepted");
         // Forward flow: we accept the users, on our first target.
         if forward && !user_side_bound {
-            let (tcp, udp) = relay::bind_user_side(&url.targets[0], p.notcp, p.noudp)
+            let (tcp, udp) = session::bind_user_side(&url.targets[0], p.notcp, p.noudp)
                 .await
                 .map_err(|e| ClientError::Bind(url.targets[0].listen(), e))?;
             if let Some(l) = tcp {
-                tasks.spawn(relay::accept_tcp(
+                tasks.spawn(session::accept_tcp(
                     l,
                     tunnels_rx.clone(),
                     limits.clone(),
@@ -193,7 +193,7 @@ async fn dual_end(
                 ));
             }
             if let Some(u) = udp {
-                tasks.spawn(relay::accept_udp(
+                tasks.spawn(session::accept_udp(
                     u,
                     tunnels_rx.clone(),
                     user_cancel.clone(),
@@ -232,7 +232,7 @@ async fn dual_end(
         let end = match tokio::time::timeout(Duration::from_secs(5), control_rx).await {
             Ok(Ok(conn)) => {
                 info!("control channel up");
-                let ctx = ControlCtx {
+                let ctx = ChannelCtx {
                     key: key.clone(),
                     tls,
                     own_fp: None,
@@ -243,14 +243,14 @@ async fn dual_end(
                     verify_after: opts.verify_after,
                     tasks: tasks.clone(),
                 };
-                control::run(conn, ctx, &tunnels_tx, &shutdown).await
+                channel::run(conn, ctx, &tunnels_tx, &shutdown).await
             }
-            _ => ControlEnd::Error("no control channel within 5 s".into()),
+            _ => ChannelEnd::Error("no control channel within 5 s".into()),
         };
         tunnel_cancel.cancel();
         filler.abort();
         pool.clear();
-        if matches!(end, ControlEnd::Shutdown) {
+        if matches!(end, ChannelEnd::Shutdown) {
             break Ok(());
         }
         warn!(

@@ -4,17 +4,18 @@
 //! - [`wire`]: the protocol as data (no I/O), tested on the documented byte examples.
 //! - [`tls`]: tls=0/1/2 server and client configurations.
 //! - [`pool`]: the idle pool connections, by ID.
-//! - [`server`] / [`client`]: the two roles (handshake, pool, control channel).
-//! - [`control`]: the control channel shared by both roles: signals, liveness, verify.
+//! - [`server`] / [`client`]: the two roles (handshake, pool, signal channel).
+//! - [`channel`]: the signal channel (NodePass's "control channel", pool connection 0)
+//!   shared by both roles: signals, liveness, verify.
 //! - [`tunnel`]: the running tunnel as the users' side sees it (launching a session).
-//! - [`relay`]: user sessions over pool connections (TCP, UDP), targets, limits.
+//! - [`session`]: user sessions over pool connections (TCP, UDP), targets, limits.
 //! - [`tasks`]: every task a tunnel starts, ended and awaited at shutdown.
 
+pub mod channel;
 pub mod client;
-pub mod control;
 pub mod pool;
-pub mod relay;
 pub mod server;
+pub mod session;
 pub mod stream;
 pub mod tasks;
 pub mod tls;

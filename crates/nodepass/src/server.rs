@@ -11,9 +11,9 @@ use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
-use crate::control::{self, ControlCtx, ControlEnd, TunnelHandle};
+use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
-use crate::relay::{self, Dialer, Limits};
+use crate::session::{self, Dialer, Limits};
 use crate::stream::PoolStream;
 use crate::tasks::Tasks;
 use crate::tls::ServerTls;
@@ -83,11 +83,11 @@ pub async fn run(
     let user_side = match p.mode {
         2 => None,
         1 => Some(
-            relay::bind_user_side(target, p.notcp, p.noudp)
+            session::bind_user_side(target, p.notcp, p.noudp)
                 .await
                 .map_err(ServerError::Target)?,
         ),
-        _ => relay::bind_user_side(target, p.notcp, p.noudp).await.ok(),
+        _ => session::bind_user_side(target, p.notcp, p.noudp).await.ok(),
     };
     let reverse = user_side.is_some();
     info!(
@@ -104,7 +104,7 @@ pub async fn run(
     let tasks = Tasks::new(&shutdown);
     if let Some((tcp, udp)) = user_side {
         if let Some(l) = tcp {
-            tasks.spawn(relay::accept_tcp(
+            tasks.spawn(session::accept_tcp(
                 l,
                 tunnels_rx.clone(),
                 limits.clone(),
@@ -113,7 +113,7 @@ pub async fn run(
             ));
         }
         if let Some(u) = udp {
-            tasks.spawn(relay::accept_udp(
+            tasks.spawn(session::accept_udp(
                 u,
                 tunnels_rx.clone(),
                 user_cancel.clone(),
@@ -146,7 +146,7 @@ pub async fn run(
             pool: pool.clone(),
             tasks: tasks.clone(),
         };
-        let ctx = ControlCtx {
+        let ctx = ChannelCtx {
             key: key.clone(),
             tls: p.tls,
             own_fp: tls.as_ref().map(|t| t.fingerprint.clone()),
@@ -160,8 +160,8 @@ pub async fn run(
         let (end, next) = session.run(ctx, &tunnels_tx, &shutdown).await;
         pool.clear();
         match end {
-            ControlEnd::Shutdown => break,
-            ControlEnd::Eof if next.is_some() => {
+            ChannelEnd::Shutdown => break,
+            ChannelEnd::Eof if next.is_some() => {
                 info!("the client started a new handshake: restarting the tunnel")
             }
             e => warn!(
@@ -276,10 +276,10 @@ impl TunnelSession<'_> {
     /// if the client started over, its new handshake connection.
     async fn run(
         &self,
-        ctx: ControlCtx,
+        ctx: ChannelCtx,
         tunnels: &watch::Sender<Option<Arc<TunnelHandle>>>,
         shutdown: &CancellationToken,
-    ) -> (ControlEnd, Option<TcpStream>) {
+    ) -> (ChannelEnd, Option<TcpStream>) {
         let (control_tx, control_rx) = tokio::sync::oneshot::channel::<PoolConn>();
         let mut control_tx = Some(control_tx);
         let (rehandshake_tx, mut rehandshake_rx) = tokio::sync::mpsc::channel::<TcpStream>(1);
@@ -337,24 +337,24 @@ impl TunnelSession<'_> {
         let control = async {
             let conn = match tokio::time::timeout(Duration::from_secs(5), control_rx).await {
                 Ok(Ok(c)) => c,
-                _ => return ControlEnd::Error("no control connection within 5 s".into()),
+                _ => return ChannelEnd::Error("no control connection within 5 s".into()),
             };
             info!("control channel up");
-            control::run(conn, ctx, tunnels, &tunnel_cancel).await
+            channel::run(conn, ctx, tunnels, &tunnel_cancel).await
         };
         tokio::select! {
             _ = accept => unreachable_end(),
             end = control => (end, None),
             s = rehandshake_rx.recv() => {
                 tunnel_cancel.cancel();
-                (ControlEnd::Eof, s)
+                (ChannelEnd::Eof, s)
             }
         }
     }
 }
 
-fn unreachable_end() -> (ControlEnd, Option<TcpStream>) {
-    (ControlEnd::Error("accept loop ended".into()), None)
+fn unreachable_end() -> (ChannelEnd, Option<TcpStream>) {
+    (ChannelEnd::Error("accept loop ended".into()), None)
 }
 
 /// How long a new tunnel-port connection may take to show a restarted client's `GET`.

@@ -1,8 +1,8 @@
-//! The running tunnel as its users' side sees it: what `relay` needs to start a session
-//! (an idle pool connection, announced to the peer over the control connection), made by
-//! `control` for each tunnel it runs. Its own module so that `control` (which dials
-//! sessions through `relay`) and `relay` (which launches them here) do not import each
-//! other.
+//! The running tunnel as its users' side sees it: what `session` needs to start one
+//! (an idle pool connection, announced to the peer over the signal channel), made by
+//! `channel` for each tunnel it runs. Its own module so that `channel` (which dials
+//! sessions through `session`) and `session` (which launches them here) do not import
+//! each other.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -58,7 +58,7 @@ impl TunnelHandle {
 }
 
 impl TunnelHandle {
-    /// `signals` goes to the control connection's writer; `verified` turns true once
+    /// `signals` goes to the signal channel's writer; `verified` turns true once
     /// the peer's fingerprint was checked (at once where nothing needs checking).
     pub(crate) fn new(
         pool: Arc<Pool>,

@@ -72,11 +72,8 @@ pub fn texts(data: &[u8]) {
             Some(src)
         );
     }
-    for kind in [
-        crate::signal::SignalKind::Offer,
-        crate::signal::SignalKind::Answer,
-    ] {
-        let _ = crate::signal::Signal::decode(s, kind, 0);
+    for kind in [crate::blob::BlobKind::Offer, crate::blob::BlobKind::Answer] {
+        let _ = crate::blob::Blob::decode(s, kind, 0);
     }
-    let _ = crate::punch::Probe::decode(data, &[0; 16]);
+    let _ = crate::probe::Probe::decode(data, &[0; 16]);
 }

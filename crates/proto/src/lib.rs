@@ -13,8 +13,9 @@
 //!   [`datagram::Receiver`] both ends' receive loops drive (bytes and time in, a flow's
 //!   payload or a typed drop reason out).
 //! - [`close`]: application close and stream error codes.
-//! - [`signal`] and [`punch`]: manual mode's copy-paste offer/answer and hole-punching probes.
+//! - [`blob`] and [`probe`]: manual mode's copy-paste offer/answer blobs and hole-punching probes.
 
+pub mod blob;
 pub mod close;
 pub mod datagram;
 #[doc(hidden)]
@@ -22,8 +23,7 @@ pub mod exercise;
 pub mod frame;
 pub mod key;
 pub mod message;
-pub mod punch;
-pub mod signal;
+pub mod probe;
 pub mod source;
 pub mod ticket;
 pub mod token;

@@ -4,7 +4,7 @@ use std::net::{IpAddr, SocketAddr};
 use std::time::Duration;
 
 use porthole_engine::direct_paths::{PathGuard, PathRules};
-use porthole_proto::signal::{Candidate, CandidateKind, MAX_CANDIDATES, NatKind};
+use porthole_proto::blob::{Candidate, CandidateKind, MAX_CANDIDATES, NatKind};
 use tokio::net::UdpSocket;
 use tracing::{info, warn};
 

@@ -17,8 +17,8 @@ use std::net::{IpAddr, SocketAddr};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use porthole_proto::punch::{Probe, ProbeType};
-use porthole_proto::signal::{Candidate, CandidateKind, NatKind};
+use porthole_proto::blob::{Candidate, CandidateKind, NatKind};
+use porthole_proto::probe::{Probe, ProbeType};
 use tokio::net::UdpSocket;
 use tokio::sync::mpsc;
 use tokio::task::JoinSet;

@@ -14,7 +14,7 @@ use std::time::{Duration, SystemTime, UNIX_EPOCH};
 use porthole_engine::direct_paths::{PathGuard, PathRules};
 use porthole_engine::quic_params::QuicParams;
 use porthole_engine::transport::{Acceptor, Connector};
-use porthole_proto::signal::{NatKind, Signal, SignalError, SignalKind};
+use porthole_proto::blob::{Blob, BlobError, BlobKind, NatKind};
 use tokio::net::UdpSocket;
 use tracing::{debug, info};
 
@@ -60,7 +60,7 @@ pub enum ManualError {
     #[error(transparent)]
     Tls(#[from] TlsError),
     #[error(transparent)]
-    Signal(#[from] SignalError),
+    Blob(#[from] BlobError),
     #[error(
         "this answer belongs to another offer (session mismatch): use the answer the server printed for this client's offer"
     )]
@@ -103,7 +103,7 @@ fn punch_plan(
     opts: &ManualOptions,
     session: [u8; 16],
     local_nat: NatKind,
-    remote: &Signal,
+    remote: &Blob,
 ) -> PunchPlan {
     // The peer's candidates that do not route through a tunnel (or the rules) only: a
     // path through porthole's own forward would carry the tunnel inside itself.
@@ -135,7 +135,7 @@ pub struct PreparedClient {
     opts: ManualOptions,
     socket: UdpSocket,
     identity: Identity,
-    offer: Signal,
+    offer: Blob,
 }
 
 impl PreparedClient {
@@ -143,8 +143,8 @@ impl PreparedClient {
         let socket = bind(opts.bind).await?;
         let identity = Identity::generate()?;
         let (candidates, nat) = gather::gather(&socket, &opts.stun, &opts.direct_paths).await;
-        let offer = Signal {
-            kind: SignalKind::Offer,
+        let offer = Blob {
+            kind: BlobKind::Offer,
             session_id: random_session()?,
             expires_unix: now_unix() + opts.expiry.as_secs(),
             fingerprint: identity.fingerprint,
@@ -159,12 +159,12 @@ impl PreparedClient {
         })
     }
 
-    pub fn offer(&self) -> &Signal {
+    pub fn offer(&self) -> &Blob {
         &self.offer
     }
 
     /// Punches towards the server described by `answer` and prepares QUIC to it.
-    pub async fn connect(self, answer: Signal) -> Result<ManualConnector, ManualError> {
+    pub async fn connect(self, answer: Blob) -> Result<ManualConnector, ManualError> {
         if answer.session_id != self.offer.session_id {
             return Err(ManualError::SessionMismatch);
         }
@@ -197,17 +197,17 @@ pub struct PreparedServer {
     opts: ManualOptions,
     socket: UdpSocket,
     identity: Identity,
-    offer: Signal,
-    answer: Signal,
+    offer: Blob,
+    answer: Blob,
 }
 
 impl PreparedServer {
-    pub async fn new(opts: ManualOptions, offer: Signal) -> Result<Self, ManualError> {
+    pub async fn new(opts: ManualOptions, offer: Blob) -> Result<Self, ManualError> {
         let socket = bind(opts.bind).await?;
         let identity = Identity::generate()?;
         let (candidates, nat) = gather::gather(&socket, &opts.stun, &opts.direct_paths).await;
-        let answer = Signal {
-            kind: SignalKind::Answer,
+        let answer = Blob {
+            kind: BlobKind::Answer,
             session_id: offer.session_id,
             expires_unix: now_unix() + opts.expiry.as_secs(),
             fingerprint: identity.fingerprint,
@@ -223,7 +223,7 @@ impl PreparedServer {
         })
     }
 
-    pub fn answer(&self) -> &Signal {
+    pub fn answer(&self) -> &Blob {
         &self.answer
     }
 

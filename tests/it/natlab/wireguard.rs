@@ -16,7 +16,7 @@
 use std::process::Command;
 use std::time::Duration;
 
-use porthole_proto::signal::{Signal, SignalKind};
+use porthole_proto::blob::{Blob, BlobKind};
 
 use super::lab::{HOST_B_IP, Impair, LAB_LOCK, Lab, Nat};
 use super::matrix::{iroh_server, start_manual_tunnel, write_secrets};
@@ -330,10 +330,10 @@ fn manual_tunnel_interfaces() {
 
     let now = porthole_quic::session::now_unix();
     let offer = std::fs::read_to_string(lab.path("offer.txt")).unwrap();
-    let offer = Signal::decode(&offer, SignalKind::Offer, now).unwrap();
+    let offer = Blob::decode(&offer, BlobKind::Offer, now).unwrap();
     let answer = std::fs::read_to_string(lab.path("answer.txt")).unwrap();
-    let answer = Signal::decode(&answer, SignalKind::Answer, now).unwrap();
-    let shown = |s: &Signal| {
+    let answer = Blob::decode(&answer, BlobKind::Answer, now).unwrap();
+    let shown = |s: &Blob| {
         s.candidates
             .iter()
             .map(|c| c.addr.ip().to_string())

@@ -34,7 +34,7 @@ async fn fake_client_replays_documented_bytes() {
     tokio::time::sleep(Duration::from_millis(200)).await;
 
     let token = "0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a7";
-    assert_eq!(token::bearer_token("secretkey"), token);
+    assert_eq!(key::bearer("secretkey"), token);
     // Wrong token -> 401, another method -> 405, another path -> 404: the server keeps serving.
     let r = http_exchange(
         addr,

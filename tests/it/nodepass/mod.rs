@@ -12,7 +12,7 @@ use std::time::Duration;
 use porthole_nodepass::client::ClientOptions;
 use porthole_nodepass::server::ServerOptions;
 use porthole_nodepass::wire::signal::Signal;
-use porthole_nodepass::wire::{http, token};
+use porthole_nodepass::wire::{http, key};
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;

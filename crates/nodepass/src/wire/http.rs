@@ -8,7 +8,7 @@
 
 use serde::{Deserialize, Serialize};
 
-use super::token;
+use super::key;
 
 /// Largest request or response head read (everything up to the blank line).
 pub const MAX_HEAD: usize = 8192;
@@ -49,7 +49,7 @@ impl Reply {
 pub fn request(host: &str, key: &str) -> String {
     format!(
         "GET / HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {}\r\n\r\n",
-        token::bearer_token(key)
+        key::bearer(key)
     )
 }
 
@@ -134,7 +134,7 @@ pub fn judge(req: &Request, key: &str) -> Verdict {
         return Verdict::NotFound;
     }
     match &req.bearer {
-        Some(t) if token::token_matches(key, t) => Verdict::Accept,
+        Some(t) if key::bearer_matches(key, t) => Verdict::Accept,
         _ => Verdict::Unauthorized,
     }
 }
@@ -229,7 +229,7 @@ mod tests {
     #[test]
     fn refusals() {
         let r = |s: &str| parse_request(s.as_bytes()).unwrap();
-        let good = token::bearer_token("k");
+        let good = key::bearer("k");
         assert_eq!(
             judge(
                 &r(&format!(

@@ -5,9 +5,9 @@
 #[doc(hidden)]
 pub mod exercise;
 pub mod http;
+pub mod key;
 pub mod proxy;
 pub mod signal;
-pub mod token;
 pub mod url;
 
 /// Pool connection IDs are 4 random bytes, written as 8 lowercase hex digits in signals.

@@ -404,7 +404,7 @@ impl NodepassUrl {
     pub fn key(&self) -> String {
         self.tunnel_key
             .clone()
-            .unwrap_or_else(|| super::token::key_for_port(self.tunnel.port))
+            .unwrap_or_else(|| super::key::key_for_port(self.tunnel.port))
     }
 
     /// The HTTP Host header and TLS server name: `sni`, else the host, or `none` for an IP.

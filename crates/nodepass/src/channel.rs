@@ -1,5 +1,6 @@
-//! The control channel (pool connection `00000000`), shared by both roles: pings,
-//! launches, the tls=1 fingerprint check, flushes, and dead-peer detection.
+//! The signal channel (pool connection `00000000`; NodePass calls it the control channel),
+//! shared by both roles: pings, launches, the tls=1 fingerprint check, flushes, and
+//! dead-peer detection.
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -12,7 +13,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::pool::{Pool, PoolConn};
-use crate::relay::{self, Dialer, Limits};
+use crate::session::{self, Dialer, Limits};
 use crate::tasks::Tasks;
 pub use crate::tunnel::TunnelHandle;
 use crate::wire::signal::{MAX_LINE, Signal};
@@ -26,7 +27,7 @@ pub const DEAD_AFTER: Duration = Duration::from_secs(15);
 pub const LOOKUP_WAIT: Duration = Duration::from_secs(5);
 
 /// Everything the control loop needs.
-pub struct ControlCtx {
+pub struct ChannelCtx {
     pub key: String,
     pub tls: TlsMode,
     /// The server certificate fingerprint as this side knows it (servers: their own).
@@ -43,7 +44,7 @@ pub struct ControlCtx {
 
 /// Why the control channel ended.
 #[derive(Debug)]
-pub enum ControlEnd {
+pub enum ChannelEnd {
     Eof,
     Dead,
     VerifyMismatch,
@@ -55,10 +56,10 @@ pub enum ControlEnd {
 /// (accepting side) while it runs.
 pub async fn run(
     conn: PoolConn,
-    ctx: ControlCtx,
+    ctx: ChannelCtx,
     tunnels: &watch::Sender<Option<Arc<TunnelHandle>>>,
     shutdown: &CancellationToken,
-) -> ControlEnd {
+) -> ChannelEnd {
     let control_fp = conn.seen_fp.clone();
     let (reader, mut writer) = tokio::io::split(conn.io);
     let mut lines = BufReader::new(reader);
@@ -84,7 +85,7 @@ pub async fn run(
             }
         }
     });
-    let (end_tx, mut end_rx) = mpsc::channel::<ControlEnd>(4);
+    let (end_tx, mut end_rx) = mpsc::channel::<ChannelEnd>(4);
 
     // Our own fingerprint check (tls=1): the NEWEST idle connection, unlike v1.14,
     // which picks the oldest on both sides and can collide on small pools.
@@ -123,8 +124,8 @@ pub async fn run(
         line.clear();
         let read = tokio::time::timeout(DEAD_AFTER, read_line(&mut lines, &mut line));
         tokio::select! {
-            _ = shutdown.cancelled() => break ControlEnd::Shutdown,
-            e = end_rx.recv() => break e.unwrap_or(ControlEnd::Error("control ended".into())),
+            _ = shutdown.cancelled() => break ChannelEnd::Shutdown,
+            e = end_rx.recv() => break e.unwrap_or(ChannelEnd::Error("control ended".into())),
             _ = flush_check.tick() => {
                 let idle = ctx.pool.len() as u64;
                 let errors = handle.errors.load(Ordering::Relaxed);
@@ -137,9 +138,9 @@ pub async fn run(
                 continue;
             }
             r = read => match r {
-                Err(_) => break ControlEnd::Dead,
-                Ok(Err(e)) => break ControlEnd::Error(e.to_string()),
-                Ok(Ok(0)) => break ControlEnd::Eof,
+                Err(_) => break ChannelEnd::Dead,
+                Ok(Err(e)) => break ChannelEnd::Error(e.to_string()),
+                Ok(Ok(0)) => break ChannelEnd::Eof,
                 Ok(Ok(_)) => {}
             }
         }
@@ -180,9 +181,9 @@ pub async fn run(
                         return;
                     };
                     if udp {
-                        relay::dial_udp(conn, &dialer).await;
+                        session::dial_udp(conn, &dialer).await;
                     } else {
-                        relay::dial_tcp(conn, remote, &dialer, &limits).await;
+                        session::dial_tcp(conn, remote, &dialer, &limits).await;
                     }
                 });
             }
@@ -219,7 +220,7 @@ pub async fn run(
                                 "TLS fingerprint mismatch: peer sees {:?}, we see {m:?}: tearing the tunnel down",
                                 signal.fp
                             );
-                            let _ = end_tx.send(ControlEnd::VerifyMismatch).await;
+                            let _ = end_tx.send(ChannelEnd::VerifyMismatch).await;
                         }
                         None => {
                             warn!("verify for unknown pool connection {}: ignored", id_hex(id));

@@ -23,7 +23,7 @@ pub fn key_for_port(port: u16) -> String {
 }
 
 /// The bearer token a client sends.
-pub fn bearer_token(key: &str) -> String {
+pub fn bearer(key: &str) -> String {
     // HMAC accepts keys of any length; this cannot fail.
     let Ok(mac) = Hmac::<Sha256>::new_from_slice(key.as_bytes()) else {
         return String::new();
@@ -36,11 +36,8 @@ pub fn bearer_token(key: &str) -> String {
 }
 
 /// Checks a presented token against the key in constant time.
-pub fn token_matches(key: &str, presented: &str) -> bool {
-    bearer_token(key)
-        .as_bytes()
-        .ct_eq(presented.as_bytes())
-        .into()
+pub fn bearer_matches(key: &str, presented: &str) -> bool {
+    bearer(key).as_bytes().ct_eq(presented.as_bytes()).into()
 }
 
 #[cfg(test)]
@@ -51,17 +48,17 @@ mod tests {
     fn documented_examples() {
         assert_eq!(key_for_port(10101), "e68be2b4");
         assert_eq!(
-            bearer_token("secretkey"),
+            bearer("secretkey"),
             "0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a7"
         );
-        assert!(token_matches(
+        assert!(bearer_matches(
             "secretkey",
             "0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a7"
         ));
-        assert!(!token_matches(
+        assert!(!bearer_matches(
             "secretkey",
             "0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a8"
         ));
-        assert!(!token_matches("secretkey", ""));
+        assert!(!bearer_matches("secretkey", ""));
     }
 }

@@ -1,5 +1,5 @@
 //! User sessions over pool connections: the accepting side's listeners, the dialing
-//! side's targets, the byte and datagram relays, and the session limits.
+//! side's targets, the byte and datagram pumps, and the session limits.
 
 use std::collections::HashMap;
 use std::io;
@@ -240,7 +240,7 @@ impl Dialer {
     }
 }
 
-/// Dialing side: a `tcp` launch. Dials a target and relays.
+/// Dialing side: a `tcp` launch. Dials a target and pumps bytes.
 pub async fn dial_tcp(
     conn: PoolConn,
     remote: Option<SocketAddr>,

@@ -1,4 +1,4 @@
-//! Manual mode's copy-paste signaling: the client's offer and the server's answer.
+//! Manual mode's copy-paste blobs: the client's offer and the server's answer.
 //!
 //! Each is one armored, checksummed, versioned text blob:
 //! ```text
@@ -6,7 +6,7 @@
 //! AQ... (base64, 64 columns)
 //! -----END PORTHOLE OFFER-----
 //! ```
-//! The payload is `version (1 byte) || postcard(Signal) || crc32_be(version || postcard)`.
+//! The payload is `version (1 byte) || postcard(Blob) || crc32_be(version || postcard)`.
 //! Surrounding text, indentation and mail quoting (`> `) are tolerated, so a blob
 //! survives chat windows and emails; truncation, typos and tampering are caught by the
 //! checksum, and a stale blob by its expiry.
@@ -18,22 +18,22 @@ use base64::Engine as _;
 use base64::engine::general_purpose::STANDARD;
 use serde::{Deserialize, Serialize};
 
-pub const SIGNAL_VERSION: u8 = 1;
+pub const BLOB_VERSION: u8 = 1;
 pub const MAX_CANDIDATES: usize = 64;
 /// Longest armored blob accepted.
 pub const MAX_BLOB_LEN: usize = 16 * 1024;
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
-pub enum SignalKind {
+pub enum BlobKind {
     Offer,
     Answer,
 }
 
-impl SignalKind {
+impl BlobKind {
     fn label(self) -> &'static str {
         match self {
-            SignalKind::Offer => "OFFER",
-            SignalKind::Answer => "ANSWER",
+            BlobKind::Offer => "OFFER",
+            BlobKind::Answer => "ANSWER",
         }
     }
 }
@@ -67,8 +67,8 @@ pub struct Candidate {
 
 /// What each side tells the other.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Signal {
-    pub kind: SignalKind,
+pub struct Blob {
+    pub kind: BlobKind,
     /// Random per offer; the answer repeats it, probes carry it.
     pub session_id: [u8; 16],
     /// Unix seconds after which the blob must be refused.
@@ -80,7 +80,7 @@ pub struct Signal {
 }
 
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-pub enum SignalError {
+pub enum BlobError {
     #[error(
         "no `-----BEGIN PORTHOLE {0}-----` line found: paste the whole blob, both marker lines included"
     )]
@@ -102,7 +102,7 @@ pub enum SignalError {
     #[error("checksum mismatch: the blob was truncated, mistyped or altered; copy it again, whole")]
     Checksum,
     #[error(
-        "made by a porthole speaking signaling version {0}, this one speaks {SIGNAL_VERSION}: use the same porthole version on both sides"
+        "made by a porthole speaking offer/answer version {0}, this one speaks {BLOB_VERSION}: use the same porthole version on both sides"
     )]
     Version(u8),
     #[error("the blob is malformed: {0}")]
@@ -115,15 +115,14 @@ pub enum SignalError {
     TooManyCandidates(usize),
 }
 
-impl Signal {
+impl Blob {
     /// The armored text form.
-    pub fn encode(&self) -> Result<String, SignalError> {
+    pub fn encode(&self) -> Result<String, BlobError> {
         if self.candidates.len() > MAX_CANDIDATES {
-            return Err(SignalError::TooManyCandidates(self.candidates.len()));
+            return Err(BlobError::TooManyCandidates(self.candidates.len()));
         }
-        let mut payload = vec![SIGNAL_VERSION];
-        payload
-            .extend(postcard::to_stdvec(self).map_err(|e| SignalError::Malformed(e.to_string()))?);
+        let mut payload = vec![BLOB_VERSION];
+        payload.extend(postcard::to_stdvec(self).map_err(|e| BlobError::Malformed(e.to_string()))?);
         let crc = crc32fast::hash(&payload);
         payload.extend_from_slice(&crc.to_be_bytes());
         let b64 = STANDARD.encode(&payload);
@@ -138,9 +137,9 @@ impl Signal {
     }
 
     /// Finds and decodes a blob of `expected` kind in `text`, refusing it after its expiry.
-    pub fn decode(text: &str, expected: SignalKind, now_unix: u64) -> Result<Signal, SignalError> {
+    pub fn decode(text: &str, expected: BlobKind, now_unix: u64) -> Result<Blob, BlobError> {
         if text.len() > MAX_BLOB_LEN {
-            return Err(SignalError::TooLarge);
+            return Err(BlobError::TooLarge);
         }
         let lines: Vec<&str> = text
             .lines()
@@ -150,67 +149,67 @@ impl Signal {
             })
             .collect();
         let other = match expected {
-            SignalKind::Offer => SignalKind::Answer,
-            SignalKind::Answer => SignalKind::Offer,
+            BlobKind::Offer => BlobKind::Answer,
+            BlobKind::Answer => BlobKind::Offer,
         };
-        let begin = |k: SignalKind| format!("-----BEGIN PORTHOLE {}-----", k.label());
+        let begin = |k: BlobKind| format!("-----BEGIN PORTHOLE {}-----", k.label());
         let Some(start) = lines.iter().position(|l| *l == begin(expected)) else {
             if lines.iter().any(|l| *l == begin(other)) {
-                return Err(SignalError::WrongKind {
+                return Err(BlobError::WrongKind {
                     found: kind_name(other),
                     expected: kind_name(expected),
                     hint: match expected {
-                        SignalKind::Offer => {
+                        BlobKind::Offer => {
                             "an answer goes to the client; the server reads the client's offer"
                         }
-                        SignalKind::Answer => {
+                        BlobKind::Answer => {
                             "an offer goes to the server; the client reads the server's answer"
                         }
                     },
                 });
             }
-            return Err(SignalError::NoBegin(expected.label()));
+            return Err(BlobError::NoBegin(expected.label()));
         };
         let end_line = format!("-----END PORTHOLE {}-----", expected.label());
         let Some(len) = lines[start + 1..].iter().position(|l| *l == end_line) else {
-            return Err(SignalError::NoEnd(expected.label()));
+            return Err(BlobError::NoEnd(expected.label()));
         };
         let body: String = lines[start + 1..start + 1 + len].concat();
         let payload = STANDARD
             .decode(body.as_bytes())
-            .map_err(|_| SignalError::Base64)?;
+            .map_err(|_| BlobError::Base64)?;
         if payload.len() < 1 + 4 {
-            return Err(SignalError::Truncated);
+            return Err(BlobError::Truncated);
         }
         let (data, crc) = payload.split_at(payload.len() - 4);
         if crc32fast::hash(data).to_be_bytes() != crc {
-            return Err(SignalError::Checksum);
+            return Err(BlobError::Checksum);
         }
-        if data[0] != SIGNAL_VERSION {
-            return Err(SignalError::Version(data[0]));
+        if data[0] != BLOB_VERSION {
+            return Err(BlobError::Version(data[0]));
         }
-        let (signal, rest): (Signal, _) = postcard::take_from_bytes(&data[1..])
-            .map_err(|e| SignalError::Malformed(e.to_string()))?;
+        let (blob, rest): (Blob, _) = postcard::take_from_bytes(&data[1..])
+            .map_err(|e| BlobError::Malformed(e.to_string()))?;
         if !rest.is_empty() {
-            return Err(SignalError::Malformed("trailing bytes".into()));
+            return Err(BlobError::Malformed("trailing bytes".into()));
         }
-        if signal.kind != expected {
-            return Err(SignalError::Malformed("marker and content disagree".into()));
+        if blob.kind != expected {
+            return Err(BlobError::Malformed("marker and content disagree".into()));
         }
-        if signal.candidates.len() > MAX_CANDIDATES {
-            return Err(SignalError::TooManyCandidates(signal.candidates.len()));
+        if blob.candidates.len() > MAX_CANDIDATES {
+            return Err(BlobError::TooManyCandidates(blob.candidates.len()));
         }
-        if now_unix > signal.expires_unix {
-            return Err(SignalError::Expired(now_unix - signal.expires_unix));
+        if now_unix > blob.expires_unix {
+            return Err(BlobError::Expired(now_unix - blob.expires_unix));
         }
-        Ok(signal)
+        Ok(blob)
     }
 }
 
-fn kind_name(k: SignalKind) -> &'static str {
+fn kind_name(k: BlobKind) -> &'static str {
     match k {
-        SignalKind::Offer => "offer",
-        SignalKind::Answer => "answer",
+        BlobKind::Offer => "offer",
+        BlobKind::Answer => "answer",
     }
 }
 
@@ -230,8 +229,8 @@ mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample(kind: SignalKind) -> Signal {
-        Signal {
+    fn sample(kind: BlobKind) -> Blob {
+        Blob {
             kind,
             session_id: [7; 16],
             expires_unix: 1_000,
@@ -252,7 +251,7 @@ mod tests {
 
     #[test]
     fn round_trip_with_noise_and_quoting() {
-        let s = sample(SignalKind::Offer);
+        let s = sample(BlobKind::Offer);
         let text = s.encode().unwrap();
         assert!(
             text.lines()
@@ -265,27 +264,27 @@ mod tests {
                 .collect::<Vec<_>>()
                 .join("\n")
         );
-        assert_eq!(Signal::decode(&noisy, SignalKind::Offer, 999).unwrap(), s);
+        assert_eq!(Blob::decode(&noisy, BlobKind::Offer, 999).unwrap(), s);
     }
 
     #[test]
     fn truncation_typo_and_tampering_are_detected() {
-        let text = sample(SignalKind::Answer).encode().unwrap();
+        let text = sample(BlobKind::Answer).encode().unwrap();
         let lines: Vec<&str> = text.lines().collect();
         // Missing END line.
         let cut = lines[..lines.len() - 1].join("\n");
         assert!(matches!(
-            Signal::decode(&cut, SignalKind::Answer, 0),
-            Err(SignalError::NoEnd(_))
+            Blob::decode(&cut, BlobKind::Answer, 0),
+            Err(BlobError::NoEnd(_))
         ));
         // A body line dropped.
         let mut dropped = lines.clone();
         dropped.remove(1);
-        let e = Signal::decode(&dropped.join("\n"), SignalKind::Answer, 0).unwrap_err();
+        let e = Blob::decode(&dropped.join("\n"), BlobKind::Answer, 0).unwrap_err();
         assert!(
             matches!(
                 e,
-                SignalError::Base64 | SignalError::Checksum | SignalError::Truncated
+                BlobError::Base64 | BlobError::Checksum | BlobError::Truncated
             ),
             "{e}"
         );
@@ -295,30 +294,27 @@ mod tests {
         let mut typo = lines.clone();
         let changed = String::from_utf8(body).unwrap();
         typo[1] = &changed;
-        let e = Signal::decode(&typo.join("\n"), SignalKind::Answer, 0).unwrap_err();
-        assert!(
-            matches!(e, SignalError::Checksum | SignalError::Base64),
-            "{e}"
-        );
+        let e = Blob::decode(&typo.join("\n"), BlobKind::Answer, 0).unwrap_err();
+        assert!(matches!(e, BlobError::Checksum | BlobError::Base64), "{e}");
     }
 
     #[test]
     fn expiry_kind_and_version_are_checked() {
-        let text = sample(SignalKind::Offer).encode().unwrap();
+        let text = sample(BlobKind::Offer).encode().unwrap();
         assert_eq!(
-            Signal::decode(&text, SignalKind::Offer, 1_060).unwrap_err(),
-            SignalError::Expired(60)
+            Blob::decode(&text, BlobKind::Offer, 1_060).unwrap_err(),
+            BlobError::Expired(60)
         );
-        let e = Signal::decode(&text, SignalKind::Answer, 0).unwrap_err();
-        assert!(matches!(e, SignalError::WrongKind { .. }), "{e}");
+        let e = Blob::decode(&text, BlobKind::Answer, 0).unwrap_err();
+        assert!(matches!(e, BlobError::WrongKind { .. }), "{e}");
         assert!(e.to_string().contains("offer"));
         assert!(matches!(
-            Signal::decode("nothing here", SignalKind::Offer, 0),
-            Err(SignalError::NoBegin(_))
+            Blob::decode("nothing here", BlobKind::Offer, 0),
+            Err(BlobError::NoBegin(_))
         ));
         // A future version, correctly checksummed.
         let mut payload = vec![2u8];
-        payload.extend(postcard::to_stdvec(&sample(SignalKind::Offer)).unwrap());
+        payload.extend(postcard::to_stdvec(&sample(BlobKind::Offer)).unwrap());
         let crc = crc32fast::hash(&payload);
         payload.extend_from_slice(&crc.to_be_bytes());
         let blob = format!(
@@ -326,17 +322,17 @@ mod tests {
             STANDARD.encode(&payload)
         );
         assert_eq!(
-            Signal::decode(&blob, SignalKind::Offer, 0).unwrap_err(),
-            SignalError::Version(2)
+            Blob::decode(&blob, BlobKind::Offer, 0).unwrap_err(),
+            BlobError::Version(2)
         );
     }
 
     proptest! {
         #[test]
         fn arbitrary_text_never_panics(s in "\\PC{0,400}") {
-            let _ = Signal::decode(&s, SignalKind::Offer, 0);
+            let _ = Blob::decode(&s, BlobKind::Offer, 0);
             let framed = format!("-----BEGIN PORTHOLE OFFER-----\n{s}\n-----END PORTHOLE OFFER-----");
-            let _ = Signal::decode(&framed, SignalKind::Offer, 0);
+            let _ = Blob::decode(&framed, BlobKind::Offer, 0);
         }
 
         #[test]
@@ -345,7 +341,7 @@ mod tests {
             let crc = crc32fast::hash(&payload);
             payload.extend_from_slice(&crc.to_be_bytes());
             let blob = format!("-----BEGIN PORTHOLE OFFER-----\n{}\n-----END PORTHOLE OFFER-----", STANDARD.encode(&payload));
-            let _ = Signal::decode(&blob, SignalKind::Offer, 0);
+            let _ = Blob::decode(&blob, BlobKind::Offer, 0);
         }
     }
 }
