@@ -13,13 +13,13 @@ pub fn default_filter(level: i8) -> &'static str {
         i8::MIN..=-2 => "error",
         -1 => "warn",
         0 => {
-            "warn,porthole=info,porthole_engine=info,porthole_iroh=info,porthole_relay=info,porthole_quic=info,porthole_nodepass=info"
+            "warn,porthole=info,porthole_engine=info,porthole_transport_iroh=info,porthole_relay=info,porthole_transport_quic=info,porthole_nodepass=info"
         }
         1 => {
-            "warn,porthole=debug,porthole_engine=debug,porthole_iroh=debug,porthole_relay=debug,porthole_quic=debug,porthole_nodepass=debug"
+            "warn,porthole=debug,porthole_engine=debug,porthole_transport_iroh=debug,porthole_relay=debug,porthole_transport_quic=debug,porthole_nodepass=debug"
         }
         _ => {
-            "info,porthole=trace,porthole_engine=trace,porthole_iroh=trace,porthole_relay=trace,porthole_quic=trace,porthole_nodepass=trace,iroh=debug"
+            "info,porthole=trace,porthole_engine=trace,porthole_transport_iroh=trace,porthole_relay=trace,porthole_transport_quic=trace,porthole_nodepass=trace,iroh=debug"
         }
     }
 }

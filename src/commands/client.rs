@@ -2,7 +2,7 @@
 
 use anyhow::{Context, Result};
 use porthole_engine::client::Client;
-use porthole_iroh::{IrohConnector, RelaySetting};
+use porthole_transport_iroh::{IrohConnector, RelaySetting};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::{ClientArgs, Mode};
@@ -26,7 +26,7 @@ pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
 async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
     // Listeners first: a port conflict is reported before any network work.
     let client = Client::bind(s.engine_config()).await?;
-    let endpoint = porthole_iroh::bind(&s.iroh, &s.quic)
+    let endpoint = porthole_transport_iroh::bind(&s.iroh, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
     let relays = match &s.iroh.relays {
@@ -34,7 +34,7 @@ async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> 
         _ => Vec::new(),
     };
     let id = s.server_id.context("no server id")?;
-    let addr = porthole_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
+    let addr = porthole_transport_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
         .map_err(|e| anyhow::anyhow!("server id: {e}"))?;
     let connector = IrohConnector::new(endpoint.clone(), addr, &s.quic);
     let result = client.run(connector, shutdown).await;

@@ -4,7 +4,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result};
 use iroh::Watcher;
-use porthole_iroh::{IrohAcceptor, RelaySetting};
+use porthole_transport_iroh::{IrohAcceptor, RelaySetting};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -34,11 +34,11 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
     }
     let config = s.engine_config();
     let opts = &s.iroh;
-    let endpoint = porthole_iroh::bind(opts, &s.quic)
+    let endpoint = porthole_transport_iroh::bind(opts, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
     wait_addressable(&endpoint, &opts.relays, opts.relay_only).await;
-    let ticket = porthole_iroh::ticket::ticket_for(&endpoint, &opts.relays)
+    let ticket = porthole_transport_iroh::ticket::ticket_for(&endpoint, &opts.relays)
         .encode()
         .context("building the ticket")?;
     println!("EndpointId: {}", endpoint.id());

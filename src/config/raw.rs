@@ -10,11 +10,11 @@ use anyhow::{Context, Result, bail};
 use porthole_engine::direct_paths::AddrRule;
 use porthole_engine::policy::AllowRule;
 use porthole_engine::quic_params::{Congestion, QuicParams};
-use porthole_iroh::{DnsSetting, RelaySpec};
 use porthole_proto::key::EndpointId;
 use porthole_proto::source::Source;
 use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
+use porthole_transport_iroh::{DnsSetting, RelaySpec};
 use serde::Deserialize;
 
 use crate::cli::Mode;

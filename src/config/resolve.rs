@@ -11,11 +11,11 @@ use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
 use porthole_engine::server::ServerConfig;
-use porthole_iroh::options::parse_pem_certs;
-use porthole_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
 use porthole_proto::key::{EndpointId, SecretKey};
 use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
+use porthole_transport_iroh::options::parse_pem_certs;
+use porthole_transport_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
 use tracing::warn;
 
 use super::raw::{ClientFile, DirectPathsTable, QuicTable, ServerFile, check_forward};

@@ -49,9 +49,9 @@ struct Raw {
 
 async fn raw(t: &Target) -> Raw {
     init_tracing();
-    let opts = porthole_iroh::IrohOptions {
-        relays: porthole_iroh::RelaySetting::Disabled,
-        dns: porthole_iroh::DnsSetting::Disabled,
+    let opts = porthole_transport_iroh::IrohOptions {
+        relays: porthole_transport_iroh::RelaySetting::Disabled,
+        dns: porthole_transport_iroh::DnsSetting::Disabled,
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         portmap: false,
         ..Default::default()
@@ -59,11 +59,12 @@ async fn raw(t: &Target) -> Raw {
     raw_with(t, &opts).await
 }
 
-async fn raw_with(t: &Target, opts: &porthole_iroh::IrohOptions) -> Raw {
-    let endpoint = porthole_iroh::bind(opts, &porthole_engine::quic_params::QuicParams::default())
-        .await
-        .unwrap();
-    let addr = porthole_iroh::ticket::endpoint_addr(&t.id, &[], &[t.addr]).unwrap();
+async fn raw_with(t: &Target, opts: &porthole_transport_iroh::IrohOptions) -> Raw {
+    let endpoint =
+        porthole_transport_iroh::bind(opts, &porthole_engine::quic_params::QuicParams::default())
+            .await
+            .unwrap();
+    let addr = porthole_transport_iroh::ticket::endpoint_addr(&t.id, &[], &[t.addr]).unwrap();
     let conn = endpoint.connect(addr, porthole_proto::ALPN).await.unwrap();
     Raw { endpoint, conn }
 }
@@ -218,10 +219,10 @@ async fn silent_auth_times_out_and_early_streams_are_not_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_wrong_tokens_are_slowed_down() {
     let t = server();
-    let opts = porthole_iroh::IrohOptions {
+    let opts = porthole_transport_iroh::IrohOptions {
         secret: Some(porthole_proto::key::SecretKey::generate().unwrap()),
-        relays: porthole_iroh::RelaySetting::Disabled,
-        dns: porthole_iroh::DnsSetting::Disabled,
+        relays: porthole_transport_iroh::RelaySetting::Disabled,
+        dns: porthole_transport_iroh::DnsSetting::Disabled,
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         portmap: false,
         ..Default::default()
@@ -267,17 +268,17 @@ async fn the_limiter_keys_on_the_whole_identity() {
     use porthole_engine::transport::Connection as _;
     let t = server();
     let r = raw(&t).await;
-    let conn = porthole_iroh::IrohConn::new(r.conn.clone());
+    let conn = porthole_transport_iroh::IrohConn::new(r.conn.clone());
     let full = r.conn.remote_id().to_string();
     assert_eq!(conn.peer_key(), full);
     assert!(full.len() >= 64, "{full}");
     assert!(full.starts_with(&conn.peer()) && conn.peer().len() < full.len());
 
     // One identity blocked...
-    let opts = porthole_iroh::IrohOptions {
+    let opts = porthole_transport_iroh::IrohOptions {
         secret: Some(porthole_proto::key::SecretKey::generate().unwrap()),
-        relays: porthole_iroh::RelaySetting::Disabled,
-        dns: porthole_iroh::DnsSetting::Disabled,
+        relays: porthole_transport_iroh::RelaySetting::Disabled,
+        dns: porthole_transport_iroh::DnsSetting::Disabled,
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         portmap: false,
         ..Default::default()

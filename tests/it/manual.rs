@@ -8,8 +8,8 @@ use porthole_engine::client::{Client, ClientConfig, ForwardSpec, Status};
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::server::ServerConfig;
 use porthole_proto::blob::{Blob, BlobKind, NatKind};
-use porthole_quic::session::now_unix;
-use porthole_quic::{ManualOptions, PreparedClient, PreparedServer};
+use porthole_transport_quic::session::now_unix;
+use porthole_transport_quic::{ManualOptions, PreparedClient, PreparedServer};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio_util::sync::CancellationToken;
@@ -137,7 +137,10 @@ async fn an_answer_for_another_offer_is_refused() {
         .unwrap();
     let r = a.connect(server.answer().clone()).await;
     assert!(
-        matches!(r, Err(porthole_quic::session::ManualError::SessionMismatch)),
+        matches!(
+            r,
+            Err(porthole_transport_quic::session::ManualError::SessionMismatch)
+        ),
         "{:?}",
         r.err()
     );

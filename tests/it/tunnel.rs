@@ -200,7 +200,10 @@ async fn relay_only_mode_stays_on_the_relay() {
     tokio::time::sleep(Duration::from_secs(2)).await;
     let path = client.path().expect("no path");
     assert!(
-        matches!(path.kind, porthole_iroh::paths::PathKind::Relay(_)),
+        matches!(
+            path.kind,
+            porthole_transport_iroh::paths::PathKind::Relay(_)
+        ),
         "expected relay, got {path}"
     );
     client.stop().await.unwrap();
@@ -216,7 +219,10 @@ async fn relay_only_bulk_echo(relay: TestRelay) {
     echo_verified_by_hash(client.addrs[0], 24 * 1024 * 1024).await;
     let path = client.path().expect("no path");
     assert!(
-        matches!(path.kind, porthole_iroh::paths::PathKind::Relay(_)),
+        matches!(
+            path.kind,
+            porthole_transport_iroh::paths::PathKind::Relay(_)
+        ),
         "expected relay, got {path}"
     );
     client.stop().await.unwrap();

@@ -1,5 +1,5 @@
 //! One set of QUIC transport parameters, defined once and applied by both transports
-//! (iroh's noq in `porthole-iroh`, quinn in `porthole-quic`).
+//! (iroh's noq in `porthole-transport-iroh`, quinn in `porthole-transport-quic`).
 //!
 //! Each transport maps [`QuicParams`] onto its library's config type field by field and
 //! nothing else; the values, their defaults and the reasons for them live here.

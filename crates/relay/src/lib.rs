@@ -189,7 +189,7 @@ pub async fn spawn_stun(binds: &[SocketAddr]) -> Result<StunHandle, RelayError> 
             .map_err(|e| RelayError::Spawn(e.to_string()))?;
         info!("STUN responder on udp://{addr}");
         addrs.push(addr);
-        tasks.push(tokio::spawn(porthole_quic::stun::respond(socket)));
+        tasks.push(tokio::spawn(porthole_transport_quic::stun::respond(socket)));
     }
     Ok(StunHandle { addrs, tasks })
 }

@@ -328,7 +328,7 @@ fn manual_tunnel_interfaces() {
     let (_s, c, _) = start_manual_tunnel(&mut lab, &host_b, &host_a, &stun, "40s");
     lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
 
-    let now = porthole_quic::session::now_unix();
+    let now = porthole_transport_quic::session::now_unix();
     let offer = std::fs::read_to_string(lab.path("offer.txt")).unwrap();
     let offer = Blob::decode(&offer, BlobKind::Offer, now).unwrap();
     let answer = std::fs::read_to_string(lab.path("answer.txt")).unwrap();

@@ -75,7 +75,7 @@ fn tls2_files() -> Tls2 {
     let key = dir.path().join("key.pem");
     std::fs::write(&crt, &certs.cert_pem).unwrap();
     std::fs::write(&key, &certs.key_pem).unwrap();
-    let roots = porthole_iroh::options::parse_pem_certs(&certs.ca_pem).unwrap();
+    let roots = porthole_transport_iroh::options::parse_pem_certs(&certs.ca_pem).unwrap();
     Tls2 {
         crt: crt.to_str().unwrap().into(),
         key: key.to_str().unwrap().into(),

@@ -16,13 +16,13 @@ use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
 use porthole_engine::server::ServerConfig;
 use porthole_engine::transport::Connector;
-use porthole_iroh::paths::PathInfo;
-use porthole_iroh::{
-    DnsSetting, IrohAcceptor, IrohConn, IrohConnector, IrohOptions, RelaySetting, RelaySpec,
-};
 use porthole_proto::key::{EndpointId, SecretKey};
 use porthole_proto::token::AuthToken;
 use porthole_relay::{RelayHandle, RelayOptions, TlsOptions};
+use porthole_transport_iroh::paths::PathInfo;
+use porthole_transport_iroh::{
+    DnsSetting, IrohAcceptor, IrohConn, IrohConnector, IrohOptions, RelaySetting, RelaySpec,
+};
 use rustls_pki_types::CertificateDer;
 use tokio::sync::watch;
 use tokio::task::JoinHandle;
@@ -100,7 +100,7 @@ pub async fn https_relay() -> TestRelay {
     .await
     .unwrap();
     let spec = handle.client_url("127.0.0.1").parse().unwrap();
-    let ca = porthole_iroh::options::parse_pem_certs(&certs.ca_pem).unwrap();
+    let ca = porthole_transport_iroh::options::parse_pem_certs(&certs.ca_pem).unwrap();
     TestRelay {
         handle,
         spec,
@@ -193,7 +193,7 @@ impl TestServer {
 
 pub async fn start_server(setup: ServerSetup) -> TestServer {
     init_tracing();
-    let endpoint = porthole_iroh::bind(
+    let endpoint = porthole_transport_iroh::bind(
         &setup.net.options(true, setup.secret),
         &QuicParams::default(),
     )
@@ -218,7 +218,7 @@ pub async fn start_server(setup: ServerSetup) -> TestServer {
         config,
         shutdown.clone(),
     ));
-    let id = porthole_iroh::ticket::to_proto_id(&endpoint.id());
+    let id = porthole_transport_iroh::ticket::to_proto_id(&endpoint.id());
     TestServer {
         endpoint,
         id,
@@ -347,12 +347,14 @@ pub async fn start_client(setup: ClientSetup) -> TestClient {
     let client = Client::bind(config).await.unwrap();
     let addrs = client.local_addrs();
     let status = client.status();
-    let endpoint = porthole_iroh::bind(&setup.net.options(false, None), &QuicParams::default())
-        .await
-        .unwrap();
+    let endpoint =
+        porthole_transport_iroh::bind(&setup.net.options(false, None), &QuicParams::default())
+            .await
+            .unwrap();
     let relays: Vec<RelaySpec> = setup.net.relay.iter().cloned().collect();
     let addr =
-        porthole_iroh::ticket::endpoint_addr(&setup.server, &relays, &setup.server_addrs).unwrap();
+        porthole_transport_iroh::ticket::endpoint_addr(&setup.server, &relays, &setup.server_addrs)
+            .unwrap();
     let conns = Arc::new(Mutex::new(Vec::new()));
     let connector = Capturing {
         inner: IrohConnector::new(endpoint.clone(), addr, &QuicParams::default()),
