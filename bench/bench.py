@@ -143,9 +143,9 @@ def iroh_pair(c, iperf, echo, extra_server, extra_client, server_addr=True):
     ident = [l for l in s.text().splitlines() if l.startswith("EndpointId: ")][0].split()[1]
     c.iperf_port, c.echo_port = free_port(), free_port()
     args = [PORTHOLE, "client", "--server-node-id", ident, "--auth-token-file", "tokens.txt", "--dns-server", "none",
-            "--no-portmap", "--source", f"tcp://127.0.0.1:{iperf}", "--target", f"127.0.0.1:{c.iperf_port}",
-            "--source", f"udp://127.0.0.1:{iperf}", "--target", f"127.0.0.1:{c.iperf_port}",
-            "--source", f"tcp://127.0.0.1:{echo}", "--target", f"127.0.0.1:{c.echo_port}"] + extra_client
+            "--no-portmap", "--source", f"tcp://127.0.0.1:{iperf}", "--listen", f"127.0.0.1:{c.iperf_port}",
+            "--source", f"udp://127.0.0.1:{iperf}", "--listen", f"127.0.0.1:{c.iperf_port}",
+            "--source", f"tcp://127.0.0.1:{echo}", "--listen", f"127.0.0.1:{c.echo_port}"] + extra_client
     if server_addr:
         args += ["--server-addr", f"127.0.0.1:{port}"]
     cl = c.spawn("client", args)
@@ -177,9 +177,9 @@ def setup_manual(c, iperf, echo):
     s = c.spawn("server", [PORTHOLE, "server", "--auth-tokens-file", "tokens.txt", "--allowed-tcp", "127.0.0.0/8",
                            "--allowed-udp", "127.0.0.0/8"] + common)
     cl = c.spawn("client", [PORTHOLE, "client", "--auth-token-file", "tokens.txt",
-                            "--source", f"tcp://127.0.0.1:{iperf}", "--target", f"127.0.0.1:{c.iperf_port}",
-                            "--source", f"udp://127.0.0.1:{iperf}", "--target", f"127.0.0.1:{c.iperf_port}",
-                            "--source", f"tcp://127.0.0.1:{echo}", "--target", f"127.0.0.1:{c.echo_port}"] + common)
+                            "--source", f"tcp://127.0.0.1:{iperf}", "--listen", f"127.0.0.1:{c.iperf_port}",
+                            "--source", f"udp://127.0.0.1:{iperf}", "--listen", f"127.0.0.1:{c.iperf_port}",
+                            "--source", f"tcp://127.0.0.1:{echo}", "--listen", f"127.0.0.1:{c.echo_port}"] + common)
     cl.wait_for("tunnel up")
 
 

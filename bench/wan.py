@@ -166,7 +166,7 @@ class Path_:
         ticket = [l for l in s.text().splitlines() if l.startswith("Ticket: ")][0].split()[1]
         c = self.spawn(case, "client", "client", [PORTHOLE, "client", "--ticket", ticket, "--auth-token-file",
                                                   self.work / "tokens.txt", "--source",
-                                                  f"tcp://127.0.0.1:{IPERF_PORT}", "--target",
+                                                  f"tcp://127.0.0.1:{IPERF_PORT}", "--listen",
                                                   f"127.0.0.1:{LOCAL[case]}"] + relay + extra)
         c.wait_for("tunnel up", 60)
         return c
@@ -187,7 +187,7 @@ class Path_:
         self.spawn("manual", "server", "server", [PORTHOLE, "server", "--auth-tokens-file", self.work / "tokens.txt",
                                                   "--allowed-tcp", "127.0.0.0/8"] + signal)
         c = self.spawn("manual", "client", "client", [PORTHOLE, "client", "--auth-token-file", self.work / "tokens.txt",
-                                                      "--source", f"tcp://127.0.0.1:{IPERF_PORT}", "--target",
+                                                      "--source", f"tcp://127.0.0.1:{IPERF_PORT}", "--listen",
                                                       f"127.0.0.1:{LOCAL['manual']}"] + signal)
         c.wait_for("tunnel up", 90)
 

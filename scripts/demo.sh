@@ -48,7 +48,7 @@ echo "    ticket: ${ticket:0:40}..."
 # The service behind the tunnel: the relay's own web page, on the server's side.
 echo "==> starting the client: 127.0.0.1:$local_port -> tcp://127.0.0.1:$relay_port"
 "$P" client --ticket "$ticket" --auth-token-file "$work/token.txt" \
-  --source "tcp://127.0.0.1:$relay_port" --target "127.0.0.1:$local_port" \
+  --source "tcp://127.0.0.1:$relay_port" --listen "127.0.0.1:$local_port" \
   --dns-server none --no-portmap >"$work/client.log" 2>&1 &
 pids+=($!)
 for _ in $(seq 100); do grep -q 'tunnel up' "$work/client.log" && break; sleep 0.2; done

@@ -20,7 +20,7 @@ porthole relay --http-bind 127.0.0.1:3340 &\n  \
 porthole generate-token --output token.txt\n  \
 porthole server --relay-url http://127.0.0.1:3340 --allowed-tcp 127.0.0.0/8 --auth-tokens-file token.txt\n  \
 porthole client --relay-url http://127.0.0.1:3340 --ticket <TICKET printed by the server> \\\n    \
---source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n\n\
+--source tcp://127.0.0.1:22 --listen 127.0.0.1:2222 --auth-token-file token.txt\n\n\
 Logs: -v / -vv for more, -q / -qq for less; RUST_LOG overrides both."
 )]
 pub struct Cli {
@@ -238,10 +238,10 @@ pub struct ServerArgs {
 
 #[derive(Debug, Args)]
 #[command(after_help = "Examples:\n  \
-porthole client --ticket pt1... --source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n  \
-porthole client --server-node-id <ID> --source udp://10.0.0.1:51820 --target 127.0.0.1:51820 \\\n    \
---source tcp://127.0.0.1:5432 --target 127.0.0.1:5432   # several forwards: repeat the pair\n  \
-porthole client --mode manual --source tcp://127.0.0.1:22 --target 127.0.0.1:2222 --auth-token-file token.txt\n    \
+porthole client --ticket pt1... --source tcp://127.0.0.1:22 --listen 127.0.0.1:2222 --auth-token-file token.txt\n  \
+porthole client --server-node-id <ID> --source udp://10.0.0.1:51820 --listen 127.0.0.1:51820 \\\n    \
+--source tcp://127.0.0.1:5432 --listen 127.0.0.1:5432   # several forwards: repeat the pair\n  \
+porthole client --mode manual --source tcp://127.0.0.1:22 --listen 127.0.0.1:2222 --auth-token-file token.txt\n    \
 # prints an offer for the server, then reads the server's answer\n\n\
 Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refused, 5 version mismatch.")]
 pub struct ClientArgs {
@@ -256,12 +256,13 @@ pub struct ClientArgs {
     /// A direct address of the server (repeatable): reach it on a LAN or offline, no relay needed.
     #[arg(long = "server-addr", value_name = "IP:PORT")]
     pub server_addrs: Vec<SocketAddr>,
-    /// What to reach on the server's side: tcp://HOST:PORT or udp://HOST:PORT (pairs with --target).
+    /// What to reach on the server's side: tcp://HOST:PORT or udp://HOST:PORT (pairs with --listen).
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
-    /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source).
-    #[arg(long = "target", value_name = "ADDR")]
-    pub targets: Vec<String>,
+    /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source;
+    /// `--target` is the older name).
+    #[arg(long = "listen", visible_alias = "target", value_name = "ADDR")]
+    pub listens: Vec<String>,
     /// Auth token. Visible to other local users in the process list: prefer
     /// --auth-token-file or the PORTHOLE_AUTH_TOKEN variable.
     #[arg(long, value_name = "TOKEN")]

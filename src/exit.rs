@@ -45,7 +45,7 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
             "check --auth-token-file / PORTHOLE_AUTH_TOKEN / auth_token_file against the \
              server's --auth-tokens-file / auth_tokens",
         ),
-        ClientError::NoForwards => Some("give at least one --source/--target pair"),
+        ClientError::NoForwards => Some("give at least one --source/--listen pair"),
         ClientError::Version(_) => Some("run the same porthole version on both sides"),
         _ => None,
     }

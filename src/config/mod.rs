@@ -162,6 +162,20 @@ mod tests {
     }
 
     #[test]
+    fn listen_is_also_spelled_target() {
+        let new = parse_client(
+            "role = \"client\"\n[[forwards]]\nsource = \"tcp://127.0.0.1:22\"\nlisten = \"127.0.0.1:2222\"\n",
+        )
+        .unwrap();
+        let old = parse_client(
+            "role = \"client\"\n[[forwards]]\nsource = \"tcp://127.0.0.1:22\"\ntarget = \"127.0.0.1:2222\"\n",
+        )
+        .unwrap();
+        assert_eq!(new.forward_pairs(), old.forward_pairs());
+        assert_eq!(new.forward_pairs()[0].1, "127.0.0.1:2222");
+    }
+
+    #[test]
     fn valid_fixtures_parse() {
         for p in fixtures("valid") {
             parse_any(&p).unwrap_or_else(|e| panic!("{}: {e:#}", p.display()));

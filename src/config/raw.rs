@@ -266,7 +266,9 @@ where
 #[serde(deny_unknown_fields)]
 pub struct ForwardEntry {
     pub source: String,
-    pub target: String,
+    /// Where to listen locally (`target` is the older name).
+    #[serde(alias = "target")]
+    pub listen: String,
 }
 
 #[derive(Debug, Deserialize)]
@@ -282,9 +284,10 @@ pub struct ClientFile {
     pub server_addrs: Vec<SocketAddr>,
     pub auth_token: Option<Secret>,
     pub auth_token_file: Option<PathBuf>,
-    /// Shorthand for a single forward.
+    /// Shorthand for a single forward (`target` is the older name of `listen`).
     pub source: Option<String>,
-    pub target: Option<String>,
+    #[serde(alias = "target")]
+    pub listen: Option<String>,
     #[serde(default)]
     pub forwards: Vec<ForwardEntry>,
     #[serde(default)]
@@ -408,25 +411,25 @@ impl ClientFile {
         if self.auth_token.is_some() && self.auth_token_file.is_some() {
             bail!("auth_token and auth_token_file: give one or the other");
         }
-        match (&self.source, &self.target) {
+        match (&self.source, &self.listen) {
             (Some(_), None) => bail!(
-                "source without target: add `target = \"127.0.0.1:PORT\"` (where to listen locally)"
+                "source without listen: add `listen = \"127.0.0.1:PORT\"` (where to listen locally)"
             ),
             (None, Some(_)) => bail!(
-                "target without source: add `source = \"tcp://HOST:PORT\"` (what to reach on the server's side)"
+                "listen without source: add `source = \"tcp://HOST:PORT\"` (what to reach on the server's side)"
             ),
             _ => {}
         }
         if self.source.is_some() && !self.forwards.is_empty() {
             bail!(
-                "source/target and [[forwards]]: use one form (put the single forward in [[forwards]])"
+                "source/listen and [[forwards]]: use one form (put the single forward in [[forwards]])"
             );
         }
-        if let (Some(s), Some(t)) = (&self.source, &self.target) {
-            check_forward("source/target", s, t)?;
+        if let (Some(s), Some(t)) = (&self.source, &self.listen) {
+            check_forward("source/listen", s, t)?;
         }
         for (i, f) in self.forwards.iter().enumerate() {
-            check_forward(&format!("forwards[{i}]"), &f.source, &f.target)?;
+            check_forward(&format!("forwards[{i}]"), &f.source, &f.listen)?;
         }
         check_relays("relay_urls", &self.relay_urls)?;
         check_dns("dns_server", self.dns_server.as_ref())?;
@@ -450,14 +453,14 @@ impl ClientFile {
         rebase(base, &mut self.answer_file);
     }
 
-    /// The file's forwards as (source, target) pairs.
+    /// The file's forwards as (source, listen) pairs.
     pub fn forward_pairs(&self) -> Vec<(String, String)> {
-        match (&self.source, &self.target) {
+        match (&self.source, &self.listen) {
             (Some(s), Some(t)) => vec![(s.clone(), t.clone())],
             _ => self
                 .forwards
                 .iter()
-                .map(|f| (f.source.clone(), f.target.clone()))
+                .map(|f| (f.source.clone(), f.listen.clone()))
                 .collect(),
         }
     }
@@ -485,11 +488,11 @@ pub fn check_stun(key: &str, servers: &[String]) -> Result<()> {
 }
 
 /// Parses a forward pair; used for the file and the command line alike.
-pub fn check_forward(key: &str, source: &str, target: &str) -> Result<(Source, SocketAddr)> {
+pub fn check_forward(key: &str, source: &str, listen: &str) -> Result<(Source, SocketAddr)> {
     let s: Source = source.parse().with_context(|| format!("{key}: source"))?;
-    let t: SocketAddr = target.parse().map_err(|_| {
+    let t: SocketAddr = listen.parse().map_err(|_| {
         anyhow::anyhow!(
-            "{key}: target {target:?} is not a local address: write IP:PORT, e.g. 127.0.0.1:2222 or [::1]:2222"
+            "{key}: listen address {listen:?} is not a local address: write IP:PORT, e.g. 127.0.0.1:2222 or [::1]:2222"
         )
     })?;
     Ok((s, t))

@@ -497,25 +497,25 @@ fn client_token(args: &ClientArgs, f: Option<&ClientFile>) -> Result<AuthToken> 
 }
 
 fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<ForwardSpec>> {
-    if args.sources.len() != args.targets.len() {
+    if args.sources.len() != args.listens.len() {
         bail!(
-            "--source and --target come in pairs: got {} --source and {} --target",
+            "--source and --listen come in pairs: got {} --source and {} --listen",
             args.sources.len(),
-            args.targets.len()
+            args.listens.len()
         );
     }
     let pairs: Vec<(String, String)> = if !args.sources.is_empty() {
         args.sources
             .iter()
             .cloned()
-            .zip(args.targets.iter().cloned())
+            .zip(args.listens.iter().cloned())
             .collect()
     } else {
         f.map(|f| f.forward_pairs()).unwrap_or_default()
     };
     if pairs.is_empty() {
         bail!(
-            "nothing to forward: give --source tcp://HOST:PORT --target 127.0.0.1:PORT (repeatable)"
+            "nothing to forward: give --source tcp://HOST:PORT --listen 127.0.0.1:PORT (repeatable)"
         );
     }
     let mut out = Vec::with_capacity(pairs.len());

@@ -207,7 +207,7 @@ fn wireguard(nat: Nat) {
             "--no-portmap",
         ])
         .args(["--source", &format!("udp://127.0.0.1:{WG_PORT}")])
-        .args(["--target", &format!("127.0.0.1:{WG_PORT}")]);
+        .args(["--listen", &format!("127.0.0.1:{WG_PORT}")]);
     let c = lab.spawn("client", client);
     lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
     let first_path = if nat == Nat::Symmetric {

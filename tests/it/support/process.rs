@@ -258,7 +258,7 @@ impl Offline {
         self.args(&[
             "--source",
             source,
-            "--target",
+            "--listen",
             &format!("127.0.0.1:{listen}"),
         ])
     }
