@@ -57,6 +57,28 @@ pub enum Command {
     GenerateRelayCert(GenerateRelayCertArgs),
     /// Run a NodePass v1.14 compatible tunnel end (server or client) from a NodePass URL.
     Nodepass(NodepassArgs),
+    /// Print a shell completion script (bash: `porthole completions bash >
+    /// ~/.local/share/bash-completion/completions/porthole`; install.sh installs them).
+    Completions(CompletionsArgs),
+    /// Print the manual page (roff: `porthole man | man -l -`; install.sh installs them).
+    Man(ManArgs),
+}
+
+#[derive(Debug, Args)]
+pub struct ManArgs {
+    /// A subcommand's page, porthole-SUBCOMMAND(1), instead of porthole(1).
+    #[arg(value_name = "SUBCOMMAND")]
+    pub command: Option<String>,
+    /// Write every page (porthole.1, porthole-SUBCOMMAND.1) into this directory instead.
+    #[arg(long, value_name = "DIR", conflicts_with = "command")]
+    pub out_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+pub struct CompletionsArgs {
+    /// The shell to complete for.
+    #[arg(value_enum)]
+    pub shell: clap_complete::Shell,
 }
 
 #[derive(Debug, Args)]

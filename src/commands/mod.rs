@@ -1,6 +1,7 @@
 //! One module per subcommand; each is a thin call into a crate.
 
 pub mod client;
+pub mod docs;
 pub mod keys;
 pub mod manual;
 pub mod nodepass;

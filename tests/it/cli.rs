@@ -270,3 +270,38 @@ fn help_teaches() {
     let out = run(&["client", "--help"]);
     assert!(text(&out.stdout).contains("Exit codes"));
 }
+
+/// Completions and man pages come from the command line's own definition: a flag added
+/// to the CLI shows up in both without anyone editing them.
+#[test]
+fn completions_and_man_pages_follow_the_command_line() {
+    for (shell, marker) in [
+        ("bash", "complete "),
+        ("zsh", "#compdef porthole"),
+        ("fish", "complete -c porthole"),
+    ] {
+        let out = run(&["completions", shell]);
+        assert!(out.status.success(), "{}", text(&out.stderr));
+        let script = text(&out.stdout);
+        assert!(script.contains(marker), "{shell}: {script}");
+        assert!(
+            script.contains("exclude-addr"),
+            "{shell}: no --exclude-addr"
+        );
+    }
+    let out = run(&["man"]);
+    assert!(out.status.success());
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH porthole 1"), "{page}");
+    let out = run(&["man", "client"]);
+    let page = text(&out.stdout);
+    assert!(page.contains(".TH porthole-client 1"), "{page}");
+    assert!(page.contains("pin\\-addr"), "{page}");
+    let out = run(&["man", "nosuch"]);
+    assert!(!out.status.success());
+    assert!(
+        text(&out.stderr).contains("one of server, client"),
+        "{}",
+        text(&out.stderr)
+    );
+}

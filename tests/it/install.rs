@@ -41,6 +41,29 @@ fn install_reinstall_systemd_uninstall() {
             .unwrap();
         assert!(String::from_utf8_lossy(&v.stdout).starts_with("porthole "));
     }
+    // Man pages and completions, from the binary's own command line.
+    let man = std::fs::read_to_string(prefix.join("share/man/man1/porthole.1")).unwrap();
+    assert!(
+        man.starts_with(".ie") || man.contains(".TH porthole"),
+        "{man}"
+    );
+    let client = std::fs::read_to_string(prefix.join("share/man/man1/porthole-client.1")).unwrap();
+    assert!(
+        client.contains("listen") && client.contains("auth\\-token\\-file"),
+        "{client}"
+    );
+    let bash =
+        std::fs::read_to_string(prefix.join("share/bash-completion/completions/porthole")).unwrap();
+    assert!(
+        bash.contains("--exclude-addr") && bash.contains("complete "),
+        "{bash}"
+    );
+    assert!(prefix.join("share/zsh/site-functions/_porthole").exists());
+    assert!(
+        prefix
+            .join("share/fish/vendor_completions.d/porthole.fish")
+            .exists()
+    );
     let out = install(&["--systemd"], &prefix, &units);
     assert!(
         out.status.success(),
@@ -58,6 +81,12 @@ fn install_reinstall_systemd_uninstall() {
     let out = install(&["--uninstall", "--systemd"], &prefix, &units);
     assert!(out.status.success());
     assert!(!prefix.join("bin/porthole").exists());
+    assert!(!prefix.join("share/man/man1/porthole-client.1").exists());
+    assert!(
+        !prefix
+            .join("share/bash-completion/completions/porthole")
+            .exists()
+    );
     assert!(!units.join("porthole-server.service").exists());
 }
 
