@@ -390,9 +390,12 @@ impl ActiveRelayActor {
     }
 
     fn build_backoff() -> impl Backoff {
+        // porthole: at most 4 s between redials (was 16 s), so a tunnel that can only use
+        // the relay is back within seconds of a long outage ending, not up to half a
+        // minute later (one dial per 4 s per client while the relay is unreachable).
         ExponentialBuilder::new()
             .with_min_delay(Duration::from_millis(10))
-            .with_max_delay(Duration::from_secs(16))
+            .with_max_delay(Duration::from_secs(4))
             .with_jitter()
             .without_max_times()
             .build()
