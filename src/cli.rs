@@ -57,6 +57,9 @@ pub enum Command {
     GenerateRelayCert(GenerateRelayCertArgs),
     /// Run a NodePass v1.14 compatible tunnel end (server or client) from a NodePass URL.
     Nodepass(NodepassArgs),
+    /// Ping the server through the tunnel: round-trip time and the path that carried it
+    /// (direct with the address, or the relay).
+    Ping(PingArgs),
     /// Print a shell completion script (bash: `porthole completions bash >
     /// ~/.local/share/bash-completion/completions/porthole`; install.sh installs them).
     Completions(CompletionsArgs),
@@ -72,6 +75,65 @@ pub struct ManArgs {
     /// Write every page (porthole.1, porthole-SUBCOMMAND.1) into this directory instead.
     #[arg(long, value_name = "DIR", conflicts_with = "command")]
     pub out_dir: Option<std::path::PathBuf>,
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+porthole ping --ticket pt1... --auth-token-file token.txt\n  \
+porthole ping -c client.toml --until-direct        # wait for hole punching to succeed\n\n\
+Exit codes: 0 answered (and went direct, with --until-direct), 1 no answer or never direct,\n\
+2 usage/config, 3 token refused.")]
+pub struct PingArgs {
+    #[command(flatten)]
+    pub config: ConfigArgs,
+    /// The server's EndpointId (printed by the server and by show-server-id).
+    #[arg(long, value_name = "ID", conflicts_with = "ticket")]
+    pub server_node_id: Option<String>,
+    /// The ticket printed by the server.
+    #[arg(long, value_name = "TICKET")]
+    pub ticket: Option<String>,
+    /// A direct address of the server (repeatable).
+    #[arg(long = "server-addr", value_name = "IP:PORT")]
+    pub server_addrs: Vec<SocketAddr>,
+    /// Auth token (visible in the process list: prefer --auth-token-file).
+    #[arg(long, value_name = "TOKEN")]
+    pub auth_token: Option<String>,
+    /// File holding the auth token.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
+    /// How many pings, one a second.
+    #[arg(long, value_name = "N", default_value_t = 5,
+          value_parser = clap::value_parser!(u32).range(1..=3600))]
+    pub count: u32,
+    /// Stop at the first ping over a direct path; fail if none came within --count.
+    #[arg(long)]
+    pub until_direct: bool,
+    #[command(flatten)]
+    pub iroh: IrohArgs,
+    #[command(flatten)]
+    pub quic: QuicArgs,
+    #[command(flatten)]
+    pub direct_paths: DirectPathArgs,
+}
+
+impl PingArgs {
+    /// The same settings a client would take, without forwards.
+    pub fn into_client(self) -> ClientArgs {
+        ClientArgs {
+            config: self.config,
+            server_node_id: self.server_node_id,
+            ticket: self.ticket,
+            server_addrs: self.server_addrs,
+            sources: Vec::new(),
+            listens: Vec::new(),
+            auth_token: self.auth_token,
+            auth_token_file: self.auth_token_file,
+            iroh: self.iroh,
+            quic: self.quic,
+            direct_paths: self.direct_paths,
+            manual: ManualArgs::default(),
+        }
+    }
 }
 
 #[derive(Debug, Args)]

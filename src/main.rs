@@ -54,6 +54,7 @@ fn dispatch(command: Command, threads: Option<usize>) -> Result<(), Exit> {
         Command::GenerateServerKey(a) => commands::keys::generate(&a).map_err(Exit::from),
         Command::ShowServerId(a) => commands::keys::show(&a).map_err(Exit::from),
         Command::GenerateRelayCert(a) => commands::keys::relay_cert(&a).map_err(Exit::from),
+        Command::Ping(a) => runtime(1)?.block_on(commands::ping::run(a)),
         Command::Completions(a) => commands::docs::completions(&a).map_err(Exit::from),
         Command::Man(a) => commands::docs::man(&a).map_err(Exit::from),
         Command::Nodepass(a) => match a.url.parse() {

@@ -5,6 +5,7 @@ pub mod docs;
 pub mod keys;
 pub mod manual;
 pub mod nodepass;
+pub mod ping;
 pub mod relay;
 pub mod server;
 pub mod token;

@@ -369,15 +369,40 @@ pub fn client(args: &ClientArgs) -> Result<Plan<ClientSettings>> {
     if mode == Mode::Nodepass {
         return nodepass_plan(f.and_then(|f| f.nodepass.as_ref()), "client");
     }
-    client_settings(args, f, mode).map(|s| Plan::Peer(Box::new(s)))
+    client_settings(args, f, mode, true).map(|s| Plan::Peer(Box::new(s)))
+}
+
+/// `porthole ping`: a client's settings (command line over its config file) where the
+/// forwards do not matter; iroh mode only.
+pub fn ping(args: &ClientArgs) -> Result<ClientSettings> {
+    let path = config_path(&args.config, Role::Client)?;
+    let file = match &path {
+        Some(p) => Some(read_client(p)?),
+        None => None,
+    };
+    let f = file.as_ref();
+    let mode = args
+        .config
+        .mode
+        .or(f.and_then(|f| f.mode))
+        .unwrap_or(Mode::Iroh);
+    if mode != Mode::Iroh {
+        bail!("porthole ping works in iroh mode (the config or --mode says {mode:?})");
+    }
+    client_settings(args, f, mode, false)
 }
 
 fn client_settings(
     args: &ClientArgs,
     f: Option<&ClientFile>,
     mode: Mode,
+    need_forwards: bool,
 ) -> Result<ClientSettings> {
-    let forwards = client_forwards(args, f)?;
+    let forwards = if need_forwards {
+        client_forwards(args, f)?
+    } else {
+        Vec::new()
+    };
     let token = client_token(args, f)?;
 
     // The server: an id, or a ticket carrying id + relays + addresses.

@@ -290,3 +290,59 @@ fn nodepass_log_level_applies_from_the_url_and_from_a_config_file() {
     assert!(run(true, "info"));
     assert!(!run(true, "warn"));
 }
+
+/// `porthole ping` authenticates like a client and reports the path and its RTT; it
+/// fails cleanly with a wrong token (exit 3) and, with --until-direct, when only the
+/// relay carries the tunnel (exit 1).
+#[test]
+fn ping_reports_the_path_and_its_rtt() {
+    let s = Setup::new();
+    let port = free_udp_port();
+    let (_server, id) = s.server(port);
+    let run = |token: &str, extra: &[&str]| {
+        Offline::ping(&id, port, Path::new(&s.path(token)))
+            .relay(&s.relay_url)
+            .args(&["--count", "2"])
+            .args(extra)
+            .command()
+            .output()
+            .unwrap()
+    };
+
+    let out = run("token.txt", &[]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{stdout}{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let pongs: Vec<&str> = stdout
+        .lines()
+        .filter(|l| l.starts_with("pong from"))
+        .collect();
+    assert_eq!(pongs.len(), 2, "{stdout}");
+    assert!(
+        pongs
+            .iter()
+            .all(|l| l.contains("via direct 127.0.0.1:") && l.ends_with(" ms")),
+        "{stdout}"
+    );
+
+    let out = run("token.txt", &["--until-direct"]);
+    assert!(out.status.success());
+    assert_eq!(String::from_utf8_lossy(&out.stdout).lines().count(), 1);
+
+    let out = run("wrong.txt", &[]);
+    assert_eq!(
+        out.status.code(),
+        Some(3),
+        "{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+
+    let out = run("token.txt", &["--relay-only", "--until-direct"]);
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{stdout}");
+    assert!(stdout.contains("via relay http://127.0.0.1:"), "{stdout}");
+    assert!(String::from_utf8_lossy(&out.stderr).contains("no direct path"));
+}

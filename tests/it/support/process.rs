@@ -231,8 +231,17 @@ impl Offline {
     /// `porthole client` reaching server `id` at 127.0.0.1:`port` with the token in
     /// `token`.
     pub fn client(id: &str, port: u16, token: &std::path::Path) -> Self {
+        Self::reaching("client", id, port, token)
+    }
+
+    /// `porthole ping` of server `id` at 127.0.0.1:`port` (a client's flags, no forwards).
+    pub fn ping(id: &str, port: u16, token: &std::path::Path) -> Self {
+        Self::reaching("ping", id, port, token)
+    }
+
+    fn reaching(subcommand: &str, id: &str, port: u16, token: &std::path::Path) -> Self {
         let mut cmd = bin();
-        cmd.args(["client", "--server-node-id", id])
+        cmd.args([subcommand, "--server-node-id", id])
             .args(["--server-addr", &format!("127.0.0.1:{port}")])
             .arg("--auth-token-file")
             .arg(token);

@@ -123,6 +123,31 @@ pub(crate) enum Local {
     Udp(Arc<UdpSocket>),
 }
 
+/// One authenticated connection to the server with no forwards, for `porthole ping`:
+/// the token is checked as for a tunnel; a refused one ends the same way (AuthRejected).
+/// Transient failures come back as [`CheckInError::Retry`] with the reason.
+pub async fn check_in<K: Connector>(
+    connector: &K,
+    config: &ClientConfig,
+) -> Result<Session<K::Conn>, CheckInError> {
+    let mut config = config.clone();
+    config.forwards.clear();
+    match session::establish(connector, &config).await {
+        Ok(s) => Ok(s),
+        Err(session::EstablishError::Fatal(e)) => Err(CheckInError::Fatal(e)),
+        Err(session::EstablishError::Retry(why)) => Err(CheckInError::Retry(why)),
+    }
+}
+
+/// Why [`check_in`] failed.
+#[derive(Debug, thiserror::Error)]
+pub enum CheckInError {
+    #[error(transparent)]
+    Fatal(ClientError),
+    #[error("{0}")]
+    Retry(String),
+}
+
 /// A client whose local listeners are bound; [`Client::run`] starts forwarding.
 pub struct Client {
     config: ClientConfig,
