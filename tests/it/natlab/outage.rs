@@ -154,10 +154,11 @@ fn server_restart() {
         code != 0 && out.contains("interactive connection"),
         "the user's connection should have failed"
     );
-    // A probe begun during the outage (up to 10 s), then a fresh one, then 8 s for the
-    // old connection to speak up: ~20 s measured.
+    // A probe begun during the outage (up to 10 s), then a fresh one, then as long as
+    // the old connection had been silent (at least 8 s) for it to speak up.
+    // Measured ~29 s; the idle timeout alone would have been 90 s.
     assert!(
-        took < Duration::from_secs(35),
+        took < Duration::from_secs(50),
         "the user's connection hung {took:?} after the path returned"
     );
     lab.procs[c].wait_line("no longer answers", Duration::from_secs(5));

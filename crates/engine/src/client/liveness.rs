@@ -27,11 +27,21 @@ const SAMPLE: Duration = Duration::from_millis(250);
 const PROBE_LIMIT: Duration = Duration::from_secs(10);
 /// Pause between failed probes.
 const PROBE_PAUSE: Duration = Duration::from_secs(1);
-/// After a fresh connection authenticated, how long the old one gets to be heard from.
-/// Its loss probes are spaced by up to 1.5 RTT, and an outage inflates the RTT estimate
-/// (seconds after a 30 s cut of a relayed path): at 3 s, relayed connections that were
-/// about to recover were replaced, and their users' connections reset, for nothing.
+/// After a fresh connection authenticated, how long the old one gets at least to be heard
+/// from. An outage inflates the RTT estimate (seconds after a 30 s cut of a relayed
+/// path): at 3 s, relayed connections that were about to recover were replaced, and their
+/// users' connections reset, for nothing.
 const CONFIRM: Duration = Duration::from_secs(8);
+
+/// How long the old connection gets once a fresh one proved the path works: at least
+/// [`CONFIRM`], and as long as it has already been silent. QUIC's loss probes back off
+/// exponentially while nothing is acknowledged (each about twice the last), so after a
+/// silence of S the old connection's next probe may be up to ~S away; with 8 s alone, a
+/// manual-mode tunnel that was about to recover from a 30 s cut was replaced (and its
+/// users' connections reset) for nothing.
+fn confirm_window(silent: Duration) -> Duration {
+    CONFIRM.max(silent)
+}
 
 /// Resolves with the session that replaces `current` once its server is known to have
 /// forgotten it; never resolves while the server keeps answering.
@@ -68,7 +78,7 @@ pub(crate) async fn replacement<K: Connector>(
                 continue;
             }
         };
-        tokio::time::sleep(CONFIRM).await;
+        tokio::time::sleep(confirm_window(heard.elapsed())).await;
         let frames = current.frames_received();
         if frames == last {
             info!(
