@@ -86,21 +86,8 @@ Exit codes: 0 answered (and went direct, with --until-direct), 1 no answer or ne
 pub struct PingArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// The server's EndpointId (printed by the server and by show-server-id).
-    #[arg(long, value_name = "ID", conflicts_with = "ticket")]
-    pub server_node_id: Option<String>,
-    /// The ticket printed by the server.
-    #[arg(long, value_name = "TICKET")]
-    pub ticket: Option<String>,
-    /// A direct address of the server (repeatable).
-    #[arg(long = "server-addr", value_name = "IP:PORT")]
-    pub server_addrs: Vec<SocketAddr>,
-    /// Auth token (visible in the process list: prefer --auth-token-file).
-    #[arg(long, value_name = "TOKEN")]
-    pub auth_token: Option<String>,
-    /// File holding the auth token.
-    #[arg(long, value_name = "FILE")]
-    pub auth_token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub server: ServerChoiceArgs,
     /// How many pings, one a second.
     #[arg(long, value_name = "N", default_value_t = 5,
           value_parser = clap::value_parser!(u32).range(1..=3600))]
@@ -121,19 +108,36 @@ impl PingArgs {
     pub fn into_client(self) -> ClientArgs {
         ClientArgs {
             config: self.config,
-            server_node_id: self.server_node_id,
-            ticket: self.ticket,
-            server_addrs: self.server_addrs,
+            server: self.server,
             sources: Vec::new(),
             listens: Vec::new(),
-            auth_token: self.auth_token,
-            auth_token_file: self.auth_token_file,
             iroh: self.iroh,
             quic: self.quic,
             direct_paths: self.direct_paths,
             manual: ManualArgs::default(),
         }
     }
+}
+
+/// Which server a client (or `ping`) reaches, and the token it shows.
+#[derive(Debug, Args)]
+pub struct ServerChoiceArgs {
+    /// The server's EndpointId (printed by the server and by show-server-id).
+    #[arg(long, value_name = "ID", conflicts_with = "ticket")]
+    pub server_node_id: Option<String>,
+    /// The ticket printed by the server (id + relays + addresses in one string).
+    #[arg(long, value_name = "TICKET")]
+    pub ticket: Option<String>,
+    /// A direct address of the server (repeatable): reach it on a LAN or offline, no relay needed.
+    #[arg(long = "server-addr", value_name = "IP:PORT")]
+    pub server_addrs: Vec<SocketAddr>,
+    /// Auth token. Visible to other local users in the process list: prefer
+    /// --auth-token-file or the PORTHOLE_AUTH_TOKEN variable.
+    #[arg(long, value_name = "TOKEN")]
+    pub auth_token: Option<String>,
+    /// File holding the auth token.
+    #[arg(long, value_name = "FILE")]
+    pub auth_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -331,15 +335,8 @@ Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refuse
 pub struct ClientArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
-    /// The server's EndpointId (printed by the server and by show-server-id).
-    #[arg(long, value_name = "ID", conflicts_with = "ticket")]
-    pub server_node_id: Option<String>,
-    /// The ticket printed by the server (id + relays + addresses in one string).
-    #[arg(long, value_name = "TICKET")]
-    pub ticket: Option<String>,
-    /// A direct address of the server (repeatable): reach it on a LAN or offline, no relay needed.
-    #[arg(long = "server-addr", value_name = "IP:PORT")]
-    pub server_addrs: Vec<SocketAddr>,
+    #[command(flatten)]
+    pub server: ServerChoiceArgs,
     /// What to reach on the server's side: tcp://HOST:PORT or udp://HOST:PORT (pairs with --listen).
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
@@ -347,13 +344,6 @@ pub struct ClientArgs {
     /// `--target` is the older name).
     #[arg(long = "listen", visible_alias = "target", value_name = "ADDR")]
     pub listens: Vec<String>,
-    /// Auth token. Visible to other local users in the process list: prefer
-    /// --auth-token-file or the PORTHOLE_AUTH_TOKEN variable.
-    #[arg(long, value_name = "TOKEN")]
-    pub auth_token: Option<String>,
-    /// File holding the auth token.
-    #[arg(long, value_name = "FILE")]
-    pub auth_token_file: Option<PathBuf>,
     #[command(flatten)]
     pub iroh: IrohArgs,
     #[command(flatten)]

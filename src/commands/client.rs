@@ -23,9 +23,9 @@ pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
     }
 }
 
-async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
-    // Listeners first: a port conflict is reported before any network work.
-    let client = Client::bind(s.engine_config()).await?;
+/// An iroh endpoint bound as the settings say, and the connector that dials their server
+/// (by id, with the configured relays and direct addresses): the client's and `ping`'s.
+pub async fn iroh_connector(s: &ClientSettings) -> Result<(iroh::Endpoint, IrohConnector)> {
     let endpoint = porthole_transport_iroh::bind(&s.iroh, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
@@ -37,6 +37,13 @@ async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> 
     let addr = porthole_transport_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
         .map_err(|e| anyhow::anyhow!("server id: {e}"))?;
     let connector = IrohConnector::new(endpoint.clone(), addr, &s.quic);
+    Ok((endpoint, connector))
+}
+
+async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
+    // Listeners first: a port conflict is reported before any network work.
+    let client = Client::bind(s.engine_config()).await?;
+    let (endpoint, connector) = iroh_connector(&s).await?;
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;
     result.map_err(anyhow::Error::from)

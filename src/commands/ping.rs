@@ -8,7 +8,6 @@ use anyhow::Context;
 use porthole_engine::client::CheckInError;
 use porthole_engine::transport::Connection as _;
 use porthole_transport_iroh::paths::PathKind;
-use porthole_transport_iroh::{IrohConnector, RelaySetting};
 
 use crate::cli::PingArgs;
 use crate::config::resolve;
@@ -17,17 +16,8 @@ use crate::exit::Exit;
 pub async fn run(args: PingArgs) -> Result<(), Exit> {
     let (count, until_direct) = (args.count, args.until_direct);
     let s = resolve::ping(&args.into_client()).map_err(Exit::usage)?;
-    let endpoint = porthole_transport_iroh::bind(&s.iroh, &s.quic)
-        .await
-        .context("starting the iroh endpoint")?;
-    let relays = match &s.iroh.relays {
-        RelaySetting::Custom(v) => v.clone(),
-        _ => Vec::new(),
-    };
+    let (endpoint, connector) = super::client::iroh_connector(&s).await?;
     let id = s.server_id.context("no server id")?;
-    let addr = porthole_transport_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
-        .map_err(|e| anyhow::anyhow!("server id: {e}"))?;
-    let connector = IrohConnector::new(endpoint.clone(), addr, &s.quic);
     let session = match porthole_engine::client::check_in(&connector, &s.engine_config()).await {
         Ok(session) => session,
         Err(CheckInError::Fatal(e)) => return Err(Exit::from(anyhow::Error::from(e))),

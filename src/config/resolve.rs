@@ -354,18 +354,24 @@ fn server_tokens(args: &ServerArgs, f: Option<&ServerFile>) -> Result<TokenSet> 
     )
 }
 
-pub fn client(args: &ClientArgs) -> Result<Plan<ClientSettings>> {
-    let path = config_path(&args.config, Role::Client)?;
-    let file = match &path {
-        Some(p) => Some(read_client(p)?),
+/// The client's config file (if any) and the mode: the command line's, else the file's,
+/// else iroh.
+fn client_file(args: &ClientArgs) -> Result<(Option<ClientFile>, Mode)> {
+    let file = match config_path(&args.config, Role::Client)? {
+        Some(p) => Some(read_client(&p)?),
         None => None,
     };
-    let f = file.as_ref();
     let mode = args
         .config
         .mode
-        .or(f.and_then(|f| f.mode))
+        .or(file.as_ref().and_then(|f| f.mode))
         .unwrap_or(Mode::Iroh);
+    Ok((file, mode))
+}
+
+pub fn client(args: &ClientArgs) -> Result<Plan<ClientSettings>> {
+    let (file, mode) = client_file(args)?;
+    let f = file.as_ref();
     if mode == Mode::Nodepass {
         return nodepass_plan(f.and_then(|f| f.nodepass.as_ref()), "client");
     }
@@ -375,21 +381,11 @@ pub fn client(args: &ClientArgs) -> Result<Plan<ClientSettings>> {
 /// `porthole ping`: a client's settings (command line over its config file) where the
 /// forwards do not matter; iroh mode only.
 pub fn ping(args: &ClientArgs) -> Result<ClientSettings> {
-    let path = config_path(&args.config, Role::Client)?;
-    let file = match &path {
-        Some(p) => Some(read_client(p)?),
-        None => None,
-    };
-    let f = file.as_ref();
-    let mode = args
-        .config
-        .mode
-        .or(f.and_then(|f| f.mode))
-        .unwrap_or(Mode::Iroh);
+    let (file, mode) = client_file(args)?;
     if mode != Mode::Iroh {
         bail!("porthole ping works in iroh mode (the config or --mode says {mode:?})");
     }
-    client_settings(args, f, mode, false)
+    client_settings(args, file.as_ref(), mode, false)
 }
 
 fn client_settings(
@@ -406,8 +402,8 @@ fn client_settings(
     let token = client_token(args, f)?;
 
     // The server: an id, or a ticket carrying id + relays + addresses.
-    let ticket_text = args.ticket.clone().or_else(|| {
-        if args.server_node_id.is_some() {
+    let ticket_text = args.server.ticket.clone().or_else(|| {
+        if args.server.server_node_id.is_some() {
             None
         } else {
             f.and_then(|f| f.ticket.clone())
@@ -418,7 +414,7 @@ fn client_settings(
         None => None,
     };
     let server_id = match (
-        &args.server_node_id,
+        &args.server.server_node_id,
         &ticket,
         f.and_then(|f| f.server_node_id.as_ref()),
     ) {
@@ -433,7 +429,7 @@ fn client_settings(
         );
     }
     let mut server_addrs = list(
-        &args.server_addrs,
+        &args.server.server_addrs,
         f.map(|f| f.server_addrs.as_slice()).unwrap_or_default(),
     );
     if let Some(t) = &ticket {
@@ -491,14 +487,14 @@ fn client_settings(
 }
 
 fn client_token(args: &ClientArgs, f: Option<&ClientFile>) -> Result<AuthToken> {
-    if let Some(t) = &args.auth_token {
+    if let Some(t) = &args.server.auth_token {
         warn!(
             "an auth token on the command line is visible to other local users (ps): prefer --auth-token-file or {}",
             secrets::ENV_AUTH_TOKEN
         );
         return t.parse().context("--auth-token");
     }
-    if let Some(p) = &args.auth_token_file {
+    if let Some(p) = &args.server.auth_token_file {
         return secrets::load_single_token(p);
     }
     if let Ok(t) = std::env::var(secrets::ENV_AUTH_TOKEN) {

@@ -49,14 +49,20 @@ struct Raw {
 
 async fn raw(t: &Target) -> Raw {
     init_tracing();
-    let opts = porthole_transport_iroh::IrohOptions {
+    raw_with(t, &offline(None)).await
+}
+
+/// An offline endpoint on loopback: a fresh identity per connection, or `secret`'s on
+/// every one (so failures of one identity add up).
+fn offline(secret: Option<porthole_proto::key::SecretKey>) -> porthole_transport_iroh::IrohOptions {
+    porthole_transport_iroh::IrohOptions {
+        secret,
         relays: porthole_transport_iroh::RelaySetting::Disabled,
         dns: porthole_transport_iroh::DnsSetting::Disabled,
         bind: vec!["127.0.0.1:0".parse().unwrap()],
         portmap: false,
         ..Default::default()
-    };
-    raw_with(t, &opts).await
+    }
 }
 
 async fn raw_with(t: &Target, opts: &porthole_transport_iroh::IrohOptions) -> Raw {
@@ -219,14 +225,7 @@ async fn silent_auth_times_out_and_early_streams_are_not_served() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn repeated_wrong_tokens_are_slowed_down() {
     let t = server();
-    let opts = porthole_transport_iroh::IrohOptions {
-        secret: Some(porthole_proto::key::SecretKey::generate().unwrap()),
-        relays: porthole_transport_iroh::RelaySetting::Disabled,
-        dns: porthole_transport_iroh::DnsSetting::Disabled,
-        bind: vec!["127.0.0.1:0".parse().unwrap()],
-        portmap: false,
-        ..Default::default()
-    };
+    let opts = offline(Some(porthole_proto::key::SecretKey::generate().unwrap()));
     let mut codes = Vec::new();
     for _ in 0..7 {
         let r = raw_with(&t, &opts).await;
@@ -275,14 +274,7 @@ async fn the_limiter_keys_on_the_whole_identity() {
     assert!(full.starts_with(&conn.peer()) && conn.peer().len() < full.len());
 
     // One identity blocked...
-    let opts = porthole_transport_iroh::IrohOptions {
-        secret: Some(porthole_proto::key::SecretKey::generate().unwrap()),
-        relays: porthole_transport_iroh::RelaySetting::Disabled,
-        dns: porthole_transport_iroh::DnsSetting::Disabled,
-        bind: vec!["127.0.0.1:0".parse().unwrap()],
-        portmap: false,
-        ..Default::default()
-    };
+    let opts = offline(Some(porthole_proto::key::SecretKey::generate().unwrap()));
     for _ in 0..6 {
         let bad = raw_with(&t, &opts).await;
         if let Ok((mut s, _r)) = bad.conn.open_bi().await {

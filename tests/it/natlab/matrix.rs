@@ -105,34 +105,42 @@ const FORWARDS: [&str; 12] = [
 /// started.
 pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
     write_secrets(lab);
-    let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
+    let host_b = lab.b.clone();
     start_services(lab, &host_b);
+    let (_, ticket) = start_iroh_server(lab);
+    let started = Instant::now();
+    let mut client = iroh_client(lab, &ticket);
+    client.args(FORWARDS);
+    (lab.spawn("client", client), started)
+}
+
+/// Starts [`iroh_server`] (secrets written first by the caller) and waits until it
+/// serves; returns its process index and its ticket.
+pub(super) fn start_iroh_server(lab: &mut Lab) -> (usize, String) {
     let s = lab.spawn("server", iroh_server(lab));
     let ticket = lab.procs[s]
         .wait_line("Ticket: ", Duration::from_secs(30))
         .trim_start_matches("Ticket: ")
         .to_string();
     lab.procs[s].wait_line("serving", Duration::from_secs(30));
+    (s, ticket)
+}
 
-    let started = Instant::now();
-    let mut client = lab.cmd(&host_a);
+/// A client on host A for `ticket` (the lab's token, relay CA, no DNS, no port
+/// mapping), without forwards: the caller adds them.
+pub(super) fn iroh_client(lab: &Lab, ticket: &str) -> Command {
+    let mut client = lab.cmd(&lab.a);
     client
-        .args([
-            "client",
-            "--ticket",
-            &ticket,
-            "--auth-token-file",
-            &lab.path("tokens.txt"),
-        ])
+        .args(["client", "--ticket", ticket])
+        .args(["--auth-token-file", &lab.path("tokens.txt")])
         .args([
             "--relay-ca",
             &lab.ca(),
             "--dns-server",
             "none",
             "--no-portmap",
-        ])
-        .args(FORWARDS);
-    (lab.spawn("client", client), started)
+        ]);
+    client
 }
 
 /// The iroh server of [`start_iroh_tunnel`] on host B (its key and tokens in the lab

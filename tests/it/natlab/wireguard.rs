@@ -19,7 +19,7 @@ use std::time::Duration;
 use porthole_proto::blob::{Blob, BlobKind};
 
 use super::lab::{HOST_B_IP, Impair, LAB_LOCK, Lab, Nat};
-use super::matrix::{iroh_server, start_manual_tunnel, write_secrets};
+use super::matrix::{iroh_client, start_iroh_server, start_manual_tunnel, write_secrets};
 
 lab_test!(
     iroh_wireguard_over_a_forward_never_routes_through_itself_cone,
@@ -188,24 +188,9 @@ fn wireguard(nat: Nat) {
     );
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
     write_secrets(&lab);
-    let s = lab.spawn("server", iroh_server(&lab));
-    let ticket = lab.procs[s]
-        .wait_line("Ticket: ", Duration::from_secs(30))
-        .trim_start_matches("Ticket: ")
-        .to_string();
-    lab.procs[s].wait_line("serving", Duration::from_secs(30));
-
-    let mut client = lab.cmd(&host_a);
+    let (s, ticket) = start_iroh_server(&mut lab);
+    let mut client = iroh_client(&lab, &ticket);
     client
-        .args(["client", "--ticket", &ticket])
-        .args(["--auth-token-file", &lab.path("tokens.txt")])
-        .args([
-            "--relay-ca",
-            &lab.ca(),
-            "--dns-server",
-            "none",
-            "--no-portmap",
-        ])
         .args(["--source", &format!("udp://127.0.0.1:{WG_PORT}")])
         .args(["--listen", &format!("127.0.0.1:{WG_PORT}")]);
     let c = lab.spawn("client", client);
