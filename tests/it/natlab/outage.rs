@@ -23,6 +23,12 @@ const RECOVERY: Duration = Duration::from_secs(6);
 /// first: iroh redials its relay with exponential backoff, jittered, which vendor/iroh
 /// caps at 4 s between attempts (measured 0.9-1.7 s; with upstream's 16 s cap 4-9 s).
 const RELAYED_RECOVERY: Duration = Duration::from_secs(10);
+/// ...and in manual mode (plain quinn), whose only prober is QUIC's loss-probe timer: it
+/// backs off exponentially while nothing is acknowledged and nothing caps it, so after a
+/// cut of S the next probe may come up to ~S after the path returned (measured: 0.3 s to
+/// 34.8 s after a 30 s cut; the connection and every byte survive). A known weakness
+/// (issue 19 note): porthole cannot ask quinn to probe sooner.
+const MANUAL_RECOVERY: Duration = Duration::from_secs(40);
 
 lab_test!(
     iroh_open_connections_ride_out_a_30s_outage,
@@ -96,10 +102,10 @@ fn ride_out(mode: Mode, nat: Nat) {
         gap >= OUTAGE - Duration::from_secs(1),
         "the interactive stream never waited for the outage ({gap:?}): was the uplink cut?"
     );
-    let recovery = if nat == Nat::Symmetric {
-        RELAYED_RECOVERY
-    } else {
-        RECOVERY
+    let recovery = match (mode, nat) {
+        (Mode::Manual, _) => MANUAL_RECOVERY,
+        (_, Nat::Symmetric) => RELAYED_RECOVERY,
+        _ => RECOVERY,
     };
     assert!(
         gap <= OUTAGE + recovery,

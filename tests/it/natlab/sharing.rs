@@ -23,6 +23,7 @@ lab_test!(
     bulk_streams_share(Mode::Manual)
 );
 
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(super) enum Mode {
     Iroh,
     Manual,
