@@ -11,6 +11,8 @@ command -v iptables >/dev/null 2>&1 || need_pkgs+=(iptables)
 command -v wireguard-go >/dev/null 2>&1 || need_pkgs+=(wireguard-go)
 command -v wg >/dev/null 2>&1 || need_pkgs+=(wireguard-tools)
 command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
+# The status page rendered by a real browser (tests/it/observe.rs).
+command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need_pkgs[*]}" >&2

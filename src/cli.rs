@@ -65,6 +65,50 @@ pub enum Command {
     Completions(CompletionsArgs),
     /// Print the manual page (roff: `porthole man | man -l -`; install.sh installs them).
     Man(ManArgs),
+    /// Show what running servers, clients and relays of this user are doing: sessions,
+    /// paths, RTTs, forwards, bytes, refusals (from their control sockets).
+    Status(StatusArgs),
+}
+
+#[derive(Debug, Args)]
+#[command(after_help = "Examples:\n  \
+porthole status                      # every instance of this user\n  \
+porthole status --watch              # refresh every 2 s\n  \
+porthole status --json | jq '.server.sessions[].path'\n  \
+porthole status --socket /run/porthole/server-1234.sock\n\n\
+Instances put their sockets in $XDG_RUNTIME_DIR/porthole/ (root: /run/porthole/, else\n\
+/tmp/porthole-UID/) unless started with --control-socket. docs/OPERATING.md documents the JSON.")]
+pub struct StatusArgs {
+    /// The control socket of one instance (default: every socket in the default directory).
+    #[arg(long, value_name = "PATH")]
+    pub socket: Option<PathBuf>,
+    /// Print the report as JSON (one object per instance, one per line).
+    #[arg(long)]
+    pub json: bool,
+    /// Refresh every N seconds (default 2) until interrupted.
+    #[arg(long, value_name = "SECS", num_args = 0..=1, default_missing_value = "2",
+          value_parser = clap::value_parser!(u64).range(1..=3600))]
+    pub watch: Option<u64>,
+}
+
+/// Where a running server, client or relay can be watched from.
+#[derive(Debug, Default, Args)]
+#[command(next_help_heading = "Status and metrics")]
+pub struct WatchArgs {
+    /// Control socket for `porthole status` (default: ROLE-PID.sock in $XDG_RUNTIME_DIR/porthole/,
+    /// /run/porthole/ for root, else /tmp/porthole-UID/; `none` for no socket).
+    #[arg(long, value_name = "PATH|none")]
+    pub control_socket: Option<String>,
+    /// Serve Prometheus metrics (/metrics), the status as JSON (/api/status) and a live
+    /// status page (/) on this address, e.g. 127.0.0.1:9090. Any address but loopback
+    /// needs a bearer token (--metrics-token-file).
+    #[arg(long, value_name = "ADDR")]
+    pub metrics: Option<SocketAddr>,
+    /// File holding the bearer token the metrics listener requires (else the
+    /// PORTHOLE_METRICS_TOKEN variable). Scrapers send `Authorization: Bearer TOKEN`;
+    /// the page is opened as http://ADDR/#token=TOKEN.
+    #[arg(long, value_name = "FILE")]
+    pub metrics_token_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -115,6 +159,10 @@ impl PingArgs {
             quic: self.quic,
             direct_paths: self.direct_paths,
             manual: ManualArgs::default(),
+            watch: WatchArgs {
+                control_socket: Some("none".into()),
+                ..WatchArgs::default()
+            },
         }
     }
 }
@@ -322,6 +370,8 @@ pub struct ServerArgs {
     pub direct_paths: DirectPathArgs,
     #[command(flatten)]
     pub manual: ManualArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -352,6 +402,8 @@ pub struct ClientArgs {
     pub direct_paths: DirectPathArgs,
     #[command(flatten)]
     pub manual: ManualArgs,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Args)]
@@ -383,6 +435,8 @@ pub struct RelayArgs {
     /// Run only the STUN responder(s), no iroh relay.
     #[arg(long, requires = "stun_bind")]
     pub stun_only: bool,
+    #[command(flatten)]
+    pub watch: WatchArgs,
 }
 
 #[derive(Debug, Args)]

@@ -57,6 +57,9 @@ fn dispatch(command: Command, threads: Option<usize>) -> Result<(), Exit> {
         Command::Ping(a) => runtime(1)?.block_on(commands::ping::run(a)),
         Command::Completions(a) => commands::docs::completions(&a).map_err(Exit::from),
         Command::Man(a) => commands::docs::man(&a).map_err(Exit::from),
+        Command::Status(a) => runtime(1)?
+            .block_on(commands::status::run(&a))
+            .map_err(Exit::from),
         Command::Nodepass(a) => match a.url.parse() {
             Ok(url) => runtime(1)?
                 .block_on(commands::nodepass::run(url))

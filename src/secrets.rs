@@ -155,6 +155,30 @@ pub fn load_single_token(path: &Path) -> Result<AuthToken> {
     Ok(tokens.remove(0))
 }
 
+/// The metrics listener's bearer token: the first non-comment line of `path`, at least
+/// 16 characters (a `porthole generate-token` token is 18).
+pub fn load_bearer_token(path: &Path) -> Result<Zeroizing<String>> {
+    let text = Zeroizing::new(
+        fs::read_to_string(path)
+            .with_context(|| format!("cannot read token file {}", path.display()))?,
+    );
+    warn_if_readable_by_others(path);
+    let token = text
+        .lines()
+        .map(str::trim)
+        .find(|l| !l.is_empty() && !l.starts_with('#'))
+        .unwrap_or("");
+    if token.chars().count() < 16 || token.contains(char::is_whitespace) {
+        bail!(
+            "{}: the bearer token must be one line of at least 16 characters without spaces \
+             (make one with: porthole generate-token --output {})",
+            path.display(),
+            path.display()
+        );
+    }
+    Ok(Zeroizing::new(token.to_string()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -42,9 +42,13 @@ pub async fn iroh_connector(s: &ClientSettings) -> Result<(iroh::Endpoint, IrohC
 
 async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
     // Listeners first: a port conflict is reported before any network work.
-    let client = Client::bind(s.engine_config()).await?;
+    let config = s.engine_config();
+    let telemetry = config.telemetry.clone();
+    let client = Client::bind(config).await?;
+    let watching = super::watch::engine(&s.watch, &telemetry, &shutdown).await?;
     let (endpoint, connector) = iroh_connector(&s).await?;
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;
+    watching.finish().await;
     result.map_err(anyhow::Error::from)
 }

@@ -19,6 +19,8 @@ use crate::config::resolve::{ClientSettings, ManualSettings, ServerSettings};
 use crate::secrets;
 
 pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
+    let config = s.engine_config();
+    let watching = super::watch::engine(&s.watch, &config.telemetry, &shutdown).await?;
     let opts = options(&s.manual, &s.quic).await;
     let offer = tokio::select! {
         o = read_blob(BlobKind::Offer, s.manual.offer_file.as_deref()) => o?,
@@ -36,15 +38,18 @@ pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Resul
         a = prepared.accept() => a?,
         _ = shutdown.cancelled() => return Ok(()),
     };
-    let config = s.engine_config();
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, "serving over the punched path");
     porthole_engine::server::run(acceptor.clone(), config, shutdown).await?;
     acceptor.close().await;
+    watching.finish().await;
     Ok(())
 }
 
 pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
-    let client = Client::bind(s.engine_config()).await?;
+    let config = s.engine_config();
+    let telemetry = config.telemetry.clone();
+    let client = Client::bind(config).await?;
+    let watching = super::watch::engine(&s.watch, &telemetry, &shutdown).await?;
     let prepared = PreparedClient::new(options(&s.manual, &s.quic).await).await?;
     write_blob(
         &prepared.offer().encode()?,
@@ -61,6 +66,7 @@ pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Resul
         _ = shutdown.cancelled() => return Ok(()),
     };
     client.run(connector, shutdown).await?;
+    watching.finish().await;
     Ok(())
 }
 

@@ -8,7 +8,9 @@ pub mod nodepass;
 pub mod ping;
 pub mod relay;
 pub mod server;
+pub mod status;
 pub mod token;
+pub mod watch;
 
 use tokio_util::sync::CancellationToken;
 

@@ -6,6 +6,13 @@ use anyhow::{Context, Result, bail};
 use porthole_relay::{RelayOptions, TlsOptions};
 use tracing::info;
 
+use std::sync::Arc;
+use std::sync::atomic::Ordering;
+
+use porthole_observe::Report;
+use porthole_observe::relay::RelayStats;
+use porthole_observe::report::RelayStatus;
+
 use crate::cli::RelayArgs;
 
 pub async fn run(args: &RelayArgs) -> Result<()> {
@@ -34,7 +41,9 @@ pub async fn run(args: &RelayArgs) -> Result<()> {
         }
         _ => bail!("HTTPS needs all of --https-bind, --tls-cert and --tls-key"),
     };
+    let watch = crate::config::resolve::watch_settings(&args.watch, None, "relay")?;
     let stun = porthole_relay::spawn_stun(&args.stun_bind).await?;
+    let started = porthole_observe::report::unix_now();
     for a in stun.addrs() {
         println!(
             "STUN server for manual mode: --stun-server {}",
@@ -43,7 +52,14 @@ pub async fn run(args: &RelayArgs) -> Result<()> {
     }
     let shutdown = super::shutdown_on_signal();
     if args.stun_only {
+        let answered = stun.answered();
+        let stats: RelayStats = Arc::new(move || RelayStatus {
+            stun_requests: answered.load(Ordering::Relaxed),
+            ..RelayStatus::default()
+        });
+        let watching = watch_relay(&watch, started, stats, &shutdown).await?;
         shutdown.cancelled().await;
+        watching.finish().await;
         return Ok(());
     }
     let mut relay = porthole_relay::spawn(RelayOptions {
@@ -66,6 +82,20 @@ pub async fn run(args: &RelayArgs) -> Result<()> {
         "relay URL for clients and servers: --relay-url {}",
         relay.client_url(&host)
     );
+    let counters = relay.counters();
+    let answered = stun.answered();
+    let stats: RelayStats = Arc::new(move || {
+        let c = counters();
+        RelayStatus {
+            clients: c.clients,
+            accepts: c.accepts,
+            bytes_in: c.bytes_in,
+            bytes_out: c.bytes_out,
+            qad_connections: c.qad_connections,
+            stun_requests: answered.load(Ordering::Relaxed),
+        }
+    });
+    let watching = watch_relay(&watch, started, stats, &shutdown).await?;
     tokio::select! {
         _ = shutdown.cancelled() => {}
         _ = relay.join() => bail!("the relay stopped unexpectedly"),
@@ -73,7 +103,19 @@ pub async fn run(args: &RelayArgs) -> Result<()> {
     info!("relay stopping");
     relay.shutdown().await;
     drop(stun);
+    watching.finish().await;
     Ok(())
+}
+
+async fn watch_relay(
+    s: &crate::config::resolve::WatchSettings,
+    started: u64,
+    stats: RelayStats,
+    shutdown: &tokio_util::sync::CancellationToken,
+) -> Result<super::watch::Watching> {
+    let reader = stats.clone();
+    let source: porthole_observe::Source = Arc::new(move || Report::relay(started, reader()));
+    super::watch::start(s, source, porthole_observe::relay::metrics(stats), shutdown).await
 }
 
 /// An address to show users: the wildcard becomes a placeholder for this host's name.

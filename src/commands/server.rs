@@ -33,6 +33,7 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
         );
     }
     let config = s.engine_config();
+    let watching = super::watch::engine(&s.watch, &config.telemetry, &shutdown).await?;
     let opts = &s.iroh;
     let endpoint = porthole_transport_iroh::bind(opts, &s.quic)
         .await
@@ -47,6 +48,7 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
     let acceptor = IrohAcceptor::new(endpoint.clone(), &s.quic);
     porthole_engine::server::run(acceptor, config, shutdown).await?;
     endpoint.close().await;
+    watching.finish().await;
     Ok(())
 }
 

@@ -189,6 +189,8 @@ pub struct ServerFile {
     pub quic: QuicTable,
     #[serde(default)]
     pub direct_paths: DirectPathsTable,
+    #[serde(default)]
+    pub status: StatusTable,
     /// mode = "nodepass": the tunnel.
     pub nodepass: Option<NodepassTable>,
 }
@@ -262,6 +264,17 @@ where
     s.parse().map(Some).map_err(serde::de::Error::custom)
 }
 
+/// `[status]`: where a running server or client can be watched from (the flags of
+/// the same names win).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StatusTable {
+    /// A path, or `none`.
+    pub control_socket: Option<String>,
+    pub metrics: Option<SocketAddr>,
+    pub metrics_token_file: Option<PathBuf>,
+}
+
 #[derive(Debug, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct ForwardEntry {
@@ -312,6 +325,8 @@ pub struct ClientFile {
     pub quic: QuicTable,
     #[serde(default)]
     pub direct_paths: DirectPathsTable,
+    #[serde(default)]
+    pub status: StatusTable,
     /// mode = "nodepass": the tunnel.
     pub nodepass: Option<NodepassTable>,
 }
@@ -386,6 +401,7 @@ impl ServerFile {
     pub fn rebase(&mut self, base: &Path) {
         rebase(base, &mut self.secret_file);
         rebase(base, &mut self.auth_tokens_file);
+        rebase(base, &mut self.status.metrics_token_file);
         rebase(base, &mut self.relay_ca);
         rebase(base, &mut self.offer_file);
         rebase(base, &mut self.answer_file);
@@ -448,6 +464,7 @@ impl ClientFile {
 
     pub fn rebase(&mut self, base: &Path) {
         rebase(base, &mut self.auth_token_file);
+        rebase(base, &mut self.status.metrics_token_file);
         rebase(base, &mut self.relay_ca);
         rebase(base, &mut self.offer_file);
         rebase(base, &mut self.answer_file);

@@ -18,10 +18,11 @@ use porthole_transport_iroh::options::parse_pem_certs;
 use porthole_transport_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
 use tracing::warn;
 
-use super::raw::{ClientFile, DirectPathsTable, QuicTable, ServerFile, check_forward};
+use super::raw::{ClientFile, DirectPathsTable, QuicTable, ServerFile, StatusTable, check_forward};
 use super::{Role, read_client, read_server};
 use crate::cli::{
     ClientArgs, ConfigArgs, DirectPathArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ServerArgs,
+    WatchArgs,
 };
 use crate::secrets;
 
@@ -87,6 +88,64 @@ pub struct ServerSettings {
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
+    pub watch: WatchSettings,
+}
+
+/// Where a running instance can be watched from: `--control-socket`, `--metrics`.
+#[derive(Debug, Default)]
+pub struct WatchSettings {
+    /// `None`: no control socket. Default: ROLE-PID.sock in the default directory.
+    pub control_socket: Option<PathBuf>,
+    pub metrics: Option<SocketAddr>,
+    /// The bearer token `--metrics` requires.
+    pub metrics_token: Option<zeroize::Zeroizing<String>>,
+}
+
+/// The watch settings of a `role` instance: flags over the `[status]` table.
+pub fn watch_settings(
+    args: &WatchArgs,
+    f: Option<&StatusTable>,
+    role: &str,
+) -> Result<WatchSettings> {
+    let control_socket = match args
+        .control_socket
+        .as_deref()
+        .or(f.and_then(|f| f.control_socket.as_deref()))
+    {
+        Some("none") => None,
+        Some(p) => Some(PathBuf::from(p)),
+        None => Some(porthole_observe::control::socket_in(
+            &porthole_observe::control::default_dir(),
+            role,
+        )),
+    };
+    let metrics = args.metrics.or(f.and_then(|f| f.metrics));
+    let token_file = args
+        .metrics_token_file
+        .clone()
+        .or(f.and_then(|f| f.metrics_token_file.clone()));
+    let metrics_token = match token_file {
+        Some(p) => Some(secrets::load_bearer_token(&p)?),
+        None => match std::env::var("PORTHOLE_METRICS_TOKEN") {
+            Ok(t) if !t.trim().is_empty() => Some(zeroize::Zeroizing::new(t.trim().to_string())),
+            _ => None,
+        },
+    };
+    if let Some(a) = metrics
+        && !a.ip().is_loopback()
+        && metrics_token.is_none()
+    {
+        bail!(
+            "--metrics {a} is not a loopback address: anyone who reaches it would see your sessions. \
+             Give a bearer token with --metrics-token-file FILE (or PORTHOLE_METRICS_TOKEN; \
+             `porthole generate-token --output FILE` makes one), or listen on 127.0.0.1"
+        );
+    }
+    Ok(WatchSettings {
+        control_socket,
+        metrics,
+        metrics_token,
+    })
 }
 
 #[derive(Debug)]
@@ -101,6 +160,7 @@ pub struct ClientSettings {
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
+    pub watch: WatchSettings,
 }
 
 impl ServerSettings {
@@ -322,6 +382,7 @@ fn server_settings(
             .udp_idle_timeout
             .or(f.and_then(|f| f.udp_idle_timeout))
             .unwrap_or(porthole_engine::udp::DEFAULT_IDLE_TIMEOUT),
+        watch: watch_settings(&args.watch, f.map(|f| &f.status), "server")?,
     })
 }
 
@@ -483,6 +544,7 @@ fn client_settings(
             .udp_idle_timeout
             .or(f.and_then(|f| f.udp_idle_timeout))
             .unwrap_or(porthole_engine::udp::DEFAULT_IDLE_TIMEOUT),
+        watch: watch_settings(&args.watch, f.map(|f| &f.status), "client")?,
     })
 }
 

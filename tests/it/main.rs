@@ -11,6 +11,7 @@ mod load;
 mod manual;
 mod natlab;
 mod nodepass;
+mod observe;
 mod process;
 mod secrets;
 mod support;

@@ -34,6 +34,11 @@ impl TokenSet {
         self.0.is_empty()
     }
 
+    /// The tokens' labels (logs, status), never the tokens.
+    pub fn labels(&self) -> Vec<String> {
+        self.0.iter().map(crate::telemetry::token_label).collect()
+    }
+
     pub fn contains(&self, candidate: &AuthToken) -> bool {
         let mut found = Choice::from(0);
         for t in &self.0 {

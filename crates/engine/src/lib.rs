@@ -21,6 +21,7 @@ pub mod quic_params;
 pub mod server;
 pub mod socket_buffers;
 pub mod splice;
+pub mod telemetry;
 pub mod transport;
 pub mod udp;
 pub mod windows;

@@ -12,7 +12,8 @@
 /// the peer's full identity that per-peer limits are keyed on (never truncated),
 /// `rtt = |c| expr` gives the round-trip time of the path in use as an
 /// `Option<Duration>`, for the [`windows`](crate::windows) tuner (`c` is
-/// the library's `Connection`), `heard = |s| expr` counts the frames received that prove
+/// the library's `Connection`), `path = |c| expr` the path in use as an
+/// `Option<PathNow>` (for status and metrics), `heard = |s| expr` counts the frames received that prove
 /// the peer alive from the library's `ConnectionStats` `s` (ACK frames differ: multipath
 /// noq acknowledges with PATH_ACK), `read_chunks = name` names the library's zero-copy
 /// multi-chunk read (`read_chunks` in quinn, `read_many_chunks` in noq). The calling crate
@@ -22,13 +23,14 @@
 /// porthole_engine::quic_adapter!(quinn, QuicConn, QuicSend, QuicRecv,
 ///     peer = |c| c.remote_address().to_string(), peer_key = |c| c.remote_address().ip().to_string(),
 ///     rtt = |c| Some(c.rtt()),
+///     path = |c| None,
 ///     heard = |s| s.frame_rx.acks + s.frame_rx.ping, read_chunks = read_chunks);
 /// ```
 #[macro_export]
 macro_rules! quic_adapter {
     ($quic:ident, $conn:ident, $send:ident, $recv:ident,
      peer = |$c:ident| $peer:expr, peer_key = |$k:ident| $peer_key:expr,
-     rtt = |$r:ident| $rtt:expr,
+     rtt = |$r:ident| $rtt:expr, path = |$pa:ident| $path:expr,
      heard = |$h:ident| $heard:expr, read_chunks = $read_chunks:ident) => {
         /// An established connection, as the engine sees it.
         #[derive(Debug, Clone)]
@@ -113,6 +115,11 @@ macro_rules! quic_adapter {
             fn frames_received(&self) -> u64 {
                 let $h = self.0.stats();
                 $heard
+            }
+
+            fn path(&self) -> Option<$crate::transport::PathNow> {
+                let $pa = &self.0;
+                $path
             }
         }
 

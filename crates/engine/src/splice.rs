@@ -23,6 +23,7 @@ use porthole_proto::close::StreamCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::telemetry::StreamMeter;
 use crate::transport::{RecvStream, SendStream};
 
 /// TCP -> QUIC read buffer (64 KiB moves 10 % more per CPU second than 16 KiB).
@@ -53,11 +54,13 @@ pub enum SpliceEnd {
     },
 }
 
-/// Runs until both directions are done or one fails. `up` is TCP -> QUIC.
+/// Runs until both directions are done or one fails. `up` is TCP -> QUIC. `meter`
+/// counts the bytes as they move (status and metrics see a transfer while it runs).
 pub async fn splice<S: SendStream, R: RecvStream>(
     mut tcp: TcpStream,
     mut send: S,
     mut recv: R,
+    meter: &StreamMeter,
 ) -> SpliceEnd {
     let (mut up, mut down) = (0u64, 0u64);
     let mut up_finished = false;
@@ -67,9 +70,12 @@ pub async fn splice<S: SendStream, R: RecvStream>(
             &mut tcp_r,
             &mut send,
             &mut up,
-            &mut up_finished
+            &mut up_finished,
+            meter,
         ));
-        let down_fut = pin!(write_chunks_then_finish(&mut recv, &mut tcp_w, &mut down));
+        let down_fut = pin!(write_chunks_then_finish(
+            &mut recv, &mut tcp_w, &mut down, meter
+        ));
         // Both directions to their end; the first error ends both at once.
         tokio::try_join!(up_fut, down_fut).map(|_| ())
     };
@@ -95,7 +101,12 @@ pub async fn splice<S: SendStream, R: RecvStream>(
 /// one write attempt only: what TCP does not take at once is copied out and every chunk
 /// released before waiting. Holding them across slow writes pinned ~10 MiB more on the
 /// receiving end of 8 bulk streams.
-async fn write_chunks_then_finish<R, W>(r: &mut R, w: &mut W, count: &mut u64) -> io::Result<()>
+async fn write_chunks_then_finish<R, W>(
+    r: &mut R,
+    w: &mut W,
+    count: &mut u64,
+    meter: &StreamMeter,
+) -> io::Result<()>
 where
     R: RecvStream,
     W: AsyncWrite + Unpin + ?Sized,
@@ -108,10 +119,12 @@ where
         };
         let taken = write_now(w, &chunks[..n]).await?;
         *count += taken as u64;
+        meter.to_tcp(taken as u64);
         let rest = take_rest(&mut chunks[..n], taken);
         if !rest.is_empty() {
             w.write_all(&rest).await?;
             *count += rest.len() as u64;
+            meter.to_tcp(rest.len() as u64);
         }
     }
 }
@@ -158,6 +171,7 @@ async fn read_then_hand_over<R, S>(
     w: &mut S,
     count: &mut u64,
     finished: &mut bool,
+    meter: &StreamMeter,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -181,6 +195,7 @@ where
         }
         let before = *count;
         *count += n as u64;
+        meter.from_tcp(n as u64);
         if before < BULK_AFTER && *count >= BULK_AFTER {
             w.set_priority(BULK_PRIORITY);
         }
@@ -375,7 +390,7 @@ mod tests {
         let mut r = Chunks(chunks.into());
         let mut w = TcpPeer::new(1000, false);
         let mut n = 0;
-        write_chunks_then_finish(&mut r, &mut w, &mut n)
+        write_chunks_then_finish(&mut r, &mut w, &mut n, &StreamMeter::detached())
             .await
             .unwrap();
         assert_eq!(w.data, expected);
@@ -390,7 +405,7 @@ mod tests {
         let mut r = Chunks(chunks.into());
         let mut w = TcpPeer::new(usize::MAX, true);
         let mut n = 0;
-        write_chunks_then_finish(&mut r, &mut w, &mut n)
+        write_chunks_then_finish(&mut r, &mut w, &mut n, &StreamMeter::detached())
             .await
             .unwrap();
         assert!(!w.full_once, "the peer was full once");
@@ -433,7 +448,7 @@ mod tests {
         let mut r = ReplyThenReset(Some(b"busy"));
         let mut w = Recorder::default();
         let (mut n, mut fin) = (0, false);
-        let e = read_then_hand_over(&mut r, &mut w, &mut n, &mut fin)
+        let e = read_then_hand_over(&mut r, &mut w, &mut n, &mut fin, &StreamMeter::detached())
             .await
             .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "still an error");
@@ -446,9 +461,15 @@ mod tests {
         let big: Vec<u8> = (0..1_000_000u32).map(|i| i as u8).collect();
         let mut w = Recorder::default();
         let (mut n, mut fin) = (0, false);
-        read_then_hand_over(&mut &big[..], &mut w, &mut n, &mut fin)
-            .await
-            .unwrap();
+        read_then_hand_over(
+            &mut &big[..],
+            &mut w,
+            &mut n,
+            &mut fin,
+            &StreamMeter::detached(),
+        )
+        .await
+        .unwrap();
         assert!(fin);
         assert_eq!(w.data, big);
         assert!(w.finished);
@@ -458,9 +479,15 @@ mod tests {
         let small = vec![7u8; 10_000];
         let mut w = Recorder::default();
         let (mut n, mut fin) = (0, false);
-        read_then_hand_over(&mut &small[..], &mut w, &mut n, &mut fin)
-            .await
-            .unwrap();
+        read_then_hand_over(
+            &mut &small[..],
+            &mut w,
+            &mut n,
+            &mut fin,
+            &StreamMeter::detached(),
+        )
+        .await
+        .unwrap();
         assert_eq!(w.data, small);
         assert!(w.priorities.is_empty());
     }

@@ -67,6 +67,23 @@ impl fmt::Display for ConnectionEnd {
     }
 }
 
+/// The network path a connection uses right now.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PathNow {
+    pub kind: PathKind,
+    /// The path's smoothed round-trip time, once measured.
+    pub rtt: Option<std::time::Duration>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum PathKind {
+    /// Straight to the peer's address.
+    Direct(std::net::SocketAddr),
+    /// Through a relay, by its URL.
+    Relay(String),
+    Unknown,
+}
+
 /// An established, encrypted connection to the peer.
 pub trait Connection: Clone + Send + Sync + 'static {
     type Send: SendStream;
@@ -98,6 +115,8 @@ pub trait Connection: Clone + Send + Sync + 'static {
     /// decryption: unlike raw UDP bytes, a stateless reset the connection does not
     /// recognise (a restarted server sends them) adds nothing.
     fn frames_received(&self) -> u64;
+    /// The path carrying the connection now, if one is selected.
+    fn path(&self) -> Option<PathNow>;
 }
 
 /// The server side of a transport: hands out incoming connections.

@@ -10,6 +10,7 @@ pub mod certs;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::Arc;
+use std::sync::atomic::AtomicU64;
 
 use iroh_relay::server::{CertConfig, QuicConfig, RelayConfig, Server, ServerConfig, TlsConfig};
 use rustls_pki_types::pem::PemObject;
@@ -47,6 +48,16 @@ pub enum RelayError {
     Spawn(String),
 }
 
+/// See [`RelayHandle::counters`].
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct RelayCounters {
+    pub clients: u64,
+    pub accepts: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub qad_connections: u64,
+}
+
 /// A running relay; dropped or [`RelayHandle::shutdown`] stops it.
 #[derive(Debug)]
 pub struct RelayHandle {
@@ -77,6 +88,20 @@ impl RelayHandle {
                 "http://{host}:{}/",
                 self.http_addr().map(|a| a.port()).unwrap_or(80)
             ),
+        }
+    }
+
+    /// What the relay has done so far: peers connected now and since the start, bytes
+    /// relayed each way, QUIC address discovery connections served.
+    /// Returns a reader that stays valid (and live) for as long as the relay runs.
+    pub fn counters(&self) -> impl Fn() -> RelayCounters + Send + Sync + 'static {
+        let m = self.server.metrics().server.clone();
+        move || RelayCounters {
+            clients: m.accepts.get().saturating_sub(m.disconnects.get()),
+            accepts: m.accepts.get(),
+            bytes_in: m.bytes_recv.get(),
+            bytes_out: m.bytes_sent.get(),
+            qad_connections: m.qad_connections.get(),
         }
     }
 
@@ -160,11 +185,17 @@ fn load_tls(cert: &PathBuf, key: &PathBuf) -> Result<rustls::ServerConfig, Relay
 pub struct StunHandle {
     addrs: Vec<SocketAddr>,
     tasks: Vec<tokio::task::JoinHandle<std::io::Result<()>>>,
+    answered: Arc<AtomicU64>,
 }
 
 impl StunHandle {
     pub fn addrs(&self) -> &[SocketAddr] {
         &self.addrs
+    }
+
+    /// A reader of the number of binding requests answered so far, on every address.
+    pub fn answered(&self) -> Arc<AtomicU64> {
+        self.answered.clone()
     }
 }
 
@@ -180,6 +211,7 @@ impl Drop for StunHandle {
 pub async fn spawn_stun(binds: &[SocketAddr]) -> Result<StunHandle, RelayError> {
     let mut addrs = Vec::new();
     let mut tasks = Vec::new();
+    let answered = Arc::new(AtomicU64::new(0));
     for b in binds {
         let socket = tokio::net::UdpSocket::bind(b)
             .await
@@ -189,7 +221,14 @@ pub async fn spawn_stun(binds: &[SocketAddr]) -> Result<StunHandle, RelayError> 
             .map_err(|e| RelayError::Spawn(e.to_string()))?;
         info!("STUN responder on udp://{addr}");
         addrs.push(addr);
-        tasks.push(tokio::spawn(porthole_transport_quic::stun::respond(socket)));
+        let answered = answered.clone();
+        tasks.push(tokio::spawn(async move {
+            porthole_transport_quic::stun::respond_counting(socket, &answered).await
+        }));
     }
-    Ok(StunHandle { addrs, tasks })
+    Ok(StunHandle {
+        addrs,
+        tasks,
+        answered,
+    })
 }

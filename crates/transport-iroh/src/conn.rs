@@ -12,6 +12,7 @@ porthole_engine::quic_adapter!(
     peer = |c| c.remote_id().fmt_short().to_string(),
     peer_key = |c| c.remote_id().to_string(),
     rtt = |c| crate::paths::selected(c).map(|p| p.rtt),
+    path = |c| crate::paths::selected(c).map(crate::paths::PathInfo::now),
     heard = |s| {
         let f = &s.frame_rx;
         f.acks + f.path_acks + f.ping + f.stream + f.datagram

@@ -28,6 +28,19 @@ impl PathInfo {
     pub fn is_direct(&self) -> bool {
         matches!(self.kind, PathKind::Direct(_))
     }
+
+    /// The engine's view of it (status and metrics).
+    pub fn now(self) -> porthole_engine::transport::PathNow {
+        use porthole_engine::transport::PathKind as K;
+        porthole_engine::transport::PathNow {
+            kind: match self.kind {
+                PathKind::Direct(a) => K::Direct(a),
+                PathKind::Relay(u) => K::Relay(u.to_string()),
+                PathKind::Other(_) => K::Unknown,
+            },
+            rtt: Some(self.rtt),
+        }
+    }
 }
 
 impl fmt::Display for PathInfo {

@@ -12,6 +12,10 @@ porthole_engine::quic_adapter!(
     peer = |c| c.remote_address().to_string(),
     peer_key = |c| c.remote_address().ip().to_canonical().to_string(),
     rtt = |c| Some(c.rtt()),
+    path = |c| Some(porthole_engine::transport::PathNow {
+        kind: porthole_engine::transport::PathKind::Direct(c.remote_address()),
+        rtt: Some(c.rtt()),
+    }),
     heard = |s| {
         let f = &s.frame_rx;
         f.acks + f.ping + f.stream + f.datagram

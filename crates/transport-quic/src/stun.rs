@@ -90,6 +90,14 @@ pub async fn bindings(
 
 /// Answers binding requests on `socket` forever (until the task is dropped).
 pub async fn respond(socket: UdpSocket) -> io::Result<()> {
+    respond_counting(socket, &std::sync::atomic::AtomicU64::new(0)).await
+}
+
+/// [`respond`], adding one to `answered` for every request answered.
+pub async fn respond_counting(
+    socket: UdpSocket,
+    answered: &std::sync::atomic::AtomicU64,
+) -> io::Result<()> {
     let decoder = MessageDecoderBuilder::default().build();
     let encoder = MessageEncoderBuilder::default().build();
     let mut buf = vec![0u8; 2048];
@@ -106,8 +114,10 @@ pub async fn respond(socket: UdpSocket) -> io::Result<()> {
             .with_transaction_id(*msg.transaction_id())
             .with_attribute(XorMappedAddress::from(from))
             .build();
-        if let Ok(len) = encoder.encode(&mut out, &reply) {
-            let _ = socket.send_to(&out[..len], from).await;
+        if let Ok(len) = encoder.encode(&mut out, &reply)
+            && socket.send_to(&out[..len], from).await.is_ok()
+        {
+            answered.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         }
     }
 }

@@ -21,6 +21,7 @@ pub fn scrub(c: &mut Command) {
     }
     .env_remove("PORTHOLE_AUTH_TOKEN")
     .env_remove("PORTHOLE_SECRET")
+    .env_remove("PORTHOLE_METRICS_TOKEN")
     .env("NO_COLOR", "1");
 }
 

@@ -23,6 +23,7 @@ use tracing::{Instrument, error, info, info_span, warn};
 
 pub use session::Session;
 
+use crate::telemetry::{ForwardLive, Role, Telemetry, TunnelState};
 use crate::transport::{Connection, ConnectionEnd, Connector};
 
 /// One forward: a source on the server's side, a listen address on ours.
@@ -49,6 +50,8 @@ pub struct ClientConfig {
     /// After this long without hearing the server, check with a fresh connection whether
     /// it still knows the tunnel (`QuicParams::silent_after`; see `liveness`).
     pub silent_after: Duration,
+    /// Where the client counts what it does (status, metrics).
+    pub telemetry: Telemetry,
 }
 
 impl ClientConfig {
@@ -64,6 +67,7 @@ impl ClientConfig {
             udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
             max_udp_flows: 1024,
             silent_after: crate::quic_params::QuicParams::default().silent_after(),
+            telemetry: Telemetry::new(Role::Client),
         }
     }
 }
@@ -119,8 +123,8 @@ pub enum Status {
 }
 
 pub(crate) enum Local {
-    Tcp(TcpListener),
-    Udp(Arc<UdpSocket>),
+    Tcp(TcpListener, Arc<ForwardLive>),
+    Udp(Arc<UdpSocket>, Arc<ForwardLive>),
 }
 
 /// One authenticated connection to the server with no forwards, for `porthole ping`:
@@ -168,12 +172,18 @@ impl Client {
                 forward: f.source.clone(),
                 error,
             };
+            let source = f.source.to_string();
             locals.push(match f.source.protocol {
-                Protocol::Tcp => Local::Tcp(crate::net::listen_tcp(f.listen).map_err(bind_err)?),
+                Protocol::Tcp => {
+                    let l = crate::net::listen_tcp(f.listen).map_err(bind_err)?;
+                    let addr = l.local_addr().unwrap_or(f.listen);
+                    Local::Tcp(l, config.telemetry.client_forward(&source, addr))
+                }
                 Protocol::Udp => {
                     let s = UdpSocket::bind(f.listen).await.map_err(bind_err)?;
                     crate::udp::size_socket(&s);
-                    Local::Udp(Arc::new(s))
+                    let addr = s.local_addr().unwrap_or(f.listen);
+                    Local::Udp(Arc::new(s), config.telemetry.client_forward(&source, addr))
                 }
             });
         }
@@ -189,8 +199,8 @@ impl Client {
         self.locals
             .iter()
             .filter_map(|l| match l {
-                Local::Tcp(t) => t.local_addr().ok(),
-                Local::Udp(u) => u.local_addr().ok(),
+                Local::Tcp(t, _) => t.local_addr().ok(),
+                Local::Udp(u, _) => u.local_addr().ok(),
             })
             .collect()
     }
@@ -219,7 +229,7 @@ impl Client {
             let spec = &config.forwards[index];
             let span = info_span!("forward", listen = %spec.listen, source = %spec.source);
             match local {
-                Local::Tcp(listener) => {
+                Local::Tcp(listener, live) => {
                     udp_forwards.push(None);
                     tasks.spawn(
                         tcp::accept_loop(
@@ -227,13 +237,15 @@ impl Client {
                             index,
                             session_rx.clone(),
                             config.session_wait,
+                            live,
+                            config.telemetry.first_byte(),
                             local_cancel.clone(),
                         )
                         .instrument(span),
                     );
                 }
-                Local::Udp(socket) => {
-                    let fwd = Arc::new(udp::UdpForward::new(socket, index, &config));
+                Local::Udp(socket, live) => {
+                    let fwd = Arc::new(udp::UdpForward::new(socket, index, &config, live));
                     udp_forwards.push(Some(fwd.clone()));
                     tasks.spawn(
                         fwd.local_loop(session_rx.clone(), local_cancel.clone())
@@ -243,6 +255,7 @@ impl Client {
             }
         }
         let udp_forwards = Arc::new(udp_forwards);
+        tasks.spawn(sample_rtt(config.telemetry.clone(), local_cancel.clone()));
         let result = connection_loop(
             &connector,
             &config,
@@ -254,6 +267,9 @@ impl Client {
         .await;
         let _ = session_tx.send(None);
         let _ = status.send(Status::Stopped);
+        config
+            .telemetry
+            .tunnel_down(TunnelState::Stopped, "stopped".into(), None);
         local_cancel.cancel();
         tasks.close();
         let _ = tokio::time::timeout(Duration::from_secs(2), tasks.wait()).await;
@@ -297,6 +313,10 @@ async fn connection_loop<C: Connector>(
                     }
                     announced = true;
                 }
+                let path_of = session.conn.clone();
+                config
+                    .telemetry
+                    .tunnel_up(peer.clone(), Box::new(move || path_of.path()));
                 let _ = status.send(Status::Connected { peer });
                 let session = Arc::new(session);
                 let _ = sessions.send(Some(session.clone()));
@@ -312,9 +332,9 @@ async fn connection_loop<C: Connector>(
                         rx.abort();
                         warn!("tunnel lost: the server no longer answers it (restarted?); \
                                continuing on a fresh connection");
-                        let _ = status.send(Status::Reconnecting {
-                            reason: "the server stopped answering".into(),
-                        });
+                        let reason = "the server stopped answering".to_string();
+                        config.telemetry.tunnel_down(TunnelState::Reconnecting, reason.clone(), None);
+                        let _ = status.send(Status::Reconnecting { reason });
                         replacement = Some(fresh);
                         continue;
                     }
@@ -331,6 +351,9 @@ async fn connection_loop<C: Connector>(
                     return Err(fatal);
                 }
                 warn!("tunnel lost: {end}; reconnecting");
+                config
+                    .telemetry
+                    .tunnel_down(TunnelState::Reconnecting, end.to_string(), None);
                 let _ = status.send(Status::Reconnecting {
                     reason: end.to_string(),
                 });
@@ -344,6 +367,14 @@ async fn connection_loop<C: Connector>(
                     reason: why.clone(),
                 });
                 let delay = backoff.next().unwrap_or(config.backoff_max);
+                let state = if announced {
+                    TunnelState::Reconnecting
+                } else {
+                    TunnelState::Connecting
+                };
+                config
+                    .telemetry
+                    .tunnel_down(state, why.clone(), Some(delay));
                 warn!("could not establish the tunnel: {why}; retrying in {delay:.1?}");
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
@@ -357,6 +388,17 @@ async fn connection_loop<C: Connector>(
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
+        }
+    }
+}
+
+/// Samples the tunnel's RTT into the status history every few seconds.
+async fn sample_rtt(telemetry: Telemetry, cancel: CancellationToken) {
+    let mut every = tokio::time::interval(Duration::from_secs(2));
+    loop {
+        tokio::select! {
+            _ = cancel.cancelled() => return,
+            _ = every.tick() => telemetry.sample_rtt(),
         }
     }
 }

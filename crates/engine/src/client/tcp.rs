@@ -13,6 +13,7 @@ use tracing::{Instrument, debug, info_span, warn};
 use super::Session;
 use crate::control::write_frame;
 use crate::splice::{SpliceEnd, abort_tcp, splice, tune_tcp};
+use crate::telemetry::{ForwardLive, Side, StreamMeter};
 use crate::transport::Connection;
 
 type Sessions<C> = watch::Receiver<Option<Arc<Session<C>>>>;
@@ -22,6 +23,8 @@ pub(crate) async fn accept_loop<C: Connection>(
     index: usize,
     sessions: Sessions<C>,
     wait: Duration,
+    live: Arc<ForwardLive>,
+    first_byte: Option<prometheus_client::metrics::histogram::Histogram>,
     cancel: CancellationToken,
 ) {
     loop {
@@ -32,7 +35,11 @@ pub(crate) async fn accept_loop<C: Connection>(
         match accepted {
             Ok((tcp, from)) => {
                 let span = info_span!("tcp", %from);
-                tokio::spawn(handle(tcp, from, index, sessions.clone(), wait).instrument(span));
+                // Counted from here: time to first byte includes waiting for the tunnel.
+                let meter = live.stream(Side::Client, first_byte.clone());
+                tokio::spawn(
+                    handle(tcp, from, index, sessions.clone(), wait, meter).instrument(span),
+                );
             }
             Err(e) => {
                 // Usually out of file descriptors: back off instead of spinning.
@@ -49,6 +56,7 @@ async fn handle<C: Connection>(
     index: usize,
     mut sessions: Sessions<C>,
     wait: Duration,
+    meter: StreamMeter,
 ) {
     let session = match tokio::time::timeout(wait, sessions.wait_for(|s| s.is_some())).await {
         Ok(Ok(s)) => s.clone(),
@@ -78,7 +86,7 @@ async fn handle<C: Connection>(
         return;
     }
     tune_tcp(&tcp);
-    match splice(tcp, send, recv).await {
+    match splice(tcp, send, recv, &meter).await {
         SpliceEnd::Clean { up, down } => debug!(sent = up, received = down, "closed"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(sent = up, received = down, "aborted: {error}")

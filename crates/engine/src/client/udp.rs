@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{ClientConfig, Session};
+use crate::telemetry::{Discard, ForwardLive, Telemetry};
 use crate::transport::Connection;
 use crate::udp::{Clock, DropCounter, UDP_BUF, send_payload};
 
@@ -76,10 +77,17 @@ pub(crate) struct UdpForward {
     clock: Clock,
     packet_ids: AtomicU16,
     drops: DropCounter,
+    live: Arc<ForwardLive>,
+    telemetry: Telemetry,
 }
 
 impl UdpForward {
-    pub fn new(socket: Arc<UdpSocket>, index: usize, config: &ClientConfig) -> Self {
+    pub fn new(
+        socket: Arc<UdpSocket>,
+        index: usize,
+        config: &ClientConfig,
+        live: Arc<ForwardLive>,
+    ) -> Self {
         Self {
             socket,
             index,
@@ -89,7 +97,15 @@ impl UdpForward {
             clock: Clock::default(),
             packet_ids: AtomicU16::new(0),
             drops: DropCounter::new("UDP datagrams discarded"),
+            live,
+            telemetry: config.telemetry.clone(),
         }
+    }
+
+    /// Counts discarded datagrams for the log and the metrics.
+    fn discard(&self, why: Discard, detail: &dyn std::fmt::Display) {
+        self.telemetry.dropped(why, 1);
+        self.drops.add(1, detail);
     }
 
     fn table(&self) -> std::sync::MutexGuard<'_, FlowTable> {
@@ -109,7 +125,10 @@ impl UdpForward {
             let (n, peer) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = sweep.tick() => {
-                    let n = self.table().expire(self.clock.now_ms(), self.idle.as_millis() as u64);
+                    let mut table = self.table();
+                    let n = table.expire(self.clock.now_ms(), self.idle.as_millis() as u64);
+                    self.live.flows_now(table.by_peer.len(), 0);
+                    drop(table);
                     if n > 0 {
                         debug!("{n} idle UDP flow(s) expired");
                     }
@@ -123,19 +142,26 @@ impl UdpForward {
                     }
                 },
             };
-            let Some(flow_id) = self
-                .table()
-                .flow_for(peer, self.clock.now_ms(), self.max_flows)
-            else {
-                self.drops.add(
-                    1,
+            let flow = {
+                let mut table = self.table();
+                let before = table.by_peer.len();
+                let flow = table.flow_for(peer, self.clock.now_ms(), self.max_flows);
+                let after = table.by_peer.len();
+                if after != before {
+                    self.live.flows_now(after, (after - before) as u64);
+                }
+                flow
+            };
+            let Some(flow_id) = flow else {
+                self.discard(
+                    Discard::FlowLimit,
                     &format_args!("UDP flow limit ({}) reached", self.max_flows),
                 );
                 continue;
             };
             let session = sessions.borrow().clone();
             let Some(session) = session else {
-                self.drops.add(1, &"tunnel is down");
+                self.discard(Discard::Tunnel, &"tunnel is down");
                 continue;
             };
             let Some(&forward_id) = session.forward_ids.get(self.index) else {
@@ -145,8 +171,9 @@ impl UdpForward {
                 forward_id,
                 flow_id,
             };
-            if let Err(e) = send_payload(&session.conn, key, &self.packet_ids, &buf[..n]) {
-                self.drops.add(1, &format_args!("to tunnel: {e}"));
+            match send_payload(&session.conn, key, &self.packet_ids, &buf[..n]) {
+                Ok(()) => self.live.add_up(n as u64),
+                Err(e) => self.discard(Discard::Tunnel, &format_args!("to tunnel: {e}")),
             }
         }
     }
@@ -154,12 +181,15 @@ impl UdpForward {
     /// Tunnel -> the local peer that owns `flow_id`.
     fn deliver(&self, flow_id: u32, payload: &[u8]) {
         let Some(peer) = self.table().peer_of(flow_id, self.clock.now_ms()) else {
-            self.drops.add(1, &"reply for an unknown or expired flow");
+            self.discard(
+                Discard::UnknownForward,
+                &"reply for an unknown or expired flow",
+            );
             return;
         };
-        if let Err(e) = self.socket.try_send_to(payload, peer) {
-            self.drops
-                .add(1, &format_args!("to local peer {peer}: {e}"));
+        match self.socket.try_send_to(payload, peer) {
+            Ok(n) => self.live.add_down(n as u64),
+            Err(e) => self.discard(Discard::Socket, &format_args!("to local peer {peer}: {e}")),
         }
     }
 }

@@ -19,6 +19,7 @@ use super::forwards::Forwards;
 use super::udp::ServerUdp;
 use super::{ServerConfig, Shared};
 use crate::control::{ControlError, read_frame, read_frame_or_eof, write_frame};
+use crate::telemetry::{Refusal, SessionGuard, token_label};
 use crate::transport::{Connection, ConnectionEnd};
 
 enum AuthFailure {
@@ -42,14 +43,20 @@ pub(crate) async fn serve<C: Connection>(
 
     if let Some(wait) = shared.limiter.check(&key, Instant::now()) {
         info!("refusing connection: too many failed auths, blocked for another {wait:?}");
+        config.telemetry.refused(Refusal::RateLimited);
         conn.close(CloseCode::RateLimited.as_u32(), b"rate limited");
         return;
     }
 
     let auth = tokio::time::timeout(config.auth_timeout, authenticate(&conn, config));
-    let (mut control_send, mut control_recv) = match auth.await {
+    let (mut control_send, mut control_recv, client) = match auth.await {
         Ok(Ok(streams)) => streams,
         Ok(Err(AuthFailure::Close(code, reason, log))) => {
+            config.telemetry.refused(match code {
+                CloseCode::AuthFailed => Refusal::AuthFailed,
+                CloseCode::UnsupportedVersion => Refusal::UnsupportedVersion,
+                _ => Refusal::ProtocolError,
+            });
             if code == CloseCode::AuthFailed {
                 match shared.limiter.failure(&key, Instant::now()) {
                     Some(b) => warn!("auth failed ({log}); peer blocked for {b:?}"),
@@ -67,6 +74,7 @@ pub(crate) async fn serve<C: Connection>(
         }
         Err(_) => {
             warn!("auth timed out after {:?}", config.auth_timeout);
+            config.telemetry.refused(Refusal::AuthTimeout);
             conn.close(CloseCode::AuthTimeout.as_u32(), b"auth timeout");
             return;
         }
@@ -78,6 +86,7 @@ pub(crate) async fn serve<C: Connection>(
             "session limit ({}) reached; refusing client",
             config.max_sessions
         );
+        config.telemetry.refused(Refusal::SessionLimit);
         conn.close(CloseCode::ServerBusy.as_u32(), b"server busy");
         return;
     };
@@ -91,7 +100,11 @@ pub(crate) async fn serve<C: Connection>(
         debug!("could not answer auth: {e}");
         return;
     }
-    info!("client authenticated");
+    info!(%client, "client authenticated");
+    let path_of = conn.clone();
+    let session = config
+        .telemetry
+        .session(client, peer, Box::new(move || path_of.path()));
 
     let forwards = Arc::new(Forwards::default());
     let cancel = shutdown.child_token();
@@ -111,6 +124,7 @@ pub(crate) async fn serve<C: Connection>(
             &mut control_recv,
             &forwards,
             config,
+            &session,
         )
         .await;
         // The control stream may end while the connection lives on: park this arm.
@@ -147,6 +161,7 @@ async fn serve_control<C: Connection>(
     recv: &mut C::Recv,
     forwards: &Forwards,
     config: &ServerConfig,
+    session: &SessionGuard,
 ) {
     loop {
         let request = match read_frame_or_eof::<ControlRequest, _>(recv).await {
@@ -171,6 +186,9 @@ async fn serve_control<C: Connection>(
             Err(e) => {
                 let text: String = source.chars().take(80).collect();
                 warn!("forward {text:?} refused: invalid source: {e}");
+                config
+                    .telemetry
+                    .refused(Refusal::Forward(RejectReason::InvalidSource));
                 let reply = ControlResponse::ForwardRejected {
                     request_id,
                     reason: RejectReason::InvalidSource,
@@ -185,7 +203,9 @@ async fn serve_control<C: Connection>(
         let reply = match config.policy.resolve(&source, config.resolve_timeout).await {
             Ok(resolved) => {
                 let addrs = resolved.addrs.clone();
-                match forwards.push(resolved, config.max_forwards) {
+                let label = source.to_string();
+                let live = |id: u16| session.forward(id.into(), &label);
+                match forwards.push(resolved, config.max_forwards, live) {
                     Some(forward_id) => {
                         info!(forward_id, "forward {source} accepted -> {addrs:?}");
                         ControlResponse::ForwardAccepted {
@@ -193,11 +213,17 @@ async fn serve_control<C: Connection>(
                             forward_id,
                         }
                     }
-                    None => ControlResponse::ForwardRejected {
-                        request_id,
-                        reason: RejectReason::TooManyForwards,
-                        detail: format!("at most {} forwards per connection", config.max_forwards),
-                    },
+                    None => {
+                        config.telemetry.refused(Refusal::ForwardLimit);
+                        ControlResponse::ForwardRejected {
+                            request_id,
+                            reason: RejectReason::TooManyForwards,
+                            detail: format!(
+                                "at most {} forwards per connection",
+                                config.max_forwards
+                            ),
+                        }
+                    }
                 }
             }
             Err(refusal) => {
@@ -205,6 +231,7 @@ async fn serve_control<C: Connection>(
                     "forward {source} refused: {}: {}",
                     refusal.reason, refusal.detail
                 );
+                config.telemetry.refused(Refusal::Forward(refusal.reason));
                 ControlResponse::ForwardRejected {
                     request_id,
                     reason: refusal.reason,
@@ -221,7 +248,7 @@ async fn serve_control<C: Connection>(
 async fn authenticate<C: Connection>(
     conn: &C,
     config: &ServerConfig,
-) -> Result<(C::Send, C::Recv), AuthFailure> {
+) -> Result<(C::Send, C::Recv, String), AuthFailure> {
     let (send, mut recv) = conn
         .accept_bi()
         .await
@@ -255,16 +282,16 @@ async fn authenticate<C: Connection>(
         ));
     }
     // A malformed token is simply a wrong token: the difference stays out of the reply.
-    let ok = match request.token.parse::<AuthToken>() {
-        Ok(token) => config.tokens.contains(&token),
-        Err(_) => false,
+    let accepted = match request.token.parse::<AuthToken>() {
+        Ok(token) if config.tokens.contains(&token) => Some(token_label(&token)),
+        _ => None,
     };
-    if !ok {
+    let Some(client) = accepted else {
         return Err(AuthFailure::Close(
             CloseCode::AuthFailed,
             b"auth failed",
             "token not accepted".into(),
         ));
-    }
-    Ok((send, recv))
+    };
+    Ok((send, recv, client))
 }

@@ -4,13 +4,28 @@
 use std::sync::{Arc, RwLock};
 
 use crate::policy::Resolved;
+use crate::telemetry::ForwardLive;
+
+/// One open forward: what the policy resolved, and its counters.
+#[derive(Debug)]
+pub(crate) struct Forward {
+    pub resolved: Resolved,
+    pub live: Arc<ForwardLive>,
+}
+
+impl std::ops::Deref for Forward {
+    type Target = Resolved;
+    fn deref(&self) -> &Resolved {
+        &self.resolved
+    }
+}
 
 /// The forwards a connection has opened, indexed by forward id.
 #[derive(Debug, Default)]
-pub(crate) struct Forwards(RwLock<Vec<Arc<Resolved>>>);
+pub(crate) struct Forwards(RwLock<Vec<Arc<Forward>>>);
 
 impl Forwards {
-    pub fn get(&self, id: u16) -> Option<Arc<Resolved>> {
+    pub fn get(&self, id: u16) -> Option<Arc<Forward>> {
         self.0
             .read()
             .unwrap_or_else(|e| e.into_inner())
@@ -18,12 +33,22 @@ impl Forwards {
             .cloned()
     }
 
-    pub fn push(&self, r: Resolved, max: usize) -> Option<u16> {
+    /// Adds a forward under the next id; `live` makes its counters for that id.
+    pub fn push(
+        &self,
+        resolved: Resolved,
+        max: usize,
+        live: impl FnOnce(u16) -> Arc<ForwardLive>,
+    ) -> Option<u16> {
         let mut v = self.0.write().unwrap_or_else(|e| e.into_inner());
         if v.len() >= max.min(u16::MAX as usize) {
             return None;
         }
-        v.push(Arc::new(r));
-        Some((v.len() - 1) as u16)
+        let id = v.len() as u16;
+        v.push(Arc::new(Forward {
+            resolved,
+            live: live(id),
+        }));
+        Some(id)
     }
 }

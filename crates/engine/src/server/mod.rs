@@ -17,6 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::auth::{AuthLimiter, TokenSet};
 use crate::policy::Policy;
+use crate::telemetry::{Refusal, Role, Telemetry};
 use crate::transport::{Acceptor, Connection};
 use porthole_proto::close::CloseCode;
 
@@ -47,6 +48,8 @@ pub struct ServerConfig {
     /// A TCP stream's header must arrive within this.
     pub header_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    /// Where the server counts what it does (status, metrics); clone it before `run`.
+    pub telemetry: Telemetry,
 }
 
 impl ServerConfig {
@@ -66,6 +69,7 @@ impl ServerConfig {
             dial_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
+            telemetry: Telemetry::new(Role::Server),
         }
     }
 }
@@ -92,6 +96,11 @@ pub async fn run<A: Acceptor>(
         limiter: AuthLimiter::default(),
         config,
     });
+    info!(
+        "accepting {} token(s): {} (labels as in logs and status)",
+        shared.config.tokens.len(),
+        shared.config.tokens.labels().join(", ")
+    );
     let tracker = TaskTracker::new();
     let mut next_id: u64 = 0;
     loop {
@@ -111,6 +120,7 @@ pub async fn run<A: Acceptor>(
                 let Ok(pending) = shared.pending.clone().try_acquire_owned() else {
                     // Too many handshakes at once: drop this one before it costs anything.
                     warn!("too many connections still authenticating; refusing one");
+                    shared.config.telemetry.refused(Refusal::PendingLimit);
                     if let Ok(Ok(conn)) =
                         tokio::time::timeout(Duration::from_secs(2), handshake).await
                     {

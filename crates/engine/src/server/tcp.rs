@@ -15,6 +15,7 @@ use super::Shared;
 use super::forwards::Forwards;
 use crate::control::read_frame;
 use crate::splice::{SpliceEnd, splice, tune_tcp};
+use crate::telemetry::{Refusal, Side};
 use crate::transport::{RecvStream, SendStream};
 
 pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
@@ -58,11 +59,13 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
         Ok(tcp) => tcp,
         Err(e) => {
             warn!("target {} unreachable: {e}", forward.source);
+            config.telemetry.refused(Refusal::TargetUnreachable);
             return refuse(&mut send, &mut recv, StreamCode::TargetUnreachable);
         }
     };
     tune_tcp(&tcp);
-    match splice(tcp, send, recv).await {
+    let meter = forward.live.stream(Side::Server, None);
+    match splice(tcp, send, recv, &meter).await {
         SpliceEnd::Clean { up, down } => debug!(to_target = down, from_target = up, "stream done"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(

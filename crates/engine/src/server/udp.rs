@@ -14,13 +14,16 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use super::ServerConfig;
-use super::forwards::Forwards;
+use super::forwards::{Forward, Forwards};
+use crate::telemetry::{Discard, FlowGuard, Refusal, Telemetry};
 use crate::transport::Connection;
 use crate::udp::{Clock, DropCounter, SendError, UDP_BUF, send_payload, size_socket};
 
 struct Flow {
     socket: Arc<UdpSocket>,
     last_ms: AtomicU64,
+    forward: Arc<Forward>,
+    _counted: FlowGuard,
 }
 
 pub(crate) struct ServerUdp<C> {
@@ -32,6 +35,7 @@ pub(crate) struct ServerUdp<C> {
     clock: Clock,
     packet_ids: AtomicU16,
     drops: DropCounter,
+    telemetry: Telemetry,
     cancel: CancellationToken,
 }
 
@@ -51,6 +55,7 @@ impl<C: Connection> ServerUdp<C> {
             clock: Clock::default(),
             packet_ids: AtomicU16::new(0),
             drops: DropCounter::new("UDP datagrams discarded"),
+            telemetry: config.telemetry.clone(),
             cancel,
         }
     }
@@ -69,9 +74,10 @@ impl<C: Connection> ServerUdp<C> {
             match rx.receive(&data, Instant::now()) {
                 Received::Payload(flow, payload) => self.deliver(flow, &payload).await,
                 Received::Pending => {}
-                Received::Dropped(why) => self.drops.add(1, &why),
+                Received::Dropped(why) => self.discard(Discard::Malformed, 1, &why),
             }
-            self.drops.add(
+            self.discard(
+                Discard::Malformed,
                 rx.take_timed_out(),
                 &"incomplete fragmented datagrams timed out",
             );
@@ -90,17 +96,18 @@ impl<C: Connection> ServerUdp<C> {
         };
         flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
         match flow.socket.try_send(payload) {
-            Ok(_) => {}
+            Ok(n) => flow.forward.live.add_up(n as u64),
             // A fresh socket has no writability recorded yet (and a full send buffer
             // drains fast): wait briefly instead of dropping, e.g. a flow's first datagram.
             Err(e) if e.kind() == std::io::ErrorKind::WouldBlock => {
                 let send =
                     tokio::time::timeout(Duration::from_millis(50), flow.socket.send(payload));
-                if !matches!(send.await, Ok(Ok(_))) {
-                    self.drops.add(1, &"sending to target: socket busy");
+                match send.await {
+                    Ok(Ok(n)) => flow.forward.live.add_up(n as u64),
+                    _ => self.discard(Discard::Socket, 1, &"sending to target: socket busy"),
                 }
             }
-            Err(e) => self.drops.add(1, &format_args!("sending to target: {e}")),
+            Err(e) => self.discard(Discard::Socket, 1, &format_args!("sending to target: {e}")),
         }
     }
 
@@ -110,12 +117,17 @@ impl<C: Connection> ServerUdp<C> {
             .get(key.forward_id)
             .filter(|f| f.source.protocol == Protocol::Udp)
         else {
-            self.drops
-                .add(1, &"datagram for a forward this connection never opened");
+            self.discard(
+                Discard::UnknownForward,
+                1,
+                &"datagram for a forward this connection never opened",
+            );
             return None;
         };
         if self.lock().len() >= self.max_flows {
-            self.drops.add(
+            self.telemetry.refused(Refusal::UdpFlowLimit);
+            self.discard(
+                Discard::FlowLimit,
                 1,
                 &format_args!("UDP flow limit ({}) reached", self.max_flows),
             );
@@ -125,14 +137,19 @@ impl<C: Connection> ServerUdp<C> {
         let socket = match connect_udp(target).await {
             Ok(s) => Arc::new(s),
             Err(e) => {
-                self.drops
-                    .add(1, &format_args!("cannot open socket to {target}: {e}"));
+                self.discard(
+                    Discard::Socket,
+                    1,
+                    &format_args!("cannot open socket to {target}: {e}"),
+                );
                 return None;
             }
         };
         let flow = Arc::new(Flow {
             socket,
             last_ms: AtomicU64::new(self.clock.now_ms()),
+            _counted: forward.live.flow_opened(),
+            forward,
         });
         self.lock().insert(key, flow.clone());
         debug!(flow_id = key.flow_id, "new UDP flow to {target}");
@@ -164,9 +181,13 @@ impl<C: Connection> ServerUdp<C> {
                     Ok(n) => {
                         flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
                         match send_payload(&self.conn, key, &self.packet_ids, &buf[..n]) {
-                            Ok(()) => {}
+                            Ok(()) => flow.forward.live.add_down(n as u64),
                             Err(SendError::Connection(_)) => break,
-                            Err(e) => self.drops.add(1, &format_args!("reply to client: {e}")),
+                            Err(e) => self.discard(
+                                Discard::Tunnel,
+                                1,
+                                &format_args!("reply to client: {e}"),
+                            ),
                         }
                     }
                     // ICMP port unreachable surfaces here on a connected socket; the
@@ -179,6 +200,12 @@ impl<C: Connection> ServerUdp<C> {
         if flows.get(&key).is_some_and(|f| Arc::ptr_eq(f, &flow)) {
             flows.remove(&key);
         }
+    }
+
+    /// Counts discarded datagrams for the log and the metrics.
+    fn discard(&self, why: Discard, n: u64, detail: &dyn std::fmt::Display) {
+        self.telemetry.dropped(why, n);
+        self.drops.add(n, detail);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, Arc<Flow>>> {

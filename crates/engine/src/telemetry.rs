@@ -1,0 +1,1043 @@
+//! What a running server or client is doing, counted where it happens: the live tables
+//! behind `porthole status` and the status page, and the Prometheus metrics.
+//!
+//! One [`Telemetry`] per process role. The data path pays a few relaxed atomic adds per
+//! chunk (64 KiB): each TCP stream holds a [`StreamMeter`] whose counters were looked up
+//! once, when the stream opened. Everything else (sessions, paths, RTTs) is read when
+//! someone asks: [`Telemetry::server_status`] / [`Telemetry::client_status`] build a
+//! snapshot, and the metrics that describe the present (sessions by path, RTT) are
+//! computed at scrape time by a collector over the same tables.
+//!
+//! Label cardinality is bounded: forwards are labelled by their source as configured,
+//! at most [`MAX_FORWARD_LABELS`] distinct values per process (the rest share `other`);
+//! nothing is labelled per connection. Secrets never appear: a client is shown by its
+//! token's label ([`token_label`]), a short hash.
+
+use std::collections::{BTreeMap, HashSet, VecDeque};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, AtomicI64, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use prometheus_client::collector::Collector;
+use prometheus_client::encoding::{DescriptorEncoder, EncodeLabelSet, EncodeMetric};
+use prometheus_client::metrics::counter::Counter;
+use prometheus_client::metrics::family::Family;
+use prometheus_client::metrics::gauge::{ConstGauge, Gauge};
+use prometheus_client::metrics::histogram::Histogram;
+use prometheus_client::registry::Registry;
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::transport::{PathKind, PathNow};
+use porthole_proto::token::AuthToken;
+
+/// Distinct forward labels one process exports; later ones are counted as `other`.
+pub const MAX_FORWARD_LABELS: usize = 100;
+/// RTT samples a client keeps for its history (one every few seconds).
+pub const RTT_HISTORY: usize = 60;
+
+/// The name a token goes by in logs, status and metrics: `token:` and 8 hex digits of
+/// a SHA-256 over it. Enough to tell clients apart, useless for guessing the token.
+pub fn token_label(token: &AuthToken) -> String {
+    let digest = Sha256::new()
+        .chain_update(b"porthole token label\0")
+        .chain_update(token.expose().as_bytes())
+        .finalize();
+    let hex: String = digest[..4].iter().map(|b| format!("{b:02x}")).collect();
+    format!("token:{hex}")
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Role {
+    Server,
+    Client,
+}
+
+/// Why something was refused: what `porthole status` lists and
+/// `porthole_refusals_total{kind,reason}` counts.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Refusal {
+    /// Wrong or malformed token.
+    AuthFailed,
+    /// A peer still blocked after failed auths.
+    RateLimited,
+    AuthTimeout,
+    ProtocolError,
+    UnsupportedVersion,
+    /// `--max-sessions` reached.
+    SessionLimit,
+    /// Too many connections still handshaking.
+    PendingLimit,
+    /// A forward outside the allow-list (or otherwise refused by policy).
+    Forward(porthole_proto::message::RejectReason),
+    /// `--max-forwards` reached on one connection.
+    ForwardLimit,
+    /// `--max-udp-flows` reached on one connection.
+    UdpFlowLimit,
+    /// A TCP stream whose target did not answer.
+    TargetUnreachable,
+}
+
+impl Refusal {
+    /// `auth`, `forward` or `limit`.
+    pub fn kind(self) -> &'static str {
+        match self {
+            Refusal::AuthFailed
+            | Refusal::RateLimited
+            | Refusal::AuthTimeout
+            | Refusal::ProtocolError
+            | Refusal::UnsupportedVersion => "auth",
+            Refusal::Forward(_) | Refusal::TargetUnreachable => "forward",
+            Refusal::SessionLimit
+            | Refusal::PendingLimit
+            | Refusal::ForwardLimit
+            | Refusal::UdpFlowLimit => "limit",
+        }
+    }
+
+    /// A stable snake_case name.
+    pub fn reason(self) -> &'static str {
+        use porthole_proto::message::RejectReason as R;
+        match self {
+            Refusal::AuthFailed => "auth_failed",
+            Refusal::RateLimited => "rate_limited",
+            Refusal::AuthTimeout => "auth_timeout",
+            Refusal::ProtocolError => "protocol_error",
+            Refusal::UnsupportedVersion => "unsupported_version",
+            Refusal::SessionLimit => "max_sessions",
+            Refusal::PendingLimit => "max_pending",
+            Refusal::ForwardLimit => "max_forwards",
+            Refusal::UdpFlowLimit => "max_udp_flows",
+            Refusal::TargetUnreachable => "target_unreachable",
+            Refusal::Forward(r) => match r {
+                R::NotAllowed => "not_allowed",
+                R::InvalidSource => "invalid_source",
+                R::ResolveFailed => "resolve_failed",
+                R::TooManyForwards => "max_forwards",
+                R::ProtocolDisabled => "protocol_disabled",
+            },
+        }
+    }
+}
+
+/// Why a datagram was discarded, for `porthole_datagrams_dropped_total{reason}`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Discard {
+    /// For a forward this connection never opened.
+    UnknownForward,
+    /// The flow limit was reached.
+    FlowLimit,
+    /// A local socket could not take it (full, or an error).
+    Socket,
+    /// Too big for the path even in fragments, or the tunnel refused it.
+    Tunnel,
+    /// Malformed, or a fragment whose siblings never came.
+    Malformed,
+}
+
+impl Discard {
+    fn name(self) -> &'static str {
+        match self {
+            Discard::UnknownForward => "unknown_forward",
+            Discard::FlowLimit => "flow_limit",
+            Discard::Socket => "socket",
+            Discard::Tunnel => "tunnel",
+            Discard::Malformed => "malformed",
+        }
+    }
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct RefusalLabels {
+    kind: &'static str,
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ForwardLabels {
+    forward: String,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct BytesLabels {
+    forward: String,
+    direction: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct ReasonLabels {
+    reason: &'static str,
+}
+
+#[derive(Clone, Debug, Hash, PartialEq, Eq, EncodeLabelSet)]
+struct PathLabels {
+    path: &'static str,
+}
+
+#[derive(Debug, Default)]
+struct Metrics {
+    sessions: Counter,
+    refusals: Family<RefusalLabels, Counter>,
+    streams_opened: Family<ForwardLabels, Counter>,
+    streams_active: Family<ForwardLabels, Gauge>,
+    flows_opened: Family<ForwardLabels, Counter>,
+    flows_active: Family<ForwardLabels, Gauge>,
+    bytes: Family<BytesLabels, Counter>,
+    dropped: Family<ReasonLabels, Counter>,
+    reconnects: Counter,
+    first_byte: Option<Histogram>,
+}
+
+/// Counters of one forward: on the client for the whole run, on the server per session.
+#[derive(Debug)]
+pub struct ForwardLive {
+    id: u64,
+    source: String,
+    listen: Option<SocketAddr>,
+    streams_open: AtomicI64,
+    streams_total: AtomicU64,
+    flows_open: AtomicI64,
+    /// Toward the target (user -> service) and back.
+    up: AtomicU64,
+    down: AtomicU64,
+    metric_up: Counter,
+    metric_down: Counter,
+    metric_streams: Gauge,
+    metric_streams_opened: Counter,
+    metric_flows: Gauge,
+    metric_flows_opened: Counter,
+    session: Option<Arc<SessionLive>>,
+}
+
+impl ForwardLive {
+    /// Counts bytes toward the target (`up`) or back from it.
+    pub fn add_up(&self, n: u64) {
+        self.up.fetch_add(n, Ordering::Relaxed);
+        self.metric_up.inc_by(n);
+        if let Some(s) = &self.session {
+            s.up.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    pub fn add_down(&self, n: u64) {
+        self.down.fetch_add(n, Ordering::Relaxed);
+        self.metric_down.inc_by(n);
+        if let Some(s) = &self.session {
+            s.down.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+
+    /// A UDP flow of this forward opened; it counts as open until the guard drops.
+    pub fn flow_opened(self: &Arc<Self>) -> FlowGuard {
+        self.flows_open.fetch_add(1, Ordering::Relaxed);
+        self.metric_flows.inc();
+        self.metric_flows_opened.inc();
+        FlowGuard(self.clone())
+    }
+
+    /// The client's flow table for this forward now holds `open` flows, `started` of
+    /// them new.
+    pub fn flows_now(&self, open: usize, started: u64) {
+        self.flows_open.store(open as i64, Ordering::Relaxed);
+        self.metric_flows.set(open as i64);
+        self.metric_flows_opened.inc_by(started);
+    }
+
+    /// A TCP stream of this forward opened; `side` says which way TCP faces.
+    pub fn stream(self: &Arc<Self>, side: Side, first_byte: Option<Histogram>) -> StreamMeter {
+        self.streams_open.fetch_add(1, Ordering::Relaxed);
+        self.streams_total.fetch_add(1, Ordering::Relaxed);
+        self.metric_streams.inc();
+        self.metric_streams_opened.inc();
+        StreamMeter {
+            forward: self.clone(),
+            side,
+            opened: Instant::now(),
+            first_byte,
+            first_seen: AtomicBool::new(false),
+        }
+    }
+
+    fn status(&self) -> ForwardStatus {
+        ForwardStatus {
+            id: self.id,
+            source: self.source.clone(),
+            listen: self.listen.map(|a| a.to_string()),
+            tcp_open: self.streams_open.load(Ordering::Relaxed).max(0) as u64,
+            tcp_total: self.streams_total.load(Ordering::Relaxed),
+            udp_flows: self.flows_open.load(Ordering::Relaxed).max(0) as u64,
+            bytes_up: self.up.load(Ordering::Relaxed),
+            bytes_down: self.down.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Keeps a UDP flow counted as open.
+#[derive(Debug)]
+pub struct FlowGuard(Arc<ForwardLive>);
+
+impl Drop for FlowGuard {
+    fn drop(&mut self) {
+        self.0.flows_open.fetch_sub(1, Ordering::Relaxed);
+        self.0.metric_flows.dec();
+    }
+}
+
+/// Which end of the tunnel a TCP connection is on.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The user's end: bytes read from TCP go toward the target.
+    Client,
+    /// The target's end: bytes read from TCP come back from it.
+    Server,
+}
+
+/// Counts one TCP stream's bytes as they move; the stream counts as open until dropped.
+#[derive(Debug)]
+pub struct StreamMeter {
+    forward: Arc<ForwardLive>,
+    side: Side,
+    opened: Instant,
+    first_byte: Option<Histogram>,
+    first_seen: AtomicBool,
+}
+
+impl StreamMeter {
+    /// A meter that belongs to no forward (tests, tools).
+    pub fn detached() -> Self {
+        Arc::new(Telemetry::new(Role::Client).new_forward(0, "-", None, None))
+            .stream(Side::Client, None)
+    }
+
+    /// Bytes read from the TCP connection.
+    pub fn from_tcp(&self, n: u64) {
+        match self.side {
+            Side::Client => self.forward.add_up(n),
+            Side::Server => self.forward.add_down(n),
+        }
+    }
+
+    /// Bytes written to the TCP connection.
+    pub fn to_tcp(&self, n: u64) {
+        match self.side {
+            Side::Client => {
+                if let Some(h) = &self.first_byte
+                    && n > 0
+                    && !self.first_seen.swap(true, Ordering::Relaxed)
+                {
+                    h.observe(self.opened.elapsed().as_secs_f64());
+                }
+                self.forward.add_down(n)
+            }
+            Side::Server => self.forward.add_up(n),
+        }
+    }
+}
+
+impl Drop for StreamMeter {
+    fn drop(&mut self) {
+        self.forward.streams_open.fetch_sub(1, Ordering::Relaxed);
+        self.forward.metric_streams.dec();
+    }
+}
+
+/// One authenticated connection on the server (or the client's current one).
+pub struct SessionLive {
+    id: u64,
+    client: String,
+    peer: String,
+    since: SystemTime,
+    path: Box<dyn Fn() -> Option<PathNow> + Send + Sync>,
+    up: AtomicU64,
+    down: AtomicU64,
+    forwards: Mutex<Vec<Arc<ForwardLive>>>,
+}
+
+impl std::fmt::Debug for SessionLive {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("SessionLive").field("id", &self.id).finish()
+    }
+}
+
+/// Removes a server session from the table when it ends.
+#[derive(Debug)]
+pub struct SessionGuard {
+    telemetry: Telemetry,
+    session: Arc<SessionLive>,
+}
+
+impl SessionGuard {
+    /// A forward this session opened (server side).
+    pub fn forward(&self, id: u64, source: &str) -> Arc<ForwardLive> {
+        let f = Arc::new(
+            self.telemetry
+                .new_forward(id, source, None, Some(self.session.clone())),
+        );
+        lock(&self.session.forwards).push(f.clone());
+        f
+    }
+}
+
+impl Drop for SessionGuard {
+    fn drop(&mut self) {
+        lock(&self.telemetry.0.sessions).remove(&self.session.id);
+    }
+}
+
+/// What the client's tunnel is doing.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "snake_case")]
+pub enum TunnelState {
+    Connecting,
+    Up,
+    Reconnecting,
+    Stopped,
+}
+
+struct ClientLive {
+    state: TunnelState,
+    reason: Option<String>,
+    next_attempt: Option<Instant>,
+    server: Option<String>,
+    since: Option<SystemTime>,
+    session: Option<Arc<SessionLive>>,
+    rtt: VecDeque<f64>,
+    reconnects: u64,
+}
+
+/// (kind, reason) of a [`Refusal`].
+type RefusalKey = (&'static str, &'static str);
+
+struct Inner {
+    role: Role,
+    started: SystemTime,
+    metrics: Metrics,
+    registry: Mutex<Option<Registry>>,
+    next_session: AtomicU64,
+    sessions: Mutex<BTreeMap<u64, Arc<SessionLive>>>,
+    refusals: Mutex<BTreeMap<RefusalKey, (u64, SystemTime)>>,
+    labels: Mutex<HashSet<String>>,
+    client: Mutex<ClientLive>,
+    client_forwards: Mutex<Vec<Arc<ForwardLive>>>,
+}
+
+/// The process' telemetry; cheap to clone.
+#[derive(Clone)]
+pub struct Telemetry(Arc<Inner>);
+
+impl std::fmt::Debug for Telemetry {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "Telemetry({:?})", self.0.role)
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+fn unix(t: SystemTime) -> u64 {
+    t.duration_since(UNIX_EPOCH).map_or(0, |d| d.as_secs())
+}
+
+impl Telemetry {
+    pub fn new(role: Role) -> Self {
+        let mut metrics = Metrics::default();
+        if role == Role::Client {
+            metrics.first_byte = Some(Histogram::new([
+                0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0,
+            ]));
+        }
+        let inner = Arc::new(Inner {
+            role,
+            started: SystemTime::now(),
+            metrics,
+            registry: Mutex::new(None),
+            next_session: AtomicU64::new(0),
+            sessions: Mutex::new(BTreeMap::new()),
+            refusals: Mutex::new(BTreeMap::new()),
+            labels: Mutex::new(HashSet::new()),
+            client: Mutex::new(ClientLive {
+                state: TunnelState::Connecting,
+                reason: None,
+                next_attempt: None,
+                server: None,
+                since: None,
+                session: None,
+                rtt: VecDeque::new(),
+                reconnects: 0,
+            }),
+            client_forwards: Mutex::new(Vec::new()),
+        });
+        let mut registry = Registry::with_prefix("porthole");
+        let m = &inner.metrics;
+        if role == Role::Server {
+            registry.register(
+                "sessions",
+                "Client connections authenticated",
+                m.sessions.clone(),
+            );
+            registry.register(
+                "refusals",
+                "Requests refused, by kind (auth, forward, limit) and reason",
+                m.refusals.clone(),
+            );
+        } else {
+            registry.register(
+                "reconnects",
+                "Times the tunnel was lost and established again",
+                m.reconnects.clone(),
+            );
+            if let Some(h) = &m.first_byte {
+                registry.register_with_unit(
+                    "first_byte",
+                    "From accepting a local TCP connection to its first byte back from the target",
+                    prometheus_client::registry::Unit::Seconds,
+                    h.clone(),
+                );
+            }
+        }
+        registry.register(
+            "streams_opened",
+            "TCP connections carried, by forward",
+            m.streams_opened.clone(),
+        );
+        registry.register(
+            "streams_active",
+            "TCP connections open now, by forward",
+            m.streams_active.clone(),
+        );
+        registry.register(
+            "udp_flows_opened",
+            "UDP flows started, by forward",
+            m.flows_opened.clone(),
+        );
+        registry.register(
+            "udp_flows_active",
+            "UDP flows open now, by forward",
+            m.flows_active.clone(),
+        );
+        registry.register_with_unit(
+            "forward",
+            "Payload bytes carried, by forward and direction (up: toward the target)",
+            prometheus_client::registry::Unit::Bytes,
+            m.bytes.clone(),
+        );
+        registry.register(
+            "datagrams_dropped",
+            "UDP datagrams discarded, by reason",
+            m.dropped.clone(),
+        );
+        registry.register_collector(Box::new(LiveCollector(Arc::downgrade(&inner))));
+        *lock(&inner.registry) = Some(registry);
+        Self(inner)
+    }
+
+    pub fn role(&self) -> Role {
+        self.0.role
+    }
+
+    /// The metrics in the Prometheus/OpenMetrics text format.
+    pub fn encode_metrics(&self, out: &mut String) -> std::fmt::Result {
+        match &*lock(&self.0.registry) {
+            Some(r) => prometheus_client::encoding::text::encode(out, r),
+            None => Ok(()),
+        }
+    }
+
+    fn forward_label(&self, source: &str) -> String {
+        let mut labels = lock(&self.0.labels);
+        if labels.contains(source) {
+            return source.to_string();
+        }
+        if labels.len() < MAX_FORWARD_LABELS {
+            labels.insert(source.to_string());
+            return source.to_string();
+        }
+        "other".into()
+    }
+
+    fn new_forward(
+        &self,
+        id: u64,
+        source: &str,
+        listen: Option<SocketAddr>,
+        session: Option<Arc<SessionLive>>,
+    ) -> ForwardLive {
+        let m = &self.0.metrics;
+        let label = self.forward_label(source);
+        let fl = ForwardLabels {
+            forward: label.clone(),
+        };
+        let bytes = |direction| BytesLabels {
+            forward: label.clone(),
+            direction,
+        };
+        // One statement each: a family's read guard lives to the end of its statement,
+        // and the next get_or_create of the same family may need its write lock.
+        let metric_up = m.bytes.get_or_create_owned(&bytes("up"));
+        let metric_down = m.bytes.get_or_create_owned(&bytes("down"));
+        let metric_streams = m.streams_active.get_or_create_owned(&fl);
+        let metric_streams_opened = m.streams_opened.get_or_create_owned(&fl);
+        let metric_flows = m.flows_active.get_or_create_owned(&fl);
+        let metric_flows_opened = m.flows_opened.get_or_create_owned(&fl);
+        ForwardLive {
+            id,
+            source: source.to_string(),
+            listen,
+            streams_open: AtomicI64::new(0),
+            streams_total: AtomicU64::new(0),
+            flows_open: AtomicI64::new(0),
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            metric_up,
+            metric_down,
+            metric_streams,
+            metric_streams_opened,
+            metric_flows,
+            metric_flows_opened,
+            session,
+        }
+    }
+
+    /// Counts a refusal (and remembers when it last happened).
+    pub fn refused(&self, r: Refusal) {
+        self.0
+            .metrics
+            .refusals
+            .get_or_create(&RefusalLabels {
+                kind: r.kind(),
+                reason: r.reason(),
+            })
+            .inc();
+        let mut refusals = lock(&self.0.refusals);
+        let e = refusals
+            .entry((r.kind(), r.reason()))
+            .or_insert((0, SystemTime::now()));
+        e.0 += 1;
+        e.1 = SystemTime::now();
+    }
+
+    /// Counts discarded datagrams.
+    pub fn dropped(&self, why: Discard, n: u64) {
+        if n > 0 {
+            self.0
+                .metrics
+                .dropped
+                .get_or_create(&ReasonLabels { reason: why.name() })
+                .inc_by(n);
+        }
+    }
+
+    /// Registers an authenticated server session; it is listed until the guard drops.
+    pub fn session(
+        &self,
+        client: String,
+        peer: String,
+        path: Box<dyn Fn() -> Option<PathNow> + Send + Sync>,
+    ) -> SessionGuard {
+        self.0.metrics.sessions.inc();
+        let id = self.0.next_session.fetch_add(1, Ordering::Relaxed) + 1;
+        let session = Arc::new(SessionLive {
+            id,
+            client,
+            peer,
+            since: SystemTime::now(),
+            path,
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            forwards: Mutex::new(Vec::new()),
+        });
+        lock(&self.0.sessions).insert(id, session.clone());
+        SessionGuard {
+            telemetry: self.clone(),
+            session,
+        }
+    }
+
+    /// A client forward, listening on `listen` for the whole run.
+    pub fn client_forward(&self, source: &str, listen: SocketAddr) -> Arc<ForwardLive> {
+        let mut forwards = lock(&self.0.client_forwards);
+        let id = forwards.len() as u64;
+        let f = Arc::new(self.new_forward(id, source, Some(listen), None));
+        forwards.push(f.clone());
+        f
+    }
+
+    /// The histogram of times to first byte (client).
+    pub fn first_byte(&self) -> Option<Histogram> {
+        self.0.metrics.first_byte.clone()
+    }
+
+    /// The client's tunnel is up on a connection whose path `path` reports.
+    pub fn tunnel_up(&self, server: String, path: Box<dyn Fn() -> Option<PathNow> + Send + Sync>) {
+        let mut c = lock(&self.0.client);
+        if c.since.is_some() {
+            c.reconnects += 1;
+            self.0.metrics.reconnects.inc();
+        }
+        c.state = TunnelState::Up;
+        c.reason = None;
+        c.next_attempt = None;
+        c.server = Some(server.clone());
+        c.since = Some(SystemTime::now());
+        c.session = Some(Arc::new(SessionLive {
+            id: 0,
+            client: String::new(),
+            peer: server,
+            since: SystemTime::now(),
+            path,
+            up: AtomicU64::new(0),
+            down: AtomicU64::new(0),
+            forwards: Mutex::new(Vec::new()),
+        }));
+    }
+
+    /// The client's tunnel is down: `next_attempt` is when it tries again, if known.
+    pub fn tunnel_down(&self, state: TunnelState, reason: String, next_attempt: Option<Duration>) {
+        let mut c = lock(&self.0.client);
+        c.state = state;
+        c.reason = Some(reason);
+        c.next_attempt = next_attempt.map(|d| Instant::now() + d);
+        c.session = None;
+    }
+
+    /// Samples the client's RTT into its history (called every few seconds).
+    pub fn sample_rtt(&self) {
+        let mut c = lock(&self.0.client);
+        let rtt = c
+            .session
+            .as_ref()
+            .and_then(|s| (s.path)())
+            .and_then(|p| p.rtt);
+        if let Some(rtt) = rtt {
+            if c.rtt.len() == RTT_HISTORY {
+                c.rtt.pop_front();
+            }
+            c.rtt.push_back(rtt.as_secs_f64() * 1000.0);
+        }
+    }
+
+    pub fn server_status(&self) -> ServerStatus {
+        let sessions: Vec<Arc<SessionLive>> = lock(&self.0.sessions).values().cloned().collect();
+        let sessions = sessions
+            .iter()
+            .map(|s| {
+                let forwards: Vec<ForwardStatus> =
+                    lock(&s.forwards).iter().map(|f| f.status()).collect();
+                SessionStatus {
+                    id: s.id,
+                    client: s.client.clone(),
+                    peer: s.peer.clone(),
+                    path: (s.path)().map(PathStatus::from),
+                    connected_since: unix(s.since),
+                    bytes_up: s.up.load(Ordering::Relaxed),
+                    bytes_down: s.down.load(Ordering::Relaxed),
+                    tcp_open: forwards.iter().map(|f| f.tcp_open).sum(),
+                    udp_flows: forwards.iter().map(|f| f.udp_flows).sum(),
+                    forwards,
+                }
+            })
+            .collect();
+        let refusals = lock(&self.0.refusals)
+            .iter()
+            .map(|((kind, reason), (count, last))| RefusalStatus {
+                kind: kind.to_string(),
+                reason: reason.to_string(),
+                count: *count,
+                last: unix(*last),
+            })
+            .collect();
+        ServerStatus { sessions, refusals }
+    }
+
+    pub fn client_status(&self) -> ClientStatus {
+        let c = lock(&self.0.client);
+        ClientStatus {
+            state: c.state.clone(),
+            reason: c.reason.clone(),
+            next_attempt_in_ms: c
+                .next_attempt
+                .map(|t| t.saturating_duration_since(Instant::now()).as_millis() as u64),
+            server: c.server.clone(),
+            up_since: c.since.filter(|_| c.state == TunnelState::Up).map(unix),
+            path: c
+                .session
+                .as_ref()
+                .and_then(|s| (s.path)())
+                .map(PathStatus::from),
+            rtt_history_ms: c.rtt.iter().copied().collect(),
+            reconnects: c.reconnects,
+            forwards: lock(&self.0.client_forwards)
+                .iter()
+                .map(|f| f.status())
+                .collect(),
+        }
+    }
+
+    /// Seconds since the Unix epoch when this process started.
+    pub fn started(&self) -> u64 {
+        unix(self.0.started)
+    }
+}
+
+/// Computes, at scrape time, the metrics that describe the present.
+#[derive(Debug)]
+struct LiveCollector(Weak<Inner>);
+
+impl Collector for LiveCollector {
+    fn encode(&self, mut encoder: DescriptorEncoder<'_>) -> Result<(), std::fmt::Error> {
+        let Some(inner) = self.0.upgrade() else {
+            return Ok(());
+        };
+        let t = Telemetry(inner);
+        let gauge = |v: i64| ConstGauge::new(v);
+        match t.role() {
+            Role::Server => {
+                let mut by_path: BTreeMap<&'static str, i64> = BTreeMap::new();
+                for s in lock(&t.0.sessions).values() {
+                    *by_path.entry(path_name((s.path)().as_ref())).or_default() += 1;
+                }
+                let g = gauge(0);
+                let mut family = encoder.encode_descriptor(
+                    "sessions_active",
+                    "Authenticated client connections now, by path (direct, relay)",
+                    None,
+                    g.metric_type(),
+                )?;
+                for path in ["direct", "relay", "unknown"] {
+                    let v = by_path.get(path).copied().unwrap_or(0);
+                    gauge(v).encode(family.encode_family(&PathLabels { path })?)?;
+                }
+            }
+            Role::Client => {
+                let c = lock(&t.0.client);
+                let path = c.session.as_ref().and_then(|s| (s.path)());
+                let up = gauge(i64::from(c.state == TunnelState::Up));
+                up.encode(encoder.encode_descriptor(
+                    "tunnel_up",
+                    "1 while the tunnel to the server is up",
+                    None,
+                    up.metric_type(),
+                )?)?;
+                let g = gauge(0);
+                let mut family = encoder.encode_descriptor(
+                    "tunnel_path",
+                    "1 for the kind of path carrying the tunnel now",
+                    None,
+                    g.metric_type(),
+                )?;
+                let now = path.as_ref().map(|p| path_name(Some(p)));
+                for name in ["direct", "relay"] {
+                    gauge(i64::from(now == Some(name)))
+                        .encode(family.encode_family(&PathLabels { path: name })?)?;
+                }
+                if let Some(rtt) = path.and_then(|p| p.rtt) {
+                    let g = ConstGauge::new(rtt.as_secs_f64());
+                    g.encode(encoder.encode_descriptor(
+                        "tunnel_rtt",
+                        "Round-trip time of the path carrying the tunnel",
+                        Some(&prometheus_client::registry::Unit::Seconds),
+                        g.metric_type(),
+                    )?)?;
+                }
+            }
+        }
+        Ok(())
+    }
+}
+
+fn path_name(p: Option<&PathNow>) -> &'static str {
+    match p.map(|p| &p.kind) {
+        Some(PathKind::Direct(_)) => "direct",
+        Some(PathKind::Relay(_)) => "relay",
+        _ => "unknown",
+    }
+}
+
+// The snapshots: what `porthole status --json` prints. Field names are part of the
+// documented interface (docs/OPERATING.md); add fields, do not rename them.
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct PathStatus {
+    /// `direct`, `relay` or `unknown`.
+    pub kind: String,
+    /// The peer's address (direct) or the relay's URL (relay).
+    pub remote: Option<String>,
+    pub rtt_ms: Option<f64>,
+}
+
+impl From<PathNow> for PathStatus {
+    fn from(p: PathNow) -> Self {
+        let kind = path_name(Some(&p)).to_string();
+        let remote = match p.kind {
+            PathKind::Direct(a) => Some(a.to_string()),
+            PathKind::Relay(u) => Some(u),
+            PathKind::Unknown => None,
+        };
+        Self {
+            kind,
+            remote,
+            rtt_ms: p.rtt.map(|d| d.as_secs_f64() * 1000.0),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ForwardStatus {
+    pub id: u64,
+    pub source: String,
+    /// The client's local listener.
+    #[serde(skip_serializing_if = "Option::is_none", default)]
+    pub listen: Option<String>,
+    pub tcp_open: u64,
+    pub tcp_total: u64,
+    pub udp_flows: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct SessionStatus {
+    pub id: u64,
+    /// The token's label (`token:1a2b3c4d`), never the token.
+    pub client: String,
+    pub peer: String,
+    pub path: Option<PathStatus>,
+    pub connected_since: u64,
+    pub bytes_up: u64,
+    pub bytes_down: u64,
+    pub tcp_open: u64,
+    pub udp_flows: u64,
+    pub forwards: Vec<ForwardStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct RefusalStatus {
+    pub kind: String,
+    pub reason: String,
+    pub count: u64,
+    pub last: u64,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ServerStatus {
+    pub sessions: Vec<SessionStatus>,
+    pub refusals: Vec<RefusalStatus>,
+}
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct ClientStatus {
+    pub state: TunnelState,
+    pub reason: Option<String>,
+    pub next_attempt_in_ms: Option<u64>,
+    pub server: Option<String>,
+    pub up_since: Option<u64>,
+    pub path: Option<PathStatus>,
+    pub rtt_history_ms: Vec<f64>,
+    pub reconnects: u64,
+    pub forwards: Vec<ForwardStatus>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn direct() -> Box<dyn Fn() -> Option<PathNow> + Send + Sync> {
+        Box::new(|| {
+            Some(PathNow {
+                kind: PathKind::Direct("192.0.2.1:4000".parse().unwrap_or_else(|_| unreachable!())),
+                rtt: Some(Duration::from_millis(12)),
+            })
+        })
+    }
+
+    #[test]
+    fn sessions_forwards_and_streams_are_counted_and_listed_until_they_end() {
+        let t = Telemetry::new(Role::Server);
+        let s = t.session("token:00000000".into(), "abcde".into(), direct());
+        let f = s.forward(0, "tcp://127.0.0.1:22");
+        let meter = f.stream(Side::Server, None);
+        meter.from_tcp(100);
+        meter.to_tcp(7);
+        let status = t.server_status();
+        let session = &status.sessions[0];
+        assert_eq!((session.bytes_up, session.bytes_down), (7, 100));
+        assert_eq!(session.tcp_open, 1);
+        assert_eq!(
+            session.path.as_ref().map(|p| p.kind.as_str()),
+            Some("direct")
+        );
+        let mut text = String::new();
+        t.encode_metrics(&mut text).unwrap_or_default();
+        assert!(
+            text.contains(
+                r#"porthole_forward_bytes_total{forward="tcp://127.0.0.1:22",direction="down"} 100"#
+            ),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"porthole_sessions_active{path="direct"} 1"#),
+            "{text}"
+        );
+        assert!(
+            text.contains(r#"porthole_streams_active{forward="tcp://127.0.0.1:22"} 1"#),
+            "{text}"
+        );
+        drop(meter);
+        assert_eq!(t.server_status().sessions[0].tcp_open, 0);
+        drop(s);
+        assert!(t.server_status().sessions.is_empty());
+        let mut text = String::new();
+        t.encode_metrics(&mut text).unwrap_or_default();
+        assert!(
+            text.contains(r#"porthole_sessions_active{path="direct"} 0"#),
+            "{text}"
+        );
+        assert!(text.contains("porthole_sessions_total 1"), "{text}");
+    }
+
+    #[test]
+    fn forward_labels_are_bounded() {
+        let t = Telemetry::new(Role::Server);
+        let s = t.session("c".into(), "p".into(), direct());
+        for port in 0..(MAX_FORWARD_LABELS as u16 + 20) {
+            s.forward(port.into(), &format!("tcp://10.0.0.1:{port}"));
+        }
+        assert_eq!(lock(&t.0.labels).len(), MAX_FORWARD_LABELS);
+        let mut text = String::new();
+        t.encode_metrics(&mut text).unwrap_or_default();
+        assert!(
+            text.contains(r#"porthole_streams_opened_total{forward="other"} 0"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn refusals_are_counted_by_kind_and_reason() {
+        let t = Telemetry::new(Role::Server);
+        t.refused(Refusal::AuthFailed);
+        t.refused(Refusal::AuthFailed);
+        t.refused(Refusal::Forward(
+            porthole_proto::message::RejectReason::NotAllowed,
+        ));
+        let r = t.server_status().refusals;
+        assert_eq!(r.len(), 2);
+        assert_eq!((r[0].reason.as_str(), r[0].count), ("auth_failed", 2));
+        let mut text = String::new();
+        t.encode_metrics(&mut text).unwrap_or_default();
+        assert!(
+            text.contains(r#"porthole_refusals_total{kind="forward",reason="not_allowed"} 1"#),
+            "{text}"
+        );
+    }
+
+    #[test]
+    fn the_token_label_hides_the_token() {
+        let token: AuthToken = AuthToken::generate().unwrap_or_else(|_| unreachable!());
+        let label = token_label(&token);
+        assert!(label.starts_with("token:") && label.len() == 14, "{label}");
+        assert!(!label.contains(token.expose()));
+        assert_eq!(label, token_label(&token), "stable");
+    }
+}
