@@ -450,3 +450,101 @@ fn status_page_renders_sessions_and_growing_counters_in_chromium() {
         "a real picture"
     );
 }
+
+#[test]
+fn a_client_the_server_turns_away_says_so_and_when_it_tries_again() {
+    let lab = Lab::new();
+    // A server that takes one client; the second is turned away (busy) and retries.
+    let port = free_udp_port();
+    let server = Offline::server(&lab.path("tokens.txt"), port)
+        .args(&["--max-sessions", "1", "--control-socket", "none"])
+        .spawn("server");
+    let id = endpoint_id(&server);
+    server.wait_line("serving", LONG);
+    let first = Offline::client(&id, port, &lab.path("tokens.txt"))
+        .forward("tcp://127.0.0.1:9", free_tcp_port())
+        .args(&["--control-socket", "none"])
+        .spawn("first client");
+    first.wait_line("tunnel up", LONG);
+    let socket = lab.path("client.sock");
+    let _second = Offline::client(&id, port, &lab.path("tokens.txt"))
+        .forward("tcp://127.0.0.1:9", free_tcp_port())
+        .args(&["--control-socket", socket.to_str().unwrap()])
+        .spawn("second client");
+    let mut last = Value::Null;
+    wait_for("a retry in the status", LONG, || {
+        if !socket.exists() {
+            return false;
+        }
+        last = status_json(&socket);
+        last["client"]["next_attempt_in_ms"].is_u64()
+    });
+    let c = &last["client"];
+    assert_eq!(c["state"], "connecting", "{last}");
+    assert!(
+        c["reason"]
+            .as_str()
+            .is_some_and(|r| r.contains("session limit")),
+        "{last}"
+    );
+    assert!(c["path"].is_null(), "{last}");
+    let out = bin()
+        .args(["status", "--socket"])
+        .arg(&socket)
+        .output()
+        .unwrap();
+    let table = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        table.contains("tunnel: connecting") && table.contains("next attempt in"),
+        "{table}"
+    );
+}
+
+#[test]
+fn a_relay_reports_its_peers_and_traffic() {
+    let lab = Lab::new();
+    let http = free_tcp_port();
+    let metrics = free_tcp_port();
+    let socket = lab.path("relay.sock");
+    let mut cmd = bin();
+    cmd.args(["relay", "--http-bind", &format!("127.0.0.1:{http}")])
+        .args(["--stun-bind", "127.0.0.1:0"])
+        .args(["--control-socket", socket.to_str().unwrap()])
+        .args(["--metrics", &format!("127.0.0.1:{metrics}")]);
+    let relay = Proc::spawn("relay", cmd);
+    relay.wait_line("relay URL", LONG);
+    let url = format!("http://127.0.0.1:{http}");
+    let port = free_udp_port();
+    let server = Offline::server(&lab.path("tokens.txt"), port)
+        .relay(&url)
+        .args(&["--control-socket", "none"])
+        .spawn("server");
+    let id = endpoint_id(&server);
+    server.wait_line("serving", LONG);
+    let listen = free_tcp_port();
+    let _client = Offline::client(&id, port, &lab.path("tokens.txt"))
+        .relay(&url)
+        .args(&["--relay-only", "--control-socket", "none"])
+        .forward(&format!("tcp://127.0.0.1:{}", lab.echo), listen)
+        .spawn("client");
+    _client.wait_line("tunnel up", LONG);
+    echo_bytes(listen, 100_000);
+    let r = status_json(&socket);
+    assert_eq!(r["role"], "relay");
+    assert!(r["relay"]["clients"].as_u64().unwrap() >= 2, "{r}");
+    assert!(r["relay"]["bytes_in"].as_u64().unwrap() >= 100_000, "{r}");
+    let (code, m) = http_get(metrics, "/metrics", None);
+    assert_eq!(code, 200);
+    assert!(
+        metric(&m, "porthole_relay_clients").unwrap_or(0.0) >= 2.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "porthole_relay_received_bytes_total").unwrap_or(0.0) >= 100_000.0,
+        "{m}"
+    );
+    assert!(
+        metric(&m, "porthole_relay_stun_requests_total").is_some(),
+        "{m}"
+    );
+}
