@@ -98,9 +98,15 @@ echo "installed man pages in $man_dir (man porthole) and bash/zsh/fish completio
 if [ "$systemd" = 1 ]; then
   mkdir -p "$SYSTEMD_DIR" "$CONFIG_DIR"
   chmod 0750 "$CONFIG_DIR"
+  install -m 0600 access.toml.example "$CONFIG_DIR/access.toml.example"
   for role in server client; do
     if [ ! -e "$CONFIG_DIR/$role.toml" ]; then
       install -m 0640 "$role.toml.example" "$CONFIG_DIR/$role.toml.example"
+    fi
+    reload="# (the client has nothing to reload)"
+    if [ "$role" = server ]; then
+      # systemctl reload: the server re-reads its tokens and access files.
+      reload='ExecReload=/bin/kill -HUP $MAINPID'
     fi
     cat >"$SYSTEMD_DIR/porthole-$role.service" <<UNIT
 [Unit]
@@ -112,11 +118,12 @@ ConditionPathExists=$CONFIG_DIR/$role.toml
 
 [Service]
 ExecStart=$bin_dir/porthole $role -c $CONFIG_DIR/$role.toml
+$reload
 Restart=on-failure
 RestartSec=5
-# Exit codes 2-5 are configuration problems (bad config, token or source refused):
-# restarting cannot fix them.
-RestartPreventExitStatus=2 3 4 5
+# Exit codes 2-6 are configuration problems (bad config, token or source refused,
+# version mismatch, access revoked): restarting cannot fix them.
+RestartPreventExitStatus=2 3 4 5 6
 NoNewPrivileges=yes
 ProtectSystem=strict
 ProtectHome=read-only
@@ -125,6 +132,11 @@ ProtectKernelTunables=yes
 ProtectControlGroups=yes
 RestrictAddressFamilies=AF_INET AF_INET6 AF_UNIX AF_NETLINK
 ReadOnlyPaths=$CONFIG_DIR
+# The control socket `porthole status` talks to: /run/porthole/$role-PID.sock
+# (ProtectSystem=strict leaves /run read-only otherwise; shared by both units, so kept).
+RuntimeDirectory=porthole
+RuntimeDirectoryMode=0700
+RuntimeDirectoryPreserve=yes
 
 [Install]
 WantedBy=multi-user.target

@@ -35,6 +35,9 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parent.parent
 # PORTHOLE_BENCH_BIN: compare another build (A/B runs while tuning).
 PORTHOLE = Path(os.environ.get("PORTHOLE_BENCH_BIN", ROOT / "target/release/porthole"))
+# PORTHOLE_BENCH_ARGS: extra flags for porthole's server and client in the iroh cases
+# (A/B of an option in one run, e.g. "--metrics 127.0.0.1:0").
+EXTRA = os.environ.get("PORTHOLE_BENCH_ARGS", "").split()
 LABTOOL = ROOT / "target/release/porthole-labtool"
 RATHOLE = ROOT / "bench/out/bin/rathole"
 TOKEN = "iABCDEFGHIJKLMNOPL"
@@ -138,14 +141,14 @@ def iroh_pair(c, iperf, echo, extra_server, extra_client, server_addr=True):
     port = free_port()
     s = c.spawn("server", [PORTHOLE, "server", "--auth-tokens-file", "tokens.txt", "--bind", f"127.0.0.1:{port}",
                            "--dns-server", "none", "--no-portmap", "--allowed-tcp", "127.0.0.0/8",
-                           "--allowed-udp", "127.0.0.0/8", "-q"] + extra_server)
+                           "--allowed-udp", "127.0.0.0/8", "-q"] + extra_server + EXTRA)
     s.wait_for("Ticket: ")
     ident = [l for l in s.text().splitlines() if l.startswith("EndpointId: ")][0].split()[1]
     c.iperf_port, c.echo_port = free_port(), free_port()
     args = [PORTHOLE, "client", "--server-node-id", ident, "--auth-token-file", "tokens.txt", "--dns-server", "none",
             "--no-portmap", "--source", f"tcp://127.0.0.1:{iperf}", "--listen", f"127.0.0.1:{c.iperf_port}",
             "--source", f"udp://127.0.0.1:{iperf}", "--listen", f"127.0.0.1:{c.iperf_port}",
-            "--source", f"tcp://127.0.0.1:{echo}", "--listen", f"127.0.0.1:{c.echo_port}"] + extra_client
+            "--source", f"tcp://127.0.0.1:{echo}", "--listen", f"127.0.0.1:{c.echo_port}"] + extra_client + EXTRA
     if server_addr:
         args += ["--server-addr", f"127.0.0.1:{port}"]
     cl = c.spawn("client", args)

@@ -356,9 +356,15 @@ pub struct ServerArgs {
     /// list: prefer --auth-tokens-file.
     #[arg(long = "auth-tokens", value_name = "TOKEN")]
     pub auth_tokens: Vec<String>,
-    /// File with accepted tokens, one per line (# comments allowed).
+    /// File with accepted tokens, one per line (# comments allowed). Re-read on SIGHUP
+    /// and when it changes: removing a line revokes that token at once.
     #[arg(long, value_name = "FILE")]
     pub auth_tokens_file: Option<PathBuf>,
+    /// Named clients, each with its own tokens, allow-lists and limits (TOML; see
+    /// access.toml.example). Re-read on SIGHUP and when it changes; a client removed or
+    /// expired is disconnected within a second.
+    #[arg(long, value_name = "FILE")]
+    pub access_file: Option<PathBuf>,
     /// Most concurrent client connections (default 100).
     #[arg(long, value_name = "N")]
     pub max_sessions: Option<usize>,
@@ -381,7 +387,8 @@ porthole client --server-node-id <ID> --source udp://10.0.0.1:51820 --listen 127
 --source tcp://127.0.0.1:5432 --listen 127.0.0.1:5432   # several forwards: repeat the pair\n  \
 porthole client --mode manual --source tcp://127.0.0.1:22 --listen 127.0.0.1:2222 --auth-token-file token.txt\n    \
 # prints an offer for the server, then reads the server's answer\n\n\
-Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refused, 5 version mismatch.")]
+Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refused, 5 version mismatch,\n\
+6 access revoked or expired.")]
 pub struct ClientArgs {
     #[command(flatten)]
     pub config: ConfigArgs,

@@ -10,6 +10,7 @@ pub const USAGE: u8 = 2;
 pub const AUTH_REJECTED: u8 = 3;
 pub const SOURCE_REFUSED: u8 = 4;
 pub const VERSION_MISMATCH: u8 = 5;
+pub const ACCESS_REVOKED: u8 = 6;
 
 /// An error with the exit code it deserves.
 #[derive(Debug)]
@@ -30,6 +31,7 @@ impl From<anyhow::Error> for Exit {
             Some(ClientError::AuthRejected) => AUTH_REJECTED,
             Some(ClientError::SourceRefused { .. }) => SOURCE_REFUSED,
             Some(ClientError::Version(_)) => VERSION_MISMATCH,
+            Some(ClientError::AccessRevoked) => ACCESS_REVOKED,
             Some(ClientError::Bind { .. } | ClientError::NoForwards) => USAGE,
             None => ERROR,
         };
@@ -47,6 +49,10 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         ),
         ClientError::NoForwards => Some("give at least one --source/--listen pair"),
         ClientError::Version(_) => Some("run the same porthole version on both sides"),
+        ClientError::AccessRevoked => Some(
+            "ask the server's operator: this client was removed from its access file, its \
+             token from the tokens file, or its access expired",
+        ),
         _ => None,
     }
 }

@@ -21,6 +21,11 @@ use crate::secrets;
 pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
     let config = s.engine_config();
     let watching = super::watch::engine(&s.watch, &config.telemetry, &shutdown).await?;
+    super::reload::spawn(
+        s.access_sources.clone(),
+        config.access.clone(),
+        shutdown.clone(),
+    );
     let opts = options(&s.manual, &s.quic).await;
     let offer = tokio::select! {
         o = read_blob(BlobKind::Offer, s.manual.offer_file.as_deref()) => o?,

@@ -7,6 +7,7 @@ pub mod manual;
 pub mod nodepass;
 pub mod ping;
 pub mod relay;
+pub mod reload;
 pub mod server;
 pub mod status;
 pub mod token;

@@ -34,6 +34,11 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
     }
     let config = s.engine_config();
     let watching = super::watch::engine(&s.watch, &config.telemetry, &shutdown).await?;
+    super::reload::spawn(
+        s.access_sources.clone(),
+        config.access.clone(),
+        shutdown.clone(),
+    );
     let opts = &s.iroh;
     let endpoint = porthole_transport_iroh::bind(opts, &s.quic)
         .await

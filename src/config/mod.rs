@@ -4,6 +4,7 @@
 //!
 //! Relative paths inside a file are relative to the file's own directory.
 
+pub mod access;
 pub mod raw;
 pub mod resolve;
 
@@ -144,6 +145,10 @@ mod tests {
         parse_server(&s).unwrap();
         let c = std::fs::read_to_string(root.join("client.toml.example")).unwrap();
         parse_client(&c).unwrap();
+        let a = std::fs::read_to_string(root.join("access.toml.example")).unwrap();
+        let clients = access::parse(&a, root).unwrap();
+        assert_eq!(clients.len(), 2);
+        assert_eq!(clients[1].max_sessions, Some(2));
     }
 
     #[test]

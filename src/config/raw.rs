@@ -164,6 +164,8 @@ pub struct ServerFile {
     #[serde(default)]
     pub auth_tokens: Vec<Secret>,
     pub auth_tokens_file: Option<PathBuf>,
+    /// Named clients with their own tokens, allow-lists and limits.
+    pub access_file: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     #[serde(default)]
     pub allowed_sources: AllowedSources,
@@ -401,6 +403,7 @@ impl ServerFile {
     pub fn rebase(&mut self, base: &Path) {
         rebase(base, &mut self.secret_file);
         rebase(base, &mut self.auth_tokens_file);
+        rebase(base, &mut self.access_file);
         rebase(base, &mut self.status.metrics_token_file);
         rebase(base, &mut self.relay_ca);
         rebase(base, &mut self.offer_file);

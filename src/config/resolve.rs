@@ -5,7 +5,6 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use porthole_engine::auth::TokenSet;
 use porthole_engine::client::{ClientConfig, ForwardSpec};
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
@@ -80,7 +79,9 @@ fn manual_settings(
 pub struct ServerSettings {
     pub mode: Mode,
     pub secret: Option<SecretKey>,
-    pub tokens: TokenSet,
+    /// Where the clients come from (re-read on reload), and the rules they made at start.
+    pub access_sources: super::access::AccessSources,
+    pub access: porthole_engine::access::Access,
     pub policy: Policy,
     pub max_sessions: usize,
     pub iroh: IrohOptions,
@@ -166,7 +167,9 @@ pub struct ClientSettings {
 impl ServerSettings {
     /// What the server engine needs, whichever transport runs (iroh or manual mode).
     pub fn engine_config(&self) -> ServerConfig {
-        let mut c = ServerConfig::new(self.tokens.clone(), self.policy.clone());
+        let mut c = ServerConfig::with_access(porthole_engine::access::AccessRules::new(
+            self.access.clone(),
+        ));
         c.max_sessions = self.max_sessions;
         c.max_streams = self.quic.max_streams;
         c.udp_idle_timeout = self.udp_idle_timeout;
@@ -326,7 +329,8 @@ fn server_settings(
         );
     }
 
-    let tokens = server_tokens(args, f)?;
+    let access_sources = server_access(args, f, &policy)?;
+    let access = access_sources.load()?;
     let secret_file = args
         .secret_file
         .clone()
@@ -371,7 +375,8 @@ fn server_settings(
     Ok(ServerSettings {
         mode,
         secret,
-        tokens,
+        access_sources,
+        access,
         policy,
         max_sessions,
         iroh,
@@ -386,7 +391,13 @@ fn server_settings(
     })
 }
 
-fn server_tokens(args: &ServerArgs, f: Option<&ServerFile>) -> Result<TokenSet> {
+/// The server's clients: the flat tokens (the `default` client, with the global
+/// allow-lists) and the access file's named clients.
+fn server_access(
+    args: &ServerArgs,
+    f: Option<&ServerFile>,
+    policy: &Policy,
+) -> Result<super::access::AccessSources> {
     let mut tokens: Vec<AuthToken> = Vec::new();
     if !args.auth_tokens.is_empty() {
         warn!(
@@ -407,12 +418,15 @@ fn server_tokens(args: &ServerArgs, f: Option<&ServerFile>) -> Result<TokenSet> 
         .auth_tokens_file
         .clone()
         .or(f.and_then(|f| f.auth_tokens_file.clone()));
-    if let Some(p) = file {
-        tokens.extend(secrets::load_token_file(&p)?);
-    }
-    TokenSet::new(tokens).context(
-        "no auth tokens: give --auth-tokens-file FILE (or auth_tokens in the config); create one with: porthole generate-token > tokens.txt",
-    )
+    Ok(super::access::AccessSources {
+        access_file: args
+            .access_file
+            .clone()
+            .or(f.and_then(|f| f.access_file.clone())),
+        inline_tokens: tokens,
+        tokens_file: file,
+        policy: policy.clone(),
+    })
 }
 
 /// The client's config file (if any) and the mode: the command line's, else the file's,

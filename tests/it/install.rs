@@ -75,6 +75,18 @@ fn install_reinstall_systemd_uninstall() {
         unit.contains("porthole server -c") && unit.contains("etc/server.toml"),
         "{unit}"
     );
+    assert!(
+        unit.contains("ExecReload=/bin/kill -HUP $MAINPID"),
+        "systemctl reload re-reads the access rules: {unit}"
+    );
+    assert!(
+        units.join("etc/access.toml.example").exists(),
+        "the access file example is installed"
+    );
+    assert!(
+        unit.contains("RuntimeDirectory=porthole"),
+        "`porthole status` needs a writable /run/porthole under ProtectSystem=strict: {unit}"
+    );
     assert!(units.join("porthole-client.service").exists());
     assert!(units.join("etc/server.toml.example").exists());
 

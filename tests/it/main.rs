@@ -3,6 +3,7 @@
 // Test helpers may panic freely: a panic is a test failure with a message.
 #![allow(clippy::unwrap_used)]
 
+mod access;
 mod cli;
 mod fuzz_corpus;
 mod hardening;

@@ -30,6 +30,10 @@ impl TokenSet {
         self.0.len()
     }
 
+    pub fn tokens(&self) -> &[AuthToken] {
+        &self.0
+    }
+
     pub fn is_empty(&self) -> bool {
         self.0.is_empty()
     }

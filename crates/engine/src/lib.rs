@@ -10,6 +10,7 @@
 //!
 //! The concrete transport is chosen once at the top with generics, as rathole does.
 
+pub mod access;
 pub mod auth;
 pub mod client;
 pub mod control;

@@ -56,11 +56,13 @@ pub enum SpliceEnd {
 
 /// Runs until both directions are done or one fails. `up` is TCP -> QUIC. `meter`
 /// counts the bytes as they move (status and metrics see a transfer while it runs).
+/// Cancelling `stop` aborts both directions as an error does (the forward was closed).
 pub async fn splice<S: SendStream, R: RecvStream>(
     mut tcp: TcpStream,
     mut send: S,
     mut recv: R,
     meter: &StreamMeter,
+    stop: &tokio_util::sync::CancellationToken,
 ) -> SpliceEnd {
     let (mut up, mut down) = (0u64, 0u64);
     let mut up_finished = false;
@@ -77,7 +79,13 @@ pub async fn splice<S: SendStream, R: RecvStream>(
             &mut recv, &mut tcp_w, &mut down, meter
         ));
         // Both directions to their end; the first error ends both at once.
-        tokio::try_join!(up_fut, down_fut).map(|_| ())
+        tokio::select! {
+            r = async { tokio::try_join!(up_fut, down_fut) } => r.map(|_| ()),
+            _ = stop.cancelled() => Err(io::Error::new(
+                io::ErrorKind::PermissionDenied,
+                "the forward was closed",
+            )),
+        }
     };
     match result {
         Ok(()) => SpliceEnd::Clean { up, down },

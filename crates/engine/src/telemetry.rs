@@ -65,7 +65,9 @@ pub enum Refusal {
     AuthTimeout,
     ProtocolError,
     UnsupportedVersion,
-    /// `--max-sessions` reached.
+    /// The client's access was revoked or has expired.
+    AccessRevoked,
+    /// `--max-sessions` (or the client's own limit) reached.
     SessionLimit,
     /// Too many connections still handshaking.
     PendingLimit,
@@ -87,6 +89,7 @@ impl Refusal {
             | Refusal::RateLimited
             | Refusal::AuthTimeout
             | Refusal::ProtocolError
+            | Refusal::AccessRevoked
             | Refusal::UnsupportedVersion => "auth",
             Refusal::Forward(_) | Refusal::TargetUnreachable => "forward",
             Refusal::SessionLimit
@@ -104,6 +107,7 @@ impl Refusal {
             Refusal::RateLimited => "rate_limited",
             Refusal::AuthTimeout => "auth_timeout",
             Refusal::ProtocolError => "protocol_error",
+            Refusal::AccessRevoked => "access_revoked",
             Refusal::UnsupportedVersion => "unsupported_version",
             Refusal::SessionLimit => "max_sessions",
             Refusal::PendingLimit => "max_pending",
@@ -178,6 +182,7 @@ struct PathLabels {
 #[derive(Debug, Default)]
 struct Metrics {
     sessions: Counter,
+    forwards: Counter,
     refusals: Family<RefusalLabels, Counter>,
     streams_opened: Family<ForwardLabels, Counter>,
     streams_active: Family<ForwardLabels, Gauge>,
@@ -370,6 +375,7 @@ pub struct SessionGuard {
 impl SessionGuard {
     /// A forward this session opened (server side).
     pub fn forward(&self, id: u64, source: &str) -> Arc<ForwardLive> {
+        self.telemetry.0.metrics.forwards.inc();
         let f = Arc::new(
             self.telemetry
                 .new_forward(id, source, None, Some(self.session.clone())),
@@ -476,6 +482,11 @@ impl Telemetry {
                 "sessions",
                 "Client connections authenticated",
                 m.sessions.clone(),
+            );
+            registry.register(
+                "forwards_opened",
+                "Forwards accepted (a client's source inside the allow-list)",
+                m.forwards.clone(),
             );
             registry.register(
                 "refusals",
@@ -702,6 +713,12 @@ impl Telemetry {
         c.session = None;
     }
 
+    /// The client's next attempt to connect is `delay` from now (zero: one is under
+    /// way, so none is pending).
+    pub fn retry_in(&self, delay: Duration) {
+        lock(&self.0.client).next_attempt = (!delay.is_zero()).then(|| Instant::now() + delay);
+    }
+
     /// Samples the client's RTT into its history (called every few seconds).
     pub fn sample_rtt(&self) {
         let mut c = lock(&self.0.client);
@@ -809,6 +826,17 @@ impl Collector for LiveCollector {
                     let v = by_path.get(path).copied().unwrap_or(0);
                     gauge(v).encode(family.encode_family(&PathLabels { path })?)?;
                 }
+                let open: usize = lock(&t.0.sessions)
+                    .values()
+                    .map(|s| lock(&s.forwards).len())
+                    .sum();
+                let g = gauge(open as i64);
+                g.encode(encoder.encode_descriptor(
+                    "forwards_active",
+                    "Forwards open now, over all sessions",
+                    None,
+                    g.metric_type(),
+                )?)?;
             }
             Role::Client => {
                 let c = lock(&t.0.client);
@@ -995,6 +1023,8 @@ mod tests {
             "{text}"
         );
         assert!(text.contains("porthole_sessions_total 1"), "{text}");
+        assert!(text.contains("porthole_forwards_opened_total 1"), "{text}");
+        assert!(text.contains("porthole_forwards_active 0"), "{text}");
     }
 
     #[test]

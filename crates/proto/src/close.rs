@@ -23,6 +23,8 @@ pub enum CloseCode {
     Shutdown = 6,
     /// Too many failed authentications from this peer; retry later.
     RateLimited = 7,
+    /// The operator revoked this client's access, or it expired.
+    AccessRevoked = 8,
 }
 
 impl CloseCode {
@@ -36,6 +38,7 @@ impl CloseCode {
             5 => Self::ServerBusy,
             6 => Self::Shutdown,
             7 => Self::RateLimited,
+            8 => Self::AccessRevoked,
             _ => return None,
         })
     }
@@ -58,6 +61,9 @@ impl CloseCode {
             Self::Shutdown => "the server is shutting down",
             Self::RateLimited => {
                 "too many failed authentications from this address; retrying later"
+            }
+            Self::AccessRevoked => {
+                "access revoked: the server's operator removed this client or its token, or it expired"
             }
         }
     }

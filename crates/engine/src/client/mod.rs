@@ -91,6 +91,8 @@ pub enum ClientError {
     },
     #[error("protocol version mismatch: {0}")]
     Version(String),
+    #[error("{}", CloseCode::AccessRevoked.explain())]
+    AccessRevoked,
     #[error("no forwards configured")]
     NoForwards,
 }
@@ -105,6 +107,7 @@ pub(crate) fn fatal_close(end: &ConnectionEnd) -> Option<ClientError> {
     };
     match CloseCode::from_u64(*code)? {
         CloseCode::AuthFailed => Some(ClientError::AuthRejected),
+        CloseCode::AccessRevoked => Some(ClientError::AccessRevoked),
         CloseCode::UnsupportedVersion => Some(ClientError::Version(format!(
             "{} ({reason})",
             CloseCode::UnsupportedVersion.explain()
@@ -297,10 +300,13 @@ async fn connection_loop<C: Connector>(
     loop {
         let attempt = match replacement.take() {
             Some(fresh) => Ok(fresh),
-            None => tokio::select! {
-                _ = shutdown.cancelled() => return Ok(()),
-                r = session::establish(connector, config) => r,
-            },
+            None => {
+                config.telemetry.retry_in(Duration::ZERO);
+                tokio::select! {
+                    _ = shutdown.cancelled() => return Ok(()),
+                    r = session::establish(connector, config) => r,
+                }
+            }
         };
         match attempt {
             Ok(session) => {
@@ -385,6 +391,7 @@ async fn connection_loop<C: Connector>(
         }
         // A drop right after being up: reconnect after a short pause.
         let delay = backoff.next().unwrap_or(config.backoff_min);
+        config.telemetry.retry_in(delay);
         tokio::select! {
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}

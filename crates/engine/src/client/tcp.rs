@@ -86,7 +86,8 @@ async fn handle<C: Connection>(
         return;
     }
     tune_tcp(&tcp);
-    match splice(tcp, send, recv, &meter).await {
+    let never = tokio_util::sync::CancellationToken::new();
+    match splice(tcp, send, recv, &meter, &never).await {
         SpliceEnd::Clean { up, down } => debug!(sent = up, received = down, "closed"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(sent = up, received = down, "aborted: {error}")

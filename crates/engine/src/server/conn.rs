@@ -18,9 +18,11 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::forwards::Forwards;
 use super::udp::ServerUdp;
 use super::{ServerConfig, Shared};
+use crate::access::{ClientRule, DEFAULT_CLIENT};
 use crate::control::{ControlError, read_frame, read_frame_or_eof, write_frame};
 use crate::telemetry::{Refusal, SessionGuard, token_label};
 use crate::transport::{Connection, ConnectionEnd};
+use tokio::sync::watch;
 
 enum AuthFailure {
     /// Close with this code and wire reason; log the detail (never sent to the peer).
@@ -49,11 +51,12 @@ pub(crate) async fn serve<C: Connection>(
     }
 
     let auth = tokio::time::timeout(config.auth_timeout, authenticate(&conn, config));
-    let (mut control_send, mut control_recv, client) = match auth.await {
+    let (mut control_send, mut control_recv, rule, token) = match auth.await {
         Ok(Ok(streams)) => streams,
         Ok(Err(AuthFailure::Close(code, reason, log))) => {
             config.telemetry.refused(match code {
                 CloseCode::AuthFailed => Refusal::AuthFailed,
+                CloseCode::AccessRevoked => Refusal::AccessRevoked,
                 CloseCode::UnsupportedVersion => Refusal::UnsupportedVersion,
                 _ => Refusal::ProtocolError,
             });
@@ -80,6 +83,24 @@ pub(crate) async fn serve<C: Connection>(
         }
     };
     shared.limiter.success(&key);
+    // Clients from the access file go by their name; the flat token list's by a label
+    // of the token (never the token itself).
+    let client = if rule.name == DEFAULT_CLIENT {
+        token_label(&token)
+    } else {
+        rule.name.clone()
+    };
+    tracing::Span::current().record("client", tracing::field::display(&client));
+    let Some(_client_slot) = ClientSlot::take(&shared, &rule) else {
+        warn!(
+            "client {} is at its session limit ({}); refusing",
+            rule.name,
+            rule.max_sessions.unwrap_or_default()
+        );
+        config.telemetry.refused(Refusal::SessionLimit);
+        conn.close(CloseCode::ServerBusy.as_u32(), b"client session limit");
+        return;
+    };
 
     let Ok(_session) = shared.sessions.clone().try_acquire_owned() else {
         warn!(
@@ -100,13 +121,14 @@ pub(crate) async fn serve<C: Connection>(
         debug!("could not answer auth: {e}");
         return;
     }
-    info!(%client, "client authenticated");
+    info!("client authenticated");
     let path_of = conn.clone();
     let session = config
         .telemetry
         .session(client, peer, Box::new(move || path_of.path()));
 
     let forwards = Arc::new(Forwards::default());
+    let (rule_tx, rule_rx) = watch::channel(rule);
     let cancel = shutdown.child_token();
     let tasks = TaskTracker::new();
     let udp = Arc::new(ServerUdp::new(
@@ -125,6 +147,7 @@ pub(crate) async fn serve<C: Connection>(
             &forwards,
             config,
             &session,
+            &rule_rx,
         )
         .await;
         // The control stream may end while the connection lives on: park this arm.
@@ -144,6 +167,11 @@ pub(crate) async fn serve<C: Connection>(
     let end = tokio::select! {
         end = control => end,
         end = streams => end,
+        why = watch_access(config, &token, &rule_tx, &forwards) => {
+            warn!("closing the session: {why}");
+            conn.close(CloseCode::AccessRevoked.as_u32(), why.as_bytes());
+            ConnectionEnd::Local
+        }
         _ = shutdown.cancelled() => {
             conn.close(CloseCode::Shutdown.as_u32(), b"server shutting down");
             ConnectionEnd::Local
@@ -162,6 +190,7 @@ async fn serve_control<C: Connection>(
     forwards: &Forwards,
     config: &ServerConfig,
     session: &SessionGuard,
+    rule: &watch::Receiver<Arc<ClientRule>>,
 ) {
     loop {
         let request = match read_frame_or_eof::<ControlRequest, _>(recv).await {
@@ -200,7 +229,8 @@ async fn serve_control<C: Connection>(
                 continue;
             }
         };
-        let reply = match config.policy.resolve(&source, config.resolve_timeout).await {
+        let policy = rule.borrow().policy.clone();
+        let reply = match policy.resolve(&source, config.resolve_timeout).await {
             Ok(resolved) => {
                 let addrs = resolved.addrs.clone();
                 let label = source.to_string();
@@ -248,7 +278,7 @@ async fn serve_control<C: Connection>(
 async fn authenticate<C: Connection>(
     conn: &C,
     config: &ServerConfig,
-) -> Result<(C::Send, C::Recv, String), AuthFailure> {
+) -> Result<(C::Send, C::Recv, Arc<ClientRule>, AuthToken), AuthFailure> {
     let (send, mut recv) = conn
         .accept_bi()
         .await
@@ -282,16 +312,111 @@ async fn authenticate<C: Connection>(
         ));
     }
     // A malformed token is simply a wrong token: the difference stays out of the reply.
-    let accepted = match request.token.parse::<AuthToken>() {
-        Ok(token) if config.tokens.contains(&token) => Some(token_label(&token)),
-        _ => None,
-    };
-    let Some(client) = accepted else {
+    let token = request.token.parse::<AuthToken>().ok();
+    let rule = token
+        .as_ref()
+        .and_then(|t| config.access.current().identify(t));
+    let (Some(token), Some(rule)) = (token, rule) else {
         return Err(AuthFailure::Close(
             CloseCode::AuthFailed,
             b"auth failed",
             "token not accepted".into(),
         ));
     };
-    Ok((send, recv, client))
+    if rule.expired(std::time::SystemTime::now()) {
+        return Err(AuthFailure::Close(
+            CloseCode::AccessRevoked,
+            b"access expired",
+            format!("client {}: access expired", rule.name),
+        ));
+    }
+    Ok((send, recv, rule, token))
+}
+
+/// A client's claim on one of its `max_sessions`, given back on drop.
+struct ClientSlot {
+    shared: Arc<Shared>,
+    name: String,
+}
+
+impl ClientSlot {
+    fn take(shared: &Arc<Shared>, rule: &ClientRule) -> Option<Self> {
+        let mut open = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
+        let n = open.entry(rule.name.clone()).or_default();
+        if rule.max_sessions.is_some_and(|max| *n >= max) {
+            return None;
+        }
+        *n += 1;
+        Some(Self {
+            shared: shared.clone(),
+            name: rule.name.clone(),
+        })
+    }
+}
+
+impl Drop for ClientSlot {
+    fn drop(&mut self) {
+        let mut open = self
+            .shared
+            .per_client
+            .lock()
+            .unwrap_or_else(|e| e.into_inner());
+        if let Some(n) = open.get_mut(&self.name) {
+            *n = n.saturating_sub(1);
+            if *n == 0 {
+                open.remove(&self.name);
+            }
+        }
+    }
+}
+
+/// Follows the rules in force for this session's client: returns why the session must
+/// end (its token or client removed, or its access expired); on any other change it
+/// puts the client's new rules in force for new forwards and closes the open forwards
+/// its new allow-lists no longer cover.
+async fn watch_access(
+    config: &ServerConfig,
+    token: &AuthToken,
+    rule: &watch::Sender<Arc<ClientRule>>,
+    forwards: &Forwards,
+) -> String {
+    let mut changes = config.access.subscribe();
+    // Rules replaced between this client's auth and now count too.
+    changes.mark_changed();
+    loop {
+        let current = rule.borrow().clone();
+        let until_expiry = current.expires.map(|e| {
+            e.duration_since(std::time::SystemTime::now())
+                .unwrap_or_default()
+        });
+        let expiry = async {
+            match until_expiry {
+                Some(d) => tokio::time::sleep(d).await,
+                None => std::future::pending().await,
+            }
+        };
+        tokio::select! {
+            _ = expiry => return format!("client {}: access expired", current.name),
+            r = changes.changed() => if r.is_err() {
+                return std::future::pending().await;
+            },
+        }
+        let access = changes.borrow_and_update().clone();
+        let Some(new) = access.identify(token).filter(|r| r.name == current.name) else {
+            return format!("client {}: access revoked", current.name);
+        };
+        if new.expired(std::time::SystemTime::now()) {
+            return format!("client {}: access expired", current.name);
+        }
+        if new != current {
+            for source in forwards.close_disallowed(&new) {
+                warn!(
+                    "forward {source} closed: no longer allowed for client {}",
+                    new.name
+                );
+            }
+            info!("client {}: new rules in force", new.name);
+            rule.send_replace(new);
+        }
+    }
 }

@@ -3,6 +3,9 @@
 
 use std::sync::{Arc, RwLock};
 
+use tokio_util::sync::CancellationToken;
+
+use crate::access::ClientRule;
 use crate::policy::Resolved;
 use crate::telemetry::ForwardLive;
 
@@ -11,6 +14,9 @@ use crate::telemetry::ForwardLive;
 pub(crate) struct Forward {
     pub resolved: Resolved,
     pub live: Arc<ForwardLive>,
+    /// Cancelled when the client's rules no longer allow this forward: its streams and
+    /// flows end, new ones are refused.
+    pub closed: CancellationToken,
 }
 
 impl std::ops::Deref for Forward {
@@ -48,7 +54,21 @@ impl Forwards {
         v.push(Arc::new(Forward {
             resolved,
             live: live(id),
+            closed: CancellationToken::new(),
         }));
         Some(id)
+    }
+
+    /// Closes every open forward `rule` no longer allows; returns their sources.
+    pub fn close_disallowed(&self, rule: &ClientRule) -> Vec<String> {
+        let v = self.0.read().unwrap_or_else(|e| e.into_inner());
+        v.iter()
+            .filter(|f| !f.closed.is_cancelled())
+            .filter(|f| !rule.allows(f.source.protocol, &f.addrs))
+            .map(|f| {
+                f.closed.cancel();
+                f.source.to_string()
+            })
+            .collect()
     }
 }

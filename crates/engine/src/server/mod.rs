@@ -15,6 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
+use crate::access::{Access, AccessRules};
 use crate::auth::{AuthLimiter, TokenSet};
 use crate::policy::Policy;
 use crate::telemetry::{Refusal, Role, Telemetry};
@@ -27,8 +28,8 @@ pub const DEFAULT_MAX_SESSIONS: usize = 100;
 /// Everything the server engine needs to know.
 #[derive(Debug)]
 pub struct ServerConfig {
-    pub tokens: TokenSet,
-    pub policy: Policy,
+    /// Who may connect and what each client may reach; replaceable while running.
+    pub access: AccessRules,
     /// Concurrent authenticated client connections.
     pub max_sessions: usize,
     /// Concurrent connections still in the transport handshake or authenticating.
@@ -53,11 +54,15 @@ pub struct ServerConfig {
 }
 
 impl ServerConfig {
-    /// Defaults for everything but the tokens and the allow-list.
+    /// One client (`default`) with these tokens and allow-lists; defaults for the rest.
     pub fn new(tokens: TokenSet, policy: Policy) -> Self {
+        Self::with_access(AccessRules::new(Access::single(&tokens, policy)))
+    }
+
+    /// Named clients, each with its own tokens, allow-lists and limits.
+    pub fn with_access(access: AccessRules) -> Self {
         Self {
-            tokens,
-            policy,
+            access,
             max_sessions: DEFAULT_MAX_SESSIONS,
             max_pending: 64,
             max_forwards: 64,
@@ -81,6 +86,8 @@ pub(crate) struct Shared {
     pub sessions: Arc<Semaphore>,
     pub pending: Arc<Semaphore>,
     pub limiter: AuthLimiter,
+    /// Sessions open per client name (for each client's `max_sessions`).
+    pub per_client: std::sync::Mutex<std::collections::HashMap<String, usize>>,
 }
 
 /// Serves connections from `acceptor` until it closes or `shutdown` fires, then closes
@@ -94,12 +101,20 @@ pub async fn run<A: Acceptor>(
         sessions: Arc::new(Semaphore::new(config.max_sessions)),
         pending: Arc::new(Semaphore::new(config.max_pending)),
         limiter: AuthLimiter::default(),
+        per_client: Default::default(),
         config,
     });
+    let access = shared.config.access.current();
     info!(
-        "accepting {} token(s): {} (labels as in logs and status)",
-        shared.config.tokens.len(),
-        shared.config.tokens.labels().join(", ")
+        "accepting {} client(s) with {} token(s): {}",
+        access.clients().len(),
+        access.token_count(),
+        access
+            .clients()
+            .iter()
+            .map(|c| c.name.as_str())
+            .collect::<Vec<_>>()
+            .join(", ")
     );
     let tracker = TaskTracker::new();
     let mut next_id: u64 = 0;
@@ -114,7 +129,12 @@ pub async fn run<A: Acceptor>(
         next_id += 1;
         let shared = shared.clone();
         let shutdown = shutdown.clone();
-        let span = info_span!("conn", id = next_id, peer = tracing::field::Empty);
+        let span = info_span!(
+            "conn",
+            id = next_id,
+            peer = tracing::field::Empty,
+            client = tracing::field::Empty
+        );
         tracker.spawn(
             async move {
                 let Ok(pending) = shared.pending.clone().try_acquire_owned() else {

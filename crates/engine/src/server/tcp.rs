@@ -47,7 +47,7 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
     };
     let Some(forward) = forwards
         .get(header.forward_id)
-        .filter(|f| f.source.protocol == Protocol::Tcp)
+        .filter(|f| f.source.protocol == Protocol::Tcp && !f.closed.is_cancelled())
     else {
         warn!(
             forward_id = header.forward_id,
@@ -65,7 +65,7 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
     };
     tune_tcp(&tcp);
     let meter = forward.live.stream(Side::Server, None);
-    match splice(tcp, send, recv, &meter).await {
+    match splice(tcp, send, recv, &meter, &forward.closed).await {
         SpliceEnd::Clean { up, down } => debug!(to_target = down, from_target = up, "stream done"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(

@@ -86,7 +86,11 @@ impl<C: Connection> ServerUdp<C> {
     }
 
     async fn deliver(self: &Arc<Self>, key: FlowKey, payload: &[u8]) {
-        let existing = self.lock().get(&key).cloned();
+        let existing = self
+            .lock()
+            .get(&key)
+            .filter(|f| !f.forward.closed.is_cancelled())
+            .cloned();
         let flow = match existing {
             Some(f) => f,
             None => match self.open_flow(key).await {
@@ -115,7 +119,7 @@ impl<C: Connection> ServerUdp<C> {
         let Some(forward) = self
             .forwards
             .get(key.forward_id)
-            .filter(|f| f.source.protocol == Protocol::Udp)
+            .filter(|f| f.source.protocol == Protocol::Udp && !f.closed.is_cancelled())
         else {
             self.discard(
                 Discard::UnknownForward,
@@ -176,6 +180,7 @@ impl<C: Connection> ServerUdp<C> {
             };
             tokio::select! {
                 _ = self.cancel.cancelled() => break,
+                _ = flow.forward.closed.cancelled() => break,
                 _ = tokio::time::sleep(left) => {}
                 r = flow.socket.recv(&mut buf) => match r {
                     Ok(n) => {

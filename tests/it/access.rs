@@ -1,0 +1,439 @@
+//! Named clients (`--access-file`): each reaches only what its rules allow, and the
+//! rules change while the server runs: revocation, narrowing, expiry, a broken file.
+
+use std::io::{Read, Write};
+use std::net::TcpStream;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::thread::JoinHandle;
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+use crate::support::TOKEN;
+use crate::support::process::{Offline, Proc, bin, endpoint_id, free_tcp_port, free_udp_port};
+
+const LONG: Duration = Duration::from_secs(30);
+
+struct Lab {
+    dir: tempfile::TempDir,
+    /// Two echo services the clients' rules tell apart by port.
+    echo_a: u16,
+    echo_b: u16,
+    alice: String,
+    bob: String,
+}
+
+impl Lab {
+    fn new() -> Lab {
+        let dir = tempfile::tempdir().unwrap();
+        std::fs::write(dir.path().join("tokens.txt"), format!("{TOKEN}\n")).unwrap();
+        let out = bin().args(["generate-token", "-c", "2"]).output().unwrap();
+        let tokens = String::from_utf8(out.stdout).unwrap();
+        let mut t = tokens.lines().map(str::to_string);
+        let (alice, bob) = (t.next().unwrap(), t.next().unwrap());
+        for (name, token) in [("alice", &alice), ("bob", &bob)] {
+            std::fs::write(
+                dir.path().join(format!("{name}.token")),
+                format!("{token}\n"),
+            )
+            .unwrap();
+        }
+        Lab {
+            dir,
+            echo_a: crate::support::echo::tcp_echo_blocking().port(),
+            echo_b: crate::support::echo::tcp_echo_blocking().port(),
+            alice,
+            bob,
+        }
+    }
+
+    fn path(&self, name: &str) -> PathBuf {
+        self.dir.path().join(name)
+    }
+
+    fn echo(&self, which: char) -> String {
+        let port = if which == 'a' {
+            self.echo_a
+        } else {
+            self.echo_b
+        };
+        format!("tcp://127.0.0.1:{port}")
+    }
+
+    /// The access file: alice and bob with `alice_tcp` / `bob_tcp`, and `extra` lines.
+    fn write_access(&self, alice_tcp: &[u16], bob_tcp: &[u16], extra: &str) {
+        let rules = |ports: &[u16]| {
+            ports
+                .iter()
+                .map(|p| format!("\"127.0.0.1/32:{p}\""))
+                .collect::<Vec<_>>()
+                .join(", ")
+        };
+        let mut text = String::new();
+        if !alice_tcp.is_empty() {
+            text += &format!(
+                "[[client]]\nname = \"alice\"\ntokens = [\"{}\"]\nallowed_tcp = [{}]\n{extra}\n",
+                self.alice,
+                rules(alice_tcp)
+            );
+        }
+        text += &format!(
+            "[[client]]\nname = \"bob\"\ntokens_file = \"bob.token\"\nallowed_tcp = [{}]\n",
+            rules(bob_tcp)
+        );
+        self.write_file("access.toml", &text);
+    }
+
+    /// Replaces a file in one step (as editors and config managers do).
+    fn write_file(&self, name: &str, text: &str) {
+        let tmp = self.path(&format!("{name}.tmp"));
+        std::fs::write(&tmp, text).unwrap();
+        std::fs::rename(&tmp, self.path(name)).unwrap();
+    }
+
+    fn server(&self) -> (Proc, String, u16) {
+        let port = free_udp_port();
+        let p = Offline::server(&self.path("tokens.txt"), port)
+            .args(&["--access-file", self.path("access.toml").to_str().unwrap()])
+            .args(&[
+                "--control-socket",
+                self.path("server.sock").to_str().unwrap(),
+            ])
+            .spawn("server");
+        let id = endpoint_id(&p);
+        p.wait_line("serving", LONG);
+        (p, id, port)
+    }
+
+    fn client(&self, who: &str, id: &str, port: u16, forwards: &[(String, u16)]) -> Offline {
+        let mut c = Offline::client(id, port, &self.path(&format!("{who}.token")))
+            .args(&["--control-socket", "none"]);
+        for (source, listen) in forwards {
+            c = c.forward(source, *listen);
+        }
+        c
+    }
+}
+
+/// A TCP connection that echoes 16 KiB chunks and checks every byte, until stopped
+/// or it fails; `moved` counts verified bytes.
+struct Pump {
+    stop: Arc<AtomicBool>,
+    moved: Arc<AtomicU64>,
+    failed_at: Arc<std::sync::Mutex<Option<Instant>>>,
+    thread: Option<JoinHandle<()>>,
+}
+
+impl Pump {
+    fn start(port: u16) -> Pump {
+        let stop = Arc::new(AtomicBool::new(false));
+        let moved = Arc::new(AtomicU64::new(0));
+        let failed_at = Arc::new(std::sync::Mutex::new(None));
+        let (s, m, f) = (stop.clone(), moved.clone(), failed_at.clone());
+        let thread = std::thread::spawn(move || {
+            let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+            conn.set_read_timeout(Some(Duration::from_secs(10)))
+                .unwrap();
+            let mut n: u8 = 0;
+            while !s.load(Ordering::Relaxed) {
+                n = n.wrapping_add(1);
+                let chunk = vec![n; 16 * 1024];
+                let mut back = vec![0u8; chunk.len()];
+                let ok = conn.write_all(&chunk).is_ok() && conn.read_exact(&mut back).is_ok();
+                if !ok || back != chunk {
+                    *f.lock().unwrap() = Some(Instant::now());
+                    return;
+                }
+                m.fetch_add(chunk.len() as u64, Ordering::Relaxed);
+                std::thread::sleep(Duration::from_millis(5));
+            }
+        });
+        let pump = Pump {
+            stop,
+            moved,
+            failed_at,
+            thread: Some(thread),
+        };
+        pump.wait_moving();
+        pump
+    }
+
+    fn wait_moving(&self) {
+        let start = self.moved.load(Ordering::Relaxed);
+        let t = Instant::now();
+        while self.moved.load(Ordering::Relaxed) < start + 64 * 1024 {
+            assert!(self.failed().is_none(), "the transfer failed");
+            assert!(t.elapsed() < LONG, "the transfer does not move");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn failed(&self) -> Option<Instant> {
+        *self.failed_at.lock().unwrap()
+    }
+
+    /// Stops; panics if it had failed.
+    fn finish(mut self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        if let Some(t) = self.thread.take() {
+            t.join().unwrap();
+        }
+        assert!(self.failed().is_none(), "the transfer failed");
+        self.moved.load(Ordering::Relaxed)
+    }
+}
+
+fn status(lab: &Lab) -> Value {
+    let out = bin()
+        .args(["status", "--json", "--socket"])
+        .arg(lab.path("server.sock"))
+        .output()
+        .unwrap();
+    serde_json::from_slice(&out.stdout).unwrap()
+}
+
+#[test]
+fn two_clients_each_reach_only_what_their_rules_allow() {
+    let lab = Lab::new();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    let (server, id, port) = lab.server();
+    assert!(
+        server.output().contains("alice, bob") || server.output().contains("default, alice, bob"),
+        "{}",
+        server.output()
+    );
+
+    // Each is refused what only the other may reach (exit 4: source refused).
+    let mut a = lab
+        .client("alice", &id, port, &[(lab.echo('b'), free_tcp_port())])
+        .spawn("alice asking for b");
+    assert_eq!(a.wait_exit(LONG), 4);
+    let mut b = lab
+        .client("bob", &id, port, &[(lab.echo('a'), free_tcp_port())])
+        .spawn("bob asking for a");
+    assert_eq!(b.wait_exit(LONG), 4);
+
+    // And each reaches its own.
+    let (la, lb) = (free_tcp_port(), free_tcp_port());
+    let alice = lab
+        .client("alice", &id, port, &[(lab.echo('a'), la)])
+        .spawn("alice");
+    let bob = lab
+        .client("bob", &id, port, &[(lab.echo('b'), lb)])
+        .spawn("bob");
+    alice.wait_line("tunnel up", LONG);
+    bob.wait_line("tunnel up", LONG);
+    Pump::start(la).finish();
+    Pump::start(lb).finish();
+
+    // Logs and status name the clients; no token is ever logged.
+    let r = status(&lab);
+    let mut names: Vec<String> = r["server"]["sessions"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|s| s["client"].as_str().unwrap().to_string())
+        .collect();
+    names.sort();
+    assert_eq!(names, ["alice", "bob"], "{r}");
+    let log = server.output();
+    assert!(
+        log.contains("client=alice") && log.contains("client=bob"),
+        "{log}"
+    );
+    assert!(!log.contains(&lab.alice) && !log.contains(&lab.bob));
+}
+
+#[test]
+fn revoking_a_client_closes_its_session_within_a_second_and_leaves_others_alone() {
+    let lab = Lab::new();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    let (server, id, port) = lab.server();
+    let (la, lb) = (free_tcp_port(), free_tcp_port());
+    let mut alice = lab
+        .client("alice", &id, port, &[(lab.echo('a'), la)])
+        .spawn("alice");
+    let bob = lab
+        .client("bob", &id, port, &[(lab.echo('b'), lb)])
+        .spawn("bob");
+    alice.wait_line("tunnel up", LONG);
+    bob.wait_line("tunnel up", LONG);
+    let pa = Pump::start(la);
+    let pb = Pump::start(lb);
+
+    // Remove alice from the file while both transfer.
+    let revoked = Instant::now();
+    lab.write_access(&[], &[lab.echo_b], "");
+    let start = Instant::now();
+    while pa.failed().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "alice still transfers"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    let took = pa.failed().unwrap() - revoked;
+    assert!(
+        took < Duration::from_secs(1),
+        "alice's transfer ended {took:?} after the revocation"
+    );
+    assert_eq!(
+        alice.wait_exit(LONG),
+        6,
+        "access revoked has its own exit code"
+    );
+    assert!(
+        alice.output().contains("access revoked"),
+        "{}",
+        alice.output()
+    );
+
+    // Bob's transfer never noticed.
+    pb.wait_moving();
+    assert!(pb.finish() > 0);
+    server.wait_line(
+        "access rules reloaded (a file changed): removed alice",
+        LONG,
+    );
+
+    // And alice's token is refused from now on.
+    let mut again = lab
+        .client("alice", &id, port, &[(lab.echo('a'), free_tcp_port())])
+        .spawn("alice again");
+    assert_eq!(again.wait_exit(LONG), 3);
+}
+
+#[test]
+fn a_broken_file_is_rejected_and_the_rules_in_force_stay() {
+    let lab = Lab::new();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    let (server, id, port) = lab.server();
+    let lb = free_tcp_port();
+    let bob = lab
+        .client("bob", &id, port, &[(lab.echo('b'), lb)])
+        .spawn("bob");
+    bob.wait_line("tunnel up", LONG);
+    let pb = Pump::start(lb);
+
+    lab.write_file(
+        "access.toml",
+        "[[client]]\nname = \"bob\"\ntokens_file = \"bob.token\"\nallowed_tcpp = []\n",
+    );
+    let line = server.wait_line("NOT reloaded", LONG);
+    assert!(
+        line.contains("line 4") && line.contains("allowed_tcpp"),
+        "{line}"
+    );
+    pb.wait_moving();
+    // A new client with the old rules still gets in, through SIGHUP too.
+    server.signal("HUP");
+    let lb2 = free_tcp_port();
+    let bob2 = lab
+        .client("bob", &id, port, &[(lab.echo('b'), lb2)])
+        .spawn("bob again");
+    bob2.wait_line("tunnel up", LONG);
+    Pump::start(lb2).finish();
+    assert!(pb.finish() > 0);
+    server.wait_line("NOT reloaded (SIGHUP)", LONG);
+}
+
+#[test]
+fn removing_a_token_from_the_tokens_file_revokes_it() {
+    let lab = Lab::new();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    // The flat tokens file holds two tokens of the `default` client.
+    let out = bin().args(["generate-token"]).output().unwrap();
+    let second = String::from_utf8(out.stdout).unwrap().trim().to_string();
+    lab.write_file("tokens.txt", &format!("{TOKEN}\n{second}\n"));
+    std::fs::write(lab.path("second.token"), format!("{second}\n")).unwrap();
+    let (server, id, port) = lab.server();
+    let mut keep = lab
+        .client("second", &id, port, &[(lab.echo('a'), free_tcp_port())])
+        .spawn("second");
+    keep.wait_line("tunnel up", LONG);
+    std::fs::write(lab.path("first.token"), format!("{TOKEN}\n")).unwrap();
+    let mut stays = lab
+        .client("first", &id, port, &[(lab.echo('a'), free_tcp_port())])
+        .spawn("first");
+    stays.wait_line("tunnel up", LONG);
+    lab.write_file("tokens.txt", &format!("{TOKEN}\n"));
+    assert_eq!(keep.wait_exit(LONG), 6, "{}", keep.output());
+    server.wait_line("changed default", LONG);
+    assert!(
+        stays.is_running(),
+        "the token still in the file keeps its session"
+    );
+}
+
+#[test]
+fn narrowing_a_clients_rules_closes_only_the_forwards_no_longer_allowed() {
+    let lab = Lab::new();
+    lab.write_access(&[lab.echo_a, lab.echo_b], &[lab.echo_b], "");
+    let (server, id, port) = lab.server();
+    let (la, lb) = (free_tcp_port(), free_tcp_port());
+    let mut alice = lab
+        .client(
+            "alice",
+            &id,
+            port,
+            &[(lab.echo('a'), la), (lab.echo('b'), lb)],
+        )
+        .spawn("alice");
+    alice.wait_line("tunnel up", LONG);
+    let pa = Pump::start(la);
+    let pb = Pump::start(lb);
+    let narrowed = Instant::now();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    while pb.failed().is_none() {
+        assert!(
+            narrowed.elapsed() < Duration::from_secs(5),
+            "forward b still open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pb.failed().unwrap() - narrowed < Duration::from_secs(1));
+    pa.wait_moving();
+    assert!(pa.finish() > 0, "forward a was left alone");
+    assert!(alice.is_running(), "the session lives on");
+    server.wait_line("no longer allowed for client alice", LONG);
+    // A new connection to the closed forward is refused (reset), not carried.
+    let mut s = TcpStream::connect(("127.0.0.1", lb)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    let _ = s.write_all(b"hello");
+    let mut buf = [0u8; 5];
+    assert!(
+        s.read_exact(&mut buf).is_err(),
+        "a closed forward carried data"
+    );
+}
+
+#[test]
+fn an_expired_client_is_disconnected_and_refused() {
+    let lab = Lab::new();
+    let expires =
+        humantime::format_rfc3339_seconds(std::time::SystemTime::now() + Duration::from_secs(4));
+    lab.write_access(
+        &[lab.echo_a],
+        &[lab.echo_b],
+        &format!("expires = \"{expires}\""),
+    );
+    let (server, id, port) = lab.server();
+    let la = free_tcp_port();
+    let mut alice = lab
+        .client("alice", &id, port, &[(lab.echo('a'), la)])
+        .spawn("alice");
+    alice.wait_line("tunnel up", LONG);
+    Pump::start(la).finish();
+    assert_eq!(alice.wait_exit(LONG), 6);
+    server.wait_line("access expired", LONG);
+    let mut again = lab
+        .client("alice", &id, port, &[(lab.echo('a'), free_tcp_port())])
+        .spawn("alice again");
+    assert_eq!(
+        again.wait_exit(LONG),
+        6,
+        "an expired client is refused as expired"
+    );
+}
