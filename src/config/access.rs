@@ -36,6 +36,11 @@ pub struct ClientEntry {
     #[serde(default)]
     pub allowed_udp: Vec<String>,
     pub max_sessions: Option<usize>,
+    /// Concurrent TCP connections and UDP flows over all of the client's sessions.
+    pub max_streams: Option<usize>,
+    pub max_udp_flows: Option<usize>,
+    /// Bandwidth cap in Mbit/s, each direction, over all of the client's sessions.
+    pub max_mbps: Option<f64>,
     /// RFC 3339, e.g. `2027-01-31T18:00:00Z`.
     pub expires: Option<String>,
 }
@@ -86,6 +91,9 @@ impl AccessSources {
                 tokens: flat,
                 policy: self.policy.clone(),
                 max_sessions: None,
+                max_streams: None,
+                max_udp_flows: None,
+                max_rate: None,
                 expires: None,
             });
         }
@@ -180,9 +188,22 @@ fn client(c: &ClientEntry, base: &Path) -> Result<ClientRule> {
         tcp: AllowList::parse(&c.allowed_tcp).context("allowed_tcp")?,
         udp: AllowList::parse(&c.allowed_udp).context("allowed_udp")?,
     };
-    if c.max_sessions == Some(0) {
-        bail!("max_sessions: at least 1 (remove the client to refuse it)");
+    for (key, v) in [
+        ("max_sessions", c.max_sessions),
+        ("max_streams", c.max_streams),
+        ("max_udp_flows", c.max_udp_flows),
+    ] {
+        if v == Some(0) {
+            bail!("{key}: at least 1 (leave it out for no limit; remove the client to refuse it)");
+        }
     }
+    let max_rate = match c.max_mbps {
+        Some(m) if !(0.01..=1_000_000.0).contains(&m) => {
+            bail!("max_mbps: {m} is out of range (0.01 to 1000000 Mbit/s; leave it out for no cap)")
+        }
+        Some(m) => Some(porthole_engine::pace::mbps_to_bytes(m)),
+        None => None,
+    };
     let expires = match &c.expires {
         Some(s) => Some(expiry(s).context("expires")?),
         None => None,
@@ -192,6 +213,9 @@ fn client(c: &ClientEntry, base: &Path) -> Result<ClientRule> {
         tokens,
         policy,
         max_sessions: c.max_sessions,
+        max_streams: c.max_streams,
+        max_udp_flows: c.max_udp_flows,
+        max_rate,
         expires,
     })
 }

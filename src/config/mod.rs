@@ -149,6 +149,7 @@ mod tests {
         let clients = access::parse(&a, root).unwrap();
         assert_eq!(clients.len(), 2);
         assert_eq!(clients[1].max_sessions, Some(2));
+        assert_eq!(clients[1].max_rate, Some(12_500_000), "100 Mbit/s in bytes");
     }
 
     #[test]

@@ -437,3 +437,83 @@ fn an_expired_client_is_disconnected_and_refused() {
         "an expired client is refused as expired"
     );
 }
+
+/// Bytes a full-speed echo through `port` moves back in `secs` seconds, after a second
+/// of warm-up.
+fn echo_rate(port: u16, secs: u64) -> f64 {
+    let conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
+    conn.set_read_timeout(Some(Duration::from_secs(10)))
+        .unwrap();
+    let mut writer = conn.try_clone().unwrap();
+    let stop = Arc::new(AtomicBool::new(false));
+    let s = stop.clone();
+    let w = std::thread::spawn(move || {
+        let chunk = vec![7u8; 64 * 1024];
+        while !s.load(Ordering::Relaxed) && writer.write_all(&chunk).is_ok() {}
+    });
+    let mut reader = conn;
+    let mut buf = vec![0u8; 256 * 1024];
+    let read_for = |reader: &mut TcpStream, buf: &mut [u8], d: Duration| {
+        let start = Instant::now();
+        let mut n = 0u64;
+        while start.elapsed() < d {
+            n += reader.read(buf).unwrap() as u64;
+        }
+        (n, start.elapsed())
+    };
+    read_for(&mut reader, &mut buf, Duration::from_secs(1));
+    let (n, took) = read_for(&mut reader, &mut buf, Duration::from_secs(secs));
+    stop.store(true, Ordering::Relaxed);
+    let _ = reader.shutdown(std::net::Shutdown::Both);
+    let _ = w.join();
+    n as f64 / took.as_secs_f64()
+}
+
+#[test]
+fn a_clients_bandwidth_cap_holds_and_its_stream_limit_too() {
+    let lab = Lab::new();
+    // alice: 16 Mbit/s (2 MB/s) each way and two TCP connections at most; bob: no cap.
+    lab.write_access(
+        &[lab.echo_a],
+        &[lab.echo_b],
+        "max_mbps = 16\nmax_streams = 2",
+    );
+    let (server, id, port) = lab.server();
+    let (la, lb) = (free_tcp_port(), free_tcp_port());
+    let alice = lab
+        .client("alice", &id, port, &[(lab.echo('a'), la)])
+        .spawn("alice");
+    let bob = lab
+        .client("bob", &id, port, &[(lab.echo('b'), lb)])
+        .spawn("bob");
+    alice.wait_line("tunnel up", LONG);
+    bob.wait_line("tunnel up", LONG);
+
+    let cap = 2_000_000.0;
+    let capped = echo_rate(la, 5);
+    assert!(
+        (capped - cap).abs() <= cap * 0.1,
+        "alice moved {capped:.0} B/s against a cap of {cap:.0} B/s"
+    );
+    let free = echo_rate(lb, 2);
+    assert!(free > 3.0 * cap, "bob, uncapped, moved only {free:.0} B/s");
+
+    // Two connections at once are fine, the third is refused (reset). (The rate
+    // test's connection must be gone on the server first.)
+    std::thread::sleep(Duration::from_millis(500));
+    let p1 = Pump::start(la);
+    let p2 = Pump::start(la);
+    let mut third = TcpStream::connect(("127.0.0.1", la)).unwrap();
+    third
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    let _ = third.write_all(b"hello");
+    let mut buf = [0u8; 5];
+    assert!(
+        third.read_exact(&mut buf).is_err(),
+        "a third stream was carried"
+    );
+    p1.finish();
+    p2.finish();
+    server.wait_line("max_streams", LONG);
+}

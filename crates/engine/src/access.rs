@@ -29,6 +29,11 @@ pub struct ClientRule {
     pub policy: Policy,
     /// Concurrent sessions of this client (the server's own limit still applies).
     pub max_sessions: Option<usize>,
+    /// Concurrent TCP streams and UDP flows over all of its sessions.
+    pub max_streams: Option<usize>,
+    pub max_udp_flows: Option<usize>,
+    /// Bandwidth cap in bytes per second, each direction, over all of its sessions.
+    pub max_rate: Option<u64>,
     /// After this the client's sessions end and its tokens are refused.
     pub expires: Option<SystemTime>,
 }
@@ -40,6 +45,9 @@ impl std::fmt::Debug for ClientRule {
             .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
             .field("policy", &self.policy)
             .field("max_sessions", &self.max_sessions)
+            .field("max_streams", &self.max_streams)
+            .field("max_udp_flows", &self.max_udp_flows)
+            .field("max_rate", &self.max_rate)
             .field("expires", &self.expires)
             .finish()
     }
@@ -51,6 +59,9 @@ impl PartialEq for ClientRule {
         self.name == o.name
             && self.policy == o.policy
             && self.max_sessions == o.max_sessions
+            && self.max_streams == o.max_streams
+            && self.max_udp_flows == o.max_udp_flows
+            && self.max_rate == o.max_rate
             && self.expires == o.expires
             && self.tokens.len() == o.tokens.len()
             && self.tokens.iter().zip(&o.tokens).all(|(a, b)| a.ct_eq(b))
@@ -124,6 +135,9 @@ impl Access {
                 tokens: tokens.tokens().to_vec(),
                 policy,
                 max_sessions: None,
+                max_streams: None,
+                max_udp_flows: None,
+                max_rate: None,
                 expires: None,
             })],
         }
@@ -264,6 +278,9 @@ mod tests {
                 udp: AllowList::default(),
             },
             max_sessions: None,
+            max_streams: None,
+            max_udp_flows: None,
+            max_rate: None,
             expires: None,
         }
     }

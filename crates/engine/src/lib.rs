@@ -16,6 +16,7 @@ pub mod client;
 pub mod control;
 pub mod direct_paths;
 pub mod net;
+pub mod pace;
 pub mod policy;
 pub mod quic_adapter;
 pub mod quic_params;

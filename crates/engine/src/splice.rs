@@ -23,6 +23,7 @@ use porthole_proto::close::StreamCode;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::TcpStream;
 
+use crate::pace::Bucket;
 use crate::telemetry::StreamMeter;
 use crate::transport::{RecvStream, SendStream};
 
@@ -54,16 +55,38 @@ pub enum SpliceEnd {
     },
 }
 
-/// Runs until both directions are done or one fails. `up` is TCP -> QUIC. `meter`
-/// counts the bytes as they move (status and metrics see a transfer while it runs).
-/// Cancelling `stop` aborts both directions as an error does (the forward was closed).
+/// What watches and limits a splice besides its two ends.
+#[derive(Debug, Clone, Copy)]
+pub struct Controls<'a> {
+    /// Counts the bytes as they move (status and metrics see a transfer while it runs).
+    pub meter: &'a StreamMeter,
+    /// Cancelling it aborts both directions as an error does (the forward was closed).
+    pub stop: Option<&'a tokio_util::sync::CancellationToken>,
+    /// Bandwidth caps for the bytes read from TCP and written to it.
+    pub from_tcp: Option<&'a Bucket>,
+    pub to_tcp: Option<&'a Bucket>,
+}
+
+impl<'a> Controls<'a> {
+    /// Counting only.
+    pub fn meter(meter: &'a StreamMeter) -> Self {
+        Self {
+            meter,
+            stop: None,
+            from_tcp: None,
+            to_tcp: None,
+        }
+    }
+}
+
+/// Runs until both directions are done or one fails. `up` is TCP -> QUIC.
 pub async fn splice<S: SendStream, R: RecvStream>(
     mut tcp: TcpStream,
     mut send: S,
     mut recv: R,
-    meter: &StreamMeter,
-    stop: &tokio_util::sync::CancellationToken,
+    ctl: Controls<'_>,
 ) -> SpliceEnd {
+    let meter = ctl.meter;
     let (mut up, mut down) = (0u64, 0u64);
     let mut up_finished = false;
     let result = {
@@ -74,14 +97,15 @@ pub async fn splice<S: SendStream, R: RecvStream>(
             &mut up,
             &mut up_finished,
             meter,
+            ctl.from_tcp,
         ));
         let down_fut = pin!(write_chunks_then_finish(
-            &mut recv, &mut tcp_w, &mut down, meter
+            &mut recv, &mut tcp_w, &mut down, meter, ctl.to_tcp,
         ));
         // Both directions to their end; the first error ends both at once.
         tokio::select! {
             r = async { tokio::try_join!(up_fut, down_fut) } => r.map(|_| ()),
-            _ = stop.cancelled() => Err(io::Error::new(
+            _ = stopped(ctl.stop) => Err(io::Error::new(
                 io::ErrorKind::PermissionDenied,
                 "the forward was closed",
             )),
@@ -114,6 +138,7 @@ async fn write_chunks_then_finish<R, W>(
     w: &mut W,
     count: &mut u64,
     meter: &StreamMeter,
+    cap: Option<&Bucket>,
 ) -> io::Result<()>
 where
     R: RecvStream,
@@ -125,6 +150,10 @@ where
             w.shutdown().await?;
             return Ok(());
         };
+        if let Some(cap) = cap {
+            cap.take(chunks[..n].iter().map(|c| c.len() as u64).sum())
+                .await;
+        }
         let taken = write_now(w, &chunks[..n]).await?;
         *count += taken as u64;
         meter.to_tcp(taken as u64);
@@ -180,6 +209,7 @@ async fn read_then_hand_over<R, S>(
     count: &mut u64,
     finished: &mut bool,
     meter: &StreamMeter,
+    cap: Option<&Bucket>,
 ) -> io::Result<()>
 where
     R: AsyncRead + Unpin + ?Sized,
@@ -204,6 +234,9 @@ where
         let before = *count;
         *count += n as u64;
         meter.from_tcp(n as u64);
+        if let Some(cap) = cap {
+            cap.take(n as u64).await;
+        }
         if before < BULK_AFTER && *count >= BULK_AFTER {
             w.set_priority(BULK_PRIORITY);
         }
@@ -230,6 +263,14 @@ async fn hand_over_fairly<S: SendStream>(w: &mut S, chunk: bytes::Bytes) -> io::
             tokio::task::yield_now().await;
             Ok(())
         }
+    }
+}
+
+/// Resolves when `stop` is cancelled; never without one.
+async fn stopped(stop: Option<&tokio_util::sync::CancellationToken>) {
+    match stop {
+        Some(s) => s.cancelled().await,
+        None => std::future::pending().await,
     }
 }
 
@@ -398,7 +439,7 @@ mod tests {
         let mut r = Chunks(chunks.into());
         let mut w = TcpPeer::new(1000, false);
         let mut n = 0;
-        write_chunks_then_finish(&mut r, &mut w, &mut n, &StreamMeter::detached())
+        write_chunks_then_finish(&mut r, &mut w, &mut n, &StreamMeter::detached(), None)
             .await
             .unwrap();
         assert_eq!(w.data, expected);
@@ -413,7 +454,7 @@ mod tests {
         let mut r = Chunks(chunks.into());
         let mut w = TcpPeer::new(usize::MAX, true);
         let mut n = 0;
-        write_chunks_then_finish(&mut r, &mut w, &mut n, &StreamMeter::detached())
+        write_chunks_then_finish(&mut r, &mut w, &mut n, &StreamMeter::detached(), None)
             .await
             .unwrap();
         assert!(!w.full_once, "the peer was full once");
@@ -456,9 +497,16 @@ mod tests {
         let mut r = ReplyThenReset(Some(b"busy"));
         let mut w = Recorder::default();
         let (mut n, mut fin) = (0, false);
-        let e = read_then_hand_over(&mut r, &mut w, &mut n, &mut fin, &StreamMeter::detached())
-            .await
-            .unwrap_err();
+        let e = read_then_hand_over(
+            &mut r,
+            &mut w,
+            &mut n,
+            &mut fin,
+            &StreamMeter::detached(),
+            None,
+        )
+        .await
+        .unwrap_err();
         assert_eq!(e.kind(), io::ErrorKind::ConnectionReset, "still an error");
         assert_eq!(w.data, b"busy");
         assert!(w.finished && fin, "FIN behind the data, not a reset");
@@ -475,6 +523,7 @@ mod tests {
             &mut n,
             &mut fin,
             &StreamMeter::detached(),
+            None,
         )
         .await
         .unwrap();
@@ -493,6 +542,7 @@ mod tests {
             &mut n,
             &mut fin,
             &StreamMeter::detached(),
+            None,
         )
         .await
         .unwrap();

@@ -75,8 +75,10 @@ pub enum Refusal {
     Forward(porthole_proto::message::RejectReason),
     /// `--max-forwards` reached on one connection.
     ForwardLimit,
-    /// `--max-udp-flows` reached on one connection.
+    /// `--max-udp-flows` reached on one connection, or the client's `max_udp_flows`.
     UdpFlowLimit,
+    /// The client's `max_streams` reached.
+    StreamLimit,
     /// A TCP stream whose target did not answer.
     TargetUnreachable,
 }
@@ -95,6 +97,7 @@ impl Refusal {
             Refusal::SessionLimit
             | Refusal::PendingLimit
             | Refusal::ForwardLimit
+            | Refusal::StreamLimit
             | Refusal::UdpFlowLimit => "limit",
         }
     }
@@ -113,6 +116,7 @@ impl Refusal {
             Refusal::PendingLimit => "max_pending",
             Refusal::ForwardLimit => "max_forwards",
             Refusal::UdpFlowLimit => "max_udp_flows",
+            Refusal::StreamLimit => "max_streams",
             Refusal::TargetUnreachable => "target_unreachable",
             Refusal::Forward(r) => match r {
                 R::NotAllowed => "not_allowed",
@@ -138,6 +142,8 @@ pub enum Discard {
     Tunnel,
     /// Malformed, or a fragment whose siblings never came.
     Malformed,
+    /// Over the client's bandwidth cap.
+    RateLimit,
 }
 
 impl Discard {
@@ -148,6 +154,7 @@ impl Discard {
             Discard::Socket => "socket",
             Discard::Tunnel => "tunnel",
             Discard::Malformed => "malformed",
+            Discard::RateLimit => "rate_limit",
         }
     }
 }

@@ -12,7 +12,7 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::Session;
 use crate::control::write_frame;
-use crate::splice::{SpliceEnd, abort_tcp, splice, tune_tcp};
+use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{ForwardLive, Side, StreamMeter};
 use crate::transport::Connection;
 
@@ -86,8 +86,7 @@ async fn handle<C: Connection>(
         return;
     }
     tune_tcp(&tcp);
-    let never = tokio_util::sync::CancellationToken::new();
-    match splice(tcp, send, recv, &meter, &never).await {
+    match splice(tcp, send, recv, Controls::meter(&meter)).await {
         SpliceEnd::Clean { up, down } => debug!(sent = up, received = down, "closed"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(sent = up, received = down, "aborted: {error}")

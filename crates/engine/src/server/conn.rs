@@ -17,7 +17,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forwards::Forwards;
 use super::udp::ServerUdp;
-use super::{ServerConfig, Shared};
+use super::{ClientShared, ServerConfig, Shared};
 use crate::access::{ClientRule, DEFAULT_CLIENT};
 use crate::control::{ControlError, read_frame, read_frame_or_eof, write_frame};
 use crate::telemetry::{Refusal, SessionGuard, token_label};
@@ -91,7 +91,7 @@ pub(crate) async fn serve<C: Connection>(
         rule.name.clone()
     };
     tracing::Span::current().record("client", tracing::field::display(&client));
-    let Some(_client_slot) = ClientSlot::take(&shared, &rule) else {
+    let Some(client_slot) = ClientSlot::take(&shared, &rule) else {
         warn!(
             "client {} is at its session limit ({}); refusing",
             rule.name,
@@ -131,9 +131,11 @@ pub(crate) async fn serve<C: Connection>(
     let (rule_tx, rule_rx) = watch::channel(rule);
     let cancel = shutdown.child_token();
     let tasks = TaskTracker::new();
+    let client_shared = client_slot.client.clone();
     let udp = Arc::new(ServerUdp::new(
         conn.clone(),
         forwards.clone(),
+        client_shared.clone(),
         config,
         cancel.clone(),
     ));
@@ -158,8 +160,14 @@ pub(crate) async fn serve<C: Connection>(
         while let Ok((send, recv)) = conn.accept_bi().await {
             n += 1;
             tasks.spawn(
-                super::tcp::handle_stream(send, recv, forwards.clone(), shared.clone())
-                    .instrument(info_span!("stream", n)),
+                super::tcp::handle_stream(
+                    send,
+                    recv,
+                    forwards.clone(),
+                    client_shared.clone(),
+                    shared.clone(),
+                )
+                .instrument(info_span!("stream", n)),
             );
         }
         conn.closed().await
@@ -167,7 +175,7 @@ pub(crate) async fn serve<C: Connection>(
     let end = tokio::select! {
         end = control => end,
         end = streams => end,
-        why = watch_access(config, &token, &rule_tx, &forwards) => {
+        why = watch_access(config, &token, &rule_tx, &forwards, &client_slot.client) => {
             warn!("closing the session: {why}");
             conn.close(CloseCode::AccessRevoked.as_u32(), why.as_bytes());
             ConnectionEnd::Local
@@ -333,23 +341,29 @@ async fn authenticate<C: Connection>(
     Ok((send, recv, rule, token))
 }
 
-/// A client's claim on one of its `max_sessions`, given back on drop.
+/// A client's claim on one of its `max_sessions`, given back on drop, and what the
+/// client's sessions share.
 struct ClientSlot {
     shared: Arc<Shared>,
     name: String,
+    client: Arc<ClientShared>,
 }
 
 impl ClientSlot {
     fn take(shared: &Arc<Shared>, rule: &ClientRule) -> Option<Self> {
         let mut open = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
-        let n = open.entry(rule.name.clone()).or_default();
+        let (n, client) = open
+            .entry(rule.name.clone())
+            .or_insert_with(|| (0, Arc::new(ClientShared::new(rule))));
         if rule.max_sessions.is_some_and(|max| *n >= max) {
             return None;
         }
         *n += 1;
+        client.apply(rule);
         Some(Self {
             shared: shared.clone(),
             name: rule.name.clone(),
+            client: client.clone(),
         })
     }
 }
@@ -361,7 +375,7 @@ impl Drop for ClientSlot {
             .per_client
             .lock()
             .unwrap_or_else(|e| e.into_inner());
-        if let Some(n) = open.get_mut(&self.name) {
+        if let Some((n, _)) = open.get_mut(&self.name) {
             *n = n.saturating_sub(1);
             if *n == 0 {
                 open.remove(&self.name);
@@ -379,6 +393,7 @@ async fn watch_access(
     token: &AuthToken,
     rule: &watch::Sender<Arc<ClientRule>>,
     forwards: &Forwards,
+    client: &ClientShared,
 ) -> String {
     let mut changes = config.access.subscribe();
     // Rules replaced between this client's auth and now count too.
@@ -415,6 +430,7 @@ async fn watch_access(
                     new.name
                 );
             }
+            client.apply(&new);
             info!("client {}: new rules in force", new.name);
             rule.send_replace(new);
         }

@@ -86,8 +86,81 @@ pub(crate) struct Shared {
     pub sessions: Arc<Semaphore>,
     pub pending: Arc<Semaphore>,
     pub limiter: AuthLimiter,
-    /// Sessions open per client name (for each client's `max_sessions`).
-    pub per_client: std::sync::Mutex<std::collections::HashMap<String, usize>>,
+    /// Per client name: its open sessions (for `max_sessions`) and what its sessions
+    /// share (stream and flow counts, bandwidth caps).
+    pub per_client: std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<ClientShared>)>>,
+}
+
+/// What all sessions of one client share.
+#[derive(Debug)]
+pub(crate) struct ClientShared {
+    pub streams: std::sync::atomic::AtomicUsize,
+    pub flows: std::sync::atomic::AtomicUsize,
+    /// 0: no limit. Follow the client's rules across reloads.
+    pub max_streams: std::sync::atomic::AtomicUsize,
+    pub max_flows: std::sync::atomic::AtomicUsize,
+    pub caps: crate::pace::Caps,
+}
+
+impl ClientShared {
+    fn new(rule: &crate::access::ClientRule) -> Self {
+        let s = Self {
+            streams: Default::default(),
+            flows: Default::default(),
+            max_streams: Default::default(),
+            max_flows: Default::default(),
+            caps: crate::pace::Caps::new(0),
+        };
+        s.apply(rule);
+        s
+    }
+
+    /// Puts `rule`'s limits in force.
+    pub fn apply(&self, rule: &crate::access::ClientRule) {
+        use std::sync::atomic::Ordering::Relaxed;
+        self.max_streams
+            .store(rule.max_streams.unwrap_or(0), Relaxed);
+        self.max_flows
+            .store(rule.max_udp_flows.unwrap_or(0), Relaxed);
+        self.caps.set_rate(rule.max_rate.unwrap_or(0));
+    }
+
+    /// Counts one more stream (or flow) if the limit allows; the guard gives it back.
+    pub fn claim(self: &Arc<Self>, flow: bool) -> Option<ClientClaim> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let (count, max) = if flow {
+            (&self.flows, self.max_flows.load(Relaxed))
+        } else {
+            (&self.streams, self.max_streams.load(Relaxed))
+        };
+        let before = count.fetch_add(1, Relaxed);
+        if max != 0 && before >= max {
+            count.fetch_sub(1, Relaxed);
+            return None;
+        }
+        Some(ClientClaim {
+            client: self.clone(),
+            flow,
+        })
+    }
+}
+
+/// One stream or flow counted against its client's limit.
+#[derive(Debug)]
+pub(crate) struct ClientClaim {
+    client: Arc<ClientShared>,
+    flow: bool,
+}
+
+impl Drop for ClientClaim {
+    fn drop(&mut self) {
+        let count = if self.flow {
+            &self.client.flows
+        } else {
+            &self.client.streams
+        };
+        count.fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
 }
 
 /// Serves connections from `acceptor` until it closes or `shutdown` fires, then closes

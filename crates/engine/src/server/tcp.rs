@@ -11,10 +11,10 @@ use porthole_proto::source::Protocol;
 use tokio::net::TcpStream;
 use tracing::{debug, warn};
 
-use super::Shared;
 use super::forwards::Forwards;
+use super::{ClientShared, Shared};
 use crate::control::read_frame;
-use crate::splice::{SpliceEnd, splice, tune_tcp};
+use crate::splice::{Controls, SpliceEnd, splice, tune_tcp};
 use crate::telemetry::{Refusal, Side};
 use crate::transport::{RecvStream, SendStream};
 
@@ -22,6 +22,7 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
     mut send: S,
     mut recv: R,
     forwards: Arc<Forwards>,
+    client: Arc<ClientShared>,
     shared: Arc<Shared>,
 ) {
     let config = &shared.config;
@@ -55,6 +56,11 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
         );
         return refuse(&mut send, &mut recv, StreamCode::UnknownForward);
     };
+    let Some(_claim) = client.claim(false) else {
+        warn!("stream refused: the client is at its stream limit (max_streams)");
+        config.telemetry.refused(Refusal::StreamLimit);
+        return refuse(&mut send, &mut recv, StreamCode::Limit);
+    };
     let tcp = match dial(&forward.addrs, config.dial_timeout).await {
         Ok(tcp) => tcp,
         Err(e) => {
@@ -65,7 +71,14 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
     };
     tune_tcp(&tcp);
     let meter = forward.live.stream(Side::Server, None);
-    match splice(tcp, send, recv, &meter, &forward.closed).await {
+    // Seen from the target: read from TCP is down (toward the client), written is up.
+    let ctl = Controls {
+        meter: &meter,
+        stop: Some(&forward.closed),
+        from_tcp: Some(&client.caps.down),
+        to_tcp: Some(&client.caps.up),
+    };
+    match splice(tcp, send, recv, ctl).await {
         SpliceEnd::Clean { up, down } => debug!(to_target = down, from_target = up, "stream done"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(

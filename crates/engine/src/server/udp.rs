@@ -13,8 +13,8 @@ use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
-use super::ServerConfig;
 use super::forwards::{Forward, Forwards};
+use super::{ClientClaim, ClientShared, ServerConfig};
 use crate::telemetry::{Discard, FlowGuard, Refusal, Telemetry};
 use crate::transport::Connection;
 use crate::udp::{Clock, DropCounter, SendError, UDP_BUF, send_payload, size_socket};
@@ -24,11 +24,13 @@ struct Flow {
     last_ms: AtomicU64,
     forward: Arc<Forward>,
     _counted: FlowGuard,
+    _claim: ClientClaim,
 }
 
 pub(crate) struct ServerUdp<C> {
     conn: C,
     forwards: Arc<Forwards>,
+    client: Arc<ClientShared>,
     flows: Mutex<HashMap<FlowKey, Arc<Flow>>>,
     max_flows: usize,
     idle: Duration,
@@ -43,12 +45,14 @@ impl<C: Connection> ServerUdp<C> {
     pub fn new(
         conn: C,
         forwards: Arc<Forwards>,
+        client: Arc<ClientShared>,
         config: &ServerConfig,
         cancel: CancellationToken,
     ) -> Self {
         Self {
             conn,
             forwards,
+            client,
             flows: Mutex::new(HashMap::new()),
             max_flows: config.max_udp_flows,
             idle: config.udp_idle_timeout,
@@ -99,6 +103,10 @@ impl<C: Connection> ServerUdp<C> {
             },
         };
         flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
+        if !self.client.caps.up.try_take(payload.len() as u64) {
+            self.discard(Discard::RateLimit, 1, &"over the client's bandwidth cap");
+            return;
+        }
         match flow.socket.try_send(payload) {
             Ok(n) => flow.forward.live.add_up(n as u64),
             // A fresh socket has no writability recorded yet (and a full send buffer
@@ -137,6 +145,15 @@ impl<C: Connection> ServerUdp<C> {
             );
             return None;
         }
+        let Some(claim) = self.client.claim(true) else {
+            self.telemetry.refused(Refusal::UdpFlowLimit);
+            self.discard(
+                Discard::FlowLimit,
+                1,
+                &"the client is at its UDP flow limit (max_udp_flows)",
+            );
+            return None;
+        };
         let target = *forward.addrs.first()?;
         let socket = match connect_udp(target).await {
             Ok(s) => Arc::new(s),
@@ -153,6 +170,7 @@ impl<C: Connection> ServerUdp<C> {
             socket,
             last_ms: AtomicU64::new(self.clock.now_ms()),
             _counted: forward.live.flow_opened(),
+            _claim: claim,
             forward,
         });
         self.lock().insert(key, flow.clone());
@@ -183,6 +201,9 @@ impl<C: Connection> ServerUdp<C> {
                 _ = flow.forward.closed.cancelled() => break,
                 _ = tokio::time::sleep(left) => {}
                 r = flow.socket.recv(&mut buf) => match r {
+                    Ok(n) if !self.client.caps.down.try_take(n as u64) => {
+                        self.discard(Discard::RateLimit, 1, &"over the client's bandwidth cap");
+                    }
                     Ok(n) => {
                         flow.last_ms.store(self.clock.now_ms(), Ordering::Relaxed);
                         match send_payload(&self.conn, key, &self.packet_ids, &buf[..n]) {
