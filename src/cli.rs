@@ -53,6 +53,12 @@ pub enum Command {
     GenerateServerKey(GenerateServerKeyArgs),
     /// Print the EndpointId of a secret key file.
     ShowServerId(ShowServerIdArgs),
+    /// Create a client key file (mode 0600) and print its client id on stderr: list the
+    /// id in the server's access file (`keys = [...]`), give the file to `client
+    /// --client-key-file`.
+    GenerateClientKey(GenerateServerKeyArgs),
+    /// Print the client id of a client key file (what the server's access file lists).
+    ShowClientId(ShowClientIdArgs),
     /// Create a private CA and a relay certificate signed by it (for `relay --tls-cert`, peers use `--relay-ca`).
     GenerateRelayCert(GenerateRelayCertArgs),
     /// Run a NodePass v1.14 compatible tunnel end (server or client) from a NodePass URL.
@@ -186,6 +192,10 @@ pub struct ServerChoiceArgs {
     /// File holding the auth token.
     #[arg(long, value_name = "FILE")]
     pub auth_token_file: Option<PathBuf>,
+    /// Prove this client key (from generate-client-key) instead of showing a token: the
+    /// server's access file must list its id. The proof is bound to each connection.
+    #[arg(long, value_name = "FILE")]
+    pub client_key_file: Option<PathBuf>,
 }
 
 #[derive(Debug, Args)]
@@ -486,6 +496,13 @@ pub struct GenerateRelayCertArgs {
     /// Replace existing files.
     #[arg(long)]
     pub force: bool,
+}
+
+#[derive(Debug, Args)]
+pub struct ShowClientIdArgs {
+    /// The client key file (from generate-client-key).
+    #[arg(long, value_name = "FILE")]
+    pub client_key_file: PathBuf,
 }
 
 #[derive(Debug, Args)]

@@ -53,6 +53,8 @@ fn dispatch(command: Command, threads: Option<usize>) -> Result<(), Exit> {
         Command::GenerateToken(a) => commands::token::run(&a).map_err(Exit::from),
         Command::GenerateServerKey(a) => commands::keys::generate(&a).map_err(Exit::from),
         Command::ShowServerId(a) => commands::keys::show(&a).map_err(Exit::from),
+        Command::GenerateClientKey(a) => commands::keys::generate_client(&a).map_err(Exit::from),
+        Command::ShowClientId(a) => commands::keys::show_client(&a).map_err(Exit::from),
         Command::GenerateRelayCert(a) => commands::keys::relay_cert(&a).map_err(Exit::from),
         Command::Ping(a) => runtime(1)?.block_on(commands::ping::run(a)),
         Command::Completions(a) => commands::docs::completions(&a).map_err(Exit::from),

@@ -6,7 +6,9 @@ use std::path::Path;
 use anyhow::{Context, Result};
 use porthole_proto::key::SecretKey;
 
-use crate::cli::{GenerateRelayCertArgs, GenerateServerKeyArgs, ShowServerIdArgs};
+use crate::cli::{
+    GenerateRelayCertArgs, GenerateServerKeyArgs, ShowClientIdArgs, ShowServerIdArgs,
+};
 use crate::secrets;
 
 pub fn generate(args: &GenerateServerKeyArgs) -> Result<()> {
@@ -22,6 +24,29 @@ pub fn generate(args: &GenerateServerKeyArgs) -> Result<()> {
         eprintln!("wrote {} (mode 0600)", args.output.display());
     }
     eprintln!("EndpointId: {}", key.endpoint_id());
+    Ok(())
+}
+
+/// `porthole generate-client-key`: like the server's, with the id servers list.
+pub fn generate_client(args: &GenerateServerKeyArgs) -> Result<()> {
+    let key = SecretKey::generate()?;
+    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
+    let text = key.to_client_file_text(&created);
+    if args.output == Path::new("-") {
+        let mut out = std::io::stdout().lock();
+        out.write_all(text.as_bytes())?;
+        out.flush()?;
+    } else {
+        secrets::write_private_file(&args.output, text.as_bytes(), args.force)?;
+        eprintln!("wrote {} (mode 0600)", args.output.display());
+    }
+    eprintln!("client id: {}", key.endpoint_id());
+    Ok(())
+}
+
+pub fn show_client(args: &ShowClientIdArgs) -> Result<()> {
+    let key = secrets::load_key_file(&args.client_key_file)?;
+    println!("{}", key.endpoint_id());
     Ok(())
 }
 

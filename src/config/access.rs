@@ -31,6 +31,9 @@ pub struct ClientEntry {
     pub tokens: Vec<Secret>,
     /// One token per line, `#` comments; relative to the access file.
     pub tokens_file: Option<PathBuf>,
+    /// Client ids (`porthole show-client-id`) whose keys this client proves.
+    #[serde(default)]
+    pub keys: Vec<String>,
     #[serde(default)]
     pub allowed_tcp: Vec<String>,
     #[serde(default)]
@@ -89,6 +92,7 @@ impl AccessSources {
             clients.push(ClientRule {
                 name: DEFAULT_CLIENT.into(),
                 tokens: flat,
+                keys: Vec::new(),
                 policy: self.policy.clone(),
                 max_sessions: None,
                 max_streams: None,
@@ -181,8 +185,14 @@ fn client(c: &ClientEntry, base: &Path) -> Result<ClientRule> {
     if let Some(f) = &c.tokens_file {
         tokens.extend(secrets::load_token_file(&token_file_path(base, f)).context("tokens_file")?);
     }
-    if tokens.is_empty() {
-        bail!("no token: give tokens = [...] or tokens_file");
+    let mut keys = Vec::new();
+    for (i, k) in c.keys.iter().enumerate() {
+        keys.push(k.parse::<porthole_proto::key::EndpointId>().map_err(|e| {
+            anyhow::anyhow!("keys[{i}]: {e} (write what `porthole show-client-id` prints)")
+        })?);
+    }
+    if tokens.is_empty() && keys.is_empty() {
+        bail!("no credential: give tokens = [...], tokens_file or keys = [...]");
     }
     let policy = Policy {
         tcp: AllowList::parse(&c.allowed_tcp).context("allowed_tcp")?,
@@ -211,6 +221,7 @@ fn client(c: &ClientEntry, base: &Path) -> Result<ClientRule> {
     Ok(ClientRule {
         name: c.name.clone(),
         tokens,
+        keys,
         policy,
         max_sessions: c.max_sessions,
         max_streams: c.max_streams,

@@ -147,9 +147,10 @@ mod tests {
         parse_client(&c).unwrap();
         let a = std::fs::read_to_string(root.join("access.toml.example")).unwrap();
         let clients = access::parse(&a, root).unwrap();
-        assert_eq!(clients.len(), 2);
-        assert_eq!(clients[1].max_sessions, Some(2));
-        assert_eq!(clients[1].max_rate, Some(12_500_000), "100 Mbit/s in bytes");
+        assert_eq!(clients.len(), 3);
+        assert_eq!(clients[1].keys.len(), 1, "the laptop proves a key");
+        assert_eq!(clients[2].max_sessions, Some(2));
+        assert_eq!(clients[2].max_rate, Some(12_500_000), "100 Mbit/s in bytes");
     }
 
     #[test]

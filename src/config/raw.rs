@@ -299,6 +299,8 @@ pub struct ClientFile {
     pub server_addrs: Vec<SocketAddr>,
     pub auth_token: Option<Secret>,
     pub auth_token_file: Option<PathBuf>,
+    /// A client key to prove instead of a token (the server's access file lists its id).
+    pub client_key_file: Option<PathBuf>,
     /// Shorthand for a single forward (`target` is the older name of `listen`).
     pub source: Option<String>,
     #[serde(alias = "target")]
@@ -467,6 +469,7 @@ impl ClientFile {
 
     pub fn rebase(&mut self, base: &Path) {
         rebase(base, &mut self.auth_token_file);
+        rebase(base, &mut self.client_key_file);
         rebase(base, &mut self.status.metrics_token_file);
         rebase(base, &mut self.relay_ca);
         rebase(base, &mut self.offer_file);

@@ -152,7 +152,9 @@ pub fn watch_settings(
 #[derive(Debug)]
 pub struct ClientSettings {
     pub mode: Mode,
-    pub token: AuthToken,
+    /// The token, unless a client key stands in for it.
+    pub token: Option<AuthToken>,
+    pub key: Option<SecretKey>,
     pub forwards: Vec<ForwardSpec>,
     pub server_id: Option<EndpointId>,
     pub server_addrs: Vec<SocketAddr>,
@@ -180,7 +182,11 @@ impl ServerSettings {
 impl ClientSettings {
     /// What the client engine needs, whichever transport runs (iroh or manual mode).
     pub fn engine_config(&self) -> ClientConfig {
-        let mut c = ClientConfig::new(self.token.clone(), self.forwards.clone());
+        let mut c = ClientConfig::with_credentials(
+            self.token.clone(),
+            self.key.clone(),
+            self.forwards.clone(),
+        );
         c.udp_idle_timeout = self.udp_idle_timeout;
         c.silent_after = self.quic.silent_after();
         c
@@ -474,7 +480,21 @@ fn client_settings(
     } else {
         Vec::new()
     };
-    let token = client_token(args, f)?;
+    let key_file = args
+        .server
+        .client_key_file
+        .clone()
+        .or(f.and_then(|f| f.client_key_file.clone()));
+    let key = match &key_file {
+        Some(p) => Some(secrets::load_key_file(p).context("--client-key-file")?),
+        None => None,
+    };
+    // With a key, the token is optional (the key is what the client proves).
+    let token = match client_token(args, f) {
+        Ok(t) => Some(t),
+        Err(_) if key.is_some() => None,
+        Err(e) => return Err(e),
+    };
 
     // The server: an id, or a ticket carrying id + relays + addresses.
     let ticket_text = args.server.ticket.clone().or_else(|| {
@@ -547,6 +567,7 @@ fn client_settings(
     Ok(ClientSettings {
         mode,
         token,
+        key,
         forwards,
         server_id,
         server_addrs,
@@ -588,7 +609,8 @@ fn client_token(args: &ClientArgs, f: Option<&ClientFile>) -> Result<AuthToken> 
         }
     }
     bail!(
-        "no auth token: give --auth-token-file FILE, set {}, or put auth_token_file in the config",
+        "no auth token: give --auth-token-file FILE, set {}, or put auth_token_file in the config \
+         (or prove a client key instead: --client-key-file)",
         secrets::ENV_AUTH_TOKEN
     )
 }

@@ -517,3 +517,82 @@ fn a_clients_bandwidth_cap_holds_and_its_stream_limit_too() {
     p2.finish();
     server.wait_line("max_streams", LONG);
 }
+
+#[test]
+fn a_client_key_gets_in_a_wrong_key_does_not_and_rekeying_disconnects() {
+    let lab = Lab::new();
+    let mut ids = Vec::new();
+    for k in ["k1", "k2"] {
+        let out = bin()
+            .args(["generate-client-key", "--output"])
+            .arg(lab.path(k))
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let show = bin()
+            .args(["show-client-id", "--client-key-file"])
+            .arg(lab.path(k))
+            .output()
+            .unwrap();
+        let id = String::from_utf8(show.stdout).unwrap().trim().to_string();
+        assert!(
+            String::from_utf8_lossy(&out.stderr).contains(&id),
+            "generate-client-key prints the same id"
+        );
+        ids.push(id);
+    }
+    let access = |id: &str| {
+        format!(
+            "[[client]]\nname = \"laptop\"\nkeys = [\"{id}\"]\nallowed_tcp = [\"127.0.0.1/32:{}\"]\n",
+            lab.echo_a
+        )
+    };
+    lab.write_file("access.toml", &access(&ids[0]));
+    let (server, id, port) = lab.server();
+    // The token file holds a token nobody accepts: the key alone must do.
+    std::fs::write(
+        lab.path("nobody.token"),
+        format!("{}\n", crate::support::OTHER_TOKEN),
+    )
+    .unwrap();
+    let client = |key: &str, listen: u16| {
+        Offline::client(&id, port, &lab.path("nobody.token"))
+            .args(&["--control-socket", "none"])
+            .args(&["--client-key-file", lab.path(key).to_str().unwrap()])
+            .forward(&lab.echo('a'), listen)
+    };
+    let la = free_tcp_port();
+    let mut laptop = client("k1", la).spawn("laptop (k1)");
+    laptop.wait_line("tunnel up", LONG);
+    Pump::start(la).finish();
+    assert_eq!(status(&lab)["server"]["sessions"][0]["client"], "laptop");
+
+    let mut stranger = client("k2", free_tcp_port()).spawn("stranger (k2)");
+    assert_eq!(
+        stranger.wait_exit(LONG),
+        3,
+        "an unlisted key is refused like a wrong token"
+    );
+
+    // Re-keyed: the file now lists k2 only; k1's session is closed.
+    lab.write_file("access.toml", &access(&ids[1]));
+    assert_eq!(laptop.wait_exit(LONG), 6, "{}", laptop.output());
+    server.wait_line("changed laptop", LONG);
+    let lb = free_tcp_port();
+    let rekeyed = client("k2", lb).spawn("laptop (k2)");
+    rekeyed.wait_line("tunnel up", LONG);
+    Pump::start(lb).finish();
+    // The key never appears in logs.
+    let secret = std::fs::read_to_string(lab.path("k2")).unwrap();
+    let b64 = secret
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .trim()
+        .to_string();
+    assert!(!server.output().contains(&b64) && !rekeyed.output().contains(&b64));
+}

@@ -24,12 +24,20 @@ struct Target {
 
 /// A server process on loopback, no relay; TCP and UDP allowed to 127.0.0.0/8.
 fn server() -> Target {
+    server_with(|_| Vec::new())
+}
+
+/// [`server`] with more flags, made from its directory.
+fn server_with(extra: impl FnOnce(&std::path::Path) -> Vec<String>) -> Target {
     let dir = tempfile::tempdir().unwrap();
     let tokens = dir.path().join("tokens.txt");
     std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
     let port = free_udp_port();
+    let extra = extra(dir.path());
+    let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
     let server = Offline::server(&tokens, port)
         .args(&["--allowed-udp", "127.0.0.0/8"])
+        .args(&extra)
         .spawn("server");
     let id = endpoint_id(&server).parse().unwrap();
     server.wait_line("serving", Duration::from_secs(20));
@@ -425,4 +433,79 @@ async fn datagrams_for_unknown_flows_are_dropped_and_counted() {
     }
     t.server
         .wait_line("UDP datagrams discarded", Duration::from_secs(5));
+}
+
+/// Sends a version-2 auth request carrying `proof` and no token.
+async fn prove(
+    r: &Raw,
+    proof: porthole_proto::message::KeyProof,
+) -> (iroh::endpoint::SendStream, iroh::endpoint::RecvStream) {
+    let (mut s, rx) = r.conn.open_bi().await.unwrap();
+    let auth = porthole_proto::message::AuthRequestV2 {
+        version: porthole_proto::KEY_AUTH_VERSION,
+        token: None,
+        proof: Some(proof),
+    };
+    s.write_all(&frame::encode(&auth).unwrap()).await.unwrap();
+    (s, rx)
+}
+
+fn exporter(r: &Raw) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    r.conn
+        .export_keying_material(&mut out, porthole_proto::key::PROOF_EXPORTER_LABEL, b"")
+        .unwrap();
+    out
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_key_proof_replayed_on_another_connection_is_refused() {
+    init_tracing();
+    let key = porthole_proto::key::SecretKey::generate().unwrap();
+    let id = key.endpoint_id();
+    let t = server_with(|dir| {
+        let access = dir.join("access.toml");
+        std::fs::write(
+            &access,
+            format!(
+                "[[client]]\nname = \"keyed\"\nkeys = [\"{id}\"]\nallowed_tcp = [\"127.0.0.0/8\"]\n"
+            ),
+        )
+        .unwrap();
+        vec!["--access-file".into(), access.to_str().unwrap().into()]
+    });
+
+    // A proof made for connection A...
+    let a = raw(&t).await;
+    let captured = key.prove(&exporter(&a));
+    // ...is worthless on connection B.
+    let b = raw(&t).await;
+    let _streams = prove(&b, captured.clone()).await;
+    assert_eq!(
+        b.closed_with(Duration::from_secs(5)).await,
+        CloseCode::AuthFailed.as_u32() as u64
+    );
+    t.server
+        .wait_line("client key proof does not verify", Duration::from_secs(5));
+
+    // The same key, proved on its own connection, gets in; so does A with its proof.
+    let c = raw(&t).await;
+    let (_s, mut rx) = prove(&c, key.prove(&exporter(&c))).await;
+    let accepted: AuthResponse = read_frame(&mut rx).await;
+    assert!(matches!(accepted, AuthResponse::Accepted { .. }));
+    let (_s, mut rx) = prove(&a, captured).await;
+    let accepted: AuthResponse = read_frame(&mut rx).await;
+    assert!(matches!(accepted, AuthResponse::Accepted { .. }));
+    t.server.wait_line("client=keyed", Duration::from_secs(5));
+
+    // A valid proof by a key the server does not list is refused as such.
+    let stranger = porthole_proto::key::SecretKey::generate().unwrap();
+    let d = raw(&t).await;
+    let _streams = prove(&d, stranger.prove(&exporter(&d))).await;
+    assert_eq!(
+        d.closed_with(Duration::from_secs(5)).await,
+        CloseCode::AuthFailed.as_u32() as u64
+    );
+    t.server
+        .wait_line("client key not accepted", Duration::from_secs(5));
 }

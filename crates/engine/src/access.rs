@@ -8,6 +8,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::SystemTime;
 
+use porthole_proto::key::EndpointId;
 use porthole_proto::source::Protocol;
 use porthole_proto::token::AuthToken;
 use subtle::{ConditionallySelectable, ConstantTimeEq as _};
@@ -26,6 +27,9 @@ pub struct ClientRule {
     /// In logs, status and metrics.
     pub name: String,
     pub tokens: Vec<AuthToken>,
+    /// Client keys (Ed25519 public keys, `porthole show-client-id`) that prove
+    /// themselves on each connection instead of showing a token.
+    pub keys: Vec<EndpointId>,
     pub policy: Policy,
     /// Concurrent sessions of this client (the server's own limit still applies).
     pub max_sessions: Option<usize>,
@@ -43,6 +47,7 @@ impl std::fmt::Debug for ClientRule {
         f.debug_struct("ClientRule")
             .field("name", &self.name)
             .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
+            .field("keys", &self.keys)
             .field("policy", &self.policy)
             .field("max_sessions", &self.max_sessions)
             .field("max_streams", &self.max_streams)
@@ -63,6 +68,7 @@ impl PartialEq for ClientRule {
             && self.max_udp_flows == o.max_udp_flows
             && self.max_rate == o.max_rate
             && self.expires == o.expires
+            && self.keys == o.keys
             && self.tokens.len() == o.tokens.len()
             && self.tokens.iter().zip(&o.tokens).all(|(a, b)| a.ct_eq(b))
     }
@@ -88,10 +94,12 @@ pub enum AccessError {
     Empty,
     #[error("client {0:?} is listed twice")]
     DuplicateName(String),
-    #[error("client {0:?} has no token")]
+    #[error("client {0:?} has no token and no key")]
     NoToken(String),
     #[error("clients {0:?} and {1:?} share a token: a token names exactly one client")]
     SharedToken(String, String),
+    #[error("clients {0:?} and {1:?} share a key: a key names exactly one client")]
+    SharedKey(String, String),
 }
 
 /// A complete, consistent set of clients.
@@ -107,12 +115,20 @@ impl Access {
         }
         let mut names = BTreeSet::new();
         let mut owner: BTreeMap<&str, &str> = BTreeMap::new();
+        let mut key_owner: BTreeMap<EndpointId, &str> = BTreeMap::new();
         for c in &clients {
             if !names.insert(c.name.as_str()) {
                 return Err(AccessError::DuplicateName(c.name.clone()));
             }
-            if c.tokens.is_empty() {
+            if c.tokens.is_empty() && c.keys.is_empty() {
                 return Err(AccessError::NoToken(c.name.clone()));
+            }
+            for k in &c.keys {
+                if let Some(other) = key_owner.insert(*k, &c.name)
+                    && other != c.name
+                {
+                    return Err(AccessError::SharedKey(other.into(), c.name.clone()));
+                }
             }
             for t in &c.tokens {
                 if let Some(other) = owner.insert(t.expose(), &c.name)
@@ -133,6 +149,7 @@ impl Access {
             clients: vec![Arc::new(ClientRule {
                 name: DEFAULT_CLIENT.into(),
                 tokens: tokens.tokens().to_vec(),
+                keys: Vec::new(),
                 policy,
                 max_sessions: None,
                 max_streams: None,
@@ -157,6 +174,19 @@ impl Access {
             }
         }
         bool::from(found).then(|| self.clients[index as usize].clone())
+    }
+
+    /// The client a proven key belongs to (public keys: no secret to protect).
+    pub fn identify_key(&self, key: &EndpointId) -> Option<Arc<ClientRule>> {
+        self.clients.iter().find(|c| c.keys.contains(key)).cloned()
+    }
+
+    /// The client behind a credential.
+    pub fn identify_credential(&self, c: &Credential) -> Option<Arc<ClientRule>> {
+        match c {
+            Credential::Token(t) => self.identify(t),
+            Credential::Key(k) => self.identify_key(k),
+        }
     }
 
     pub fn clients(&self) -> &[Arc<ClientRule>] {
@@ -195,6 +225,22 @@ impl Access {
                 .filter(|(n, c)| old.get(*n).is_some_and(|o| o != *c))
                 .map(|(n, _)| n.to_string())
                 .collect(),
+        }
+    }
+}
+
+/// How a client proved itself: a token it showed, or a key it proved on the connection.
+#[derive(Clone)]
+pub enum Credential {
+    Token(AuthToken),
+    Key(EndpointId),
+}
+
+impl std::fmt::Debug for Credential {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Credential::Token(_) => f.write_str("Token(<redacted>)"),
+            Credential::Key(k) => write!(f, "Key({k})"),
         }
     }
 }
@@ -273,6 +319,7 @@ mod tests {
         ClientRule {
             name: name.into(),
             tokens,
+            keys: Vec::new(),
             policy: Policy {
                 tcp: AllowList::parse(tcp).unwrap_or_else(|e| panic!("{e}")),
                 udp: AllowList::default(),

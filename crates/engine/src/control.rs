@@ -31,6 +31,20 @@ where
     Ok(frame::decode_body(&body)?)
 }
 
+/// Reads one length-prefixed message's body, undecoded (for messages whose layout
+/// depends on a leading version).
+pub async fn read_frame_body<R>(r: &mut R) -> Result<Vec<u8>, ControlError>
+where
+    R: AsyncRead + Unpin,
+{
+    let mut header = [0u8; frame::HEADER_LEN];
+    read_exact(r, &mut header).await?;
+    let len = frame::body_len(header)?;
+    let mut body = vec![0u8; len];
+    read_exact(r, &mut body).await?;
+    Ok(body)
+}
+
 /// Like [`read_frame`] but `Ok(None)` on a clean EOF before the first byte.
 pub async fn read_frame_or_eof<T, R>(r: &mut R) -> Result<Option<T>, ControlError>
 where

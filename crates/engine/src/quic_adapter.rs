@@ -121,6 +121,12 @@ macro_rules! quic_adapter {
                 let $pa = &self.0;
                 $path
             }
+
+            fn keying_material(&self, label: &[u8]) -> Option<[u8; 32]> {
+                let mut out = [0u8; 32];
+                self.0.export_keying_material(&mut out, label, b"").ok()?;
+                Some(out)
+            }
         }
 
         impl $crate::windows::WindowControl for $conn {

@@ -117,6 +117,9 @@ pub trait Connection: Clone + Send + Sync + 'static {
     fn frames_received(&self) -> u64;
     /// The path carrying the connection now, if one is selected.
     fn path(&self) -> Option<PathNow>;
+    /// 32 bytes of the TLS exporter under `label` (RFC 5705): the same on both ends of
+    /// this connection and on no other, what a client key proof signs.
+    fn keying_material(&self, label: &[u8]) -> Option<[u8; 32]>;
 }
 
 /// The server side of a transport: hands out incoming connections.

@@ -11,6 +11,7 @@ use crate::message::{AuthRequest, AuthResponse, ControlRequest, ControlResponse,
 /// Control frames: every message type, framed and unframed.
 pub fn frames(data: &[u8]) {
     let _ = frame::decode::<AuthRequest>(data);
+    let _ = crate::message::AnyAuthRequest::decode(data);
     let _ = frame::decode::<AuthResponse>(data);
     let _ = frame::decode::<StreamHeader>(data);
     if let Ok(Some((req, used))) = frame::decode::<ControlRequest>(data) {

@@ -116,6 +116,53 @@ impl SecretKey {
             STANDARD.encode(self.0)
         ))
     }
+
+    /// A client key file: the same format, its id named as what servers list.
+    pub fn to_client_file_text(&self, created_at: &str) -> Zeroizing<String> {
+        Zeroizing::new(format!(
+            "# porthole client key (Ed25519: the client proves it to servers that list its id). Keep this file private.\n\
+             # created: {created_at}\n\
+             # client-id: {}\n\
+             {}\n",
+            self.endpoint_id(),
+            STANDARD.encode(self.0)
+        ))
+    }
+}
+
+/// The TLS exporter label a client key proof signs ([`SecretKey::prove`]).
+pub const PROOF_EXPORTER_LABEL: &[u8] = b"EXPORTER-porthole-client-key";
+/// What is signed: this context, then the 32-byte exporter value.
+const PROOF_CONTEXT: &[u8] = b"porthole client key proof v1\0";
+
+impl SecretKey {
+    /// Proves possession of this key on one connection: a signature over the
+    /// connection's TLS exporter value (`PROOF_EXPORTER_LABEL`, 32 bytes), which no
+    /// other connection shares.
+    pub fn prove(&self, exporter: &[u8; 32]) -> crate::message::KeyProof {
+        use ed25519_dalek::Signer as _;
+        let signing = ed25519_dalek::SigningKey::from_bytes(&self.0);
+        let mut msg = PROOF_CONTEXT.to_vec();
+        msg.extend_from_slice(exporter);
+        crate::message::KeyProof {
+            key: signing.verifying_key().to_bytes(),
+            signature: signing.sign(&msg).to_bytes().to_vec(),
+        }
+    }
+}
+
+impl crate::message::KeyProof {
+    /// The client id the proof was made with, if it is valid for `exporter` (strict
+    /// Ed25519 verification: no malleable or small-order keys).
+    pub fn verify(&self, exporter: &[u8; 32]) -> Option<EndpointId> {
+        let key = ed25519_dalek::VerifyingKey::from_bytes(&self.key).ok()?;
+        let signature: [u8; 64] = self.signature.as_slice().try_into().ok()?;
+        let mut msg = PROOF_CONTEXT.to_vec();
+        msg.extend_from_slice(exporter);
+        key.verify_strict(&msg, &ed25519_dalek::Signature::from_bytes(&signature))
+            .ok()?;
+        Some(EndpointId(self.key))
+    }
 }
 
 impl fmt::Debug for SecretKey {
@@ -191,6 +238,24 @@ mod tests {
         assert_eq!(back.to_bytes(), key.to_bytes());
         assert!(text.contains(&format!("# endpoint-id: {}", key.endpoint_id())));
         assert!(text.lines().all(|l| l.starts_with('#') || l.len() == 44));
+    }
+
+    #[test]
+    fn a_proof_holds_for_its_exporter_only() {
+        let key = SecretKey::generate().unwrap();
+        let proof = key.prove(&[1; 32]);
+        assert_eq!(proof.verify(&[1; 32]), Some(key.endpoint_id()));
+        assert_eq!(
+            proof.verify(&[2; 32]),
+            None,
+            "another connection's exporter"
+        );
+        let mut forged = proof.clone();
+        forged.key = SecretKey::generate().unwrap().endpoint_id().0;
+        assert_eq!(forged.verify(&[1; 32]), None, "someone else's key");
+        let mut short = proof;
+        short.signature.pop();
+        assert_eq!(short.verify(&[1; 32]), None);
     }
 
     #[test]

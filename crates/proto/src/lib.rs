@@ -34,3 +34,7 @@ pub const ALPN: &[u8] = b"porthole/1";
 /// The protocol version carried in the auth request. A server refuses versions it
 /// does not speak with a clear reason, so old and new peers fail loudly, not oddly.
 pub const PROTOCOL_VERSION: u16 = 1;
+/// The version of an auth request that proves a client key ([`message::AuthRequestV2`]);
+/// servers accept both, clients send it only when they have a key, so token-only
+/// clients and servers of either age keep talking.
+pub const KEY_AUTH_VERSION: u16 = 2;

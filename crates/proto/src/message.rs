@@ -37,6 +37,59 @@ impl fmt::Debug for AuthRequest {
     }
 }
 
+/// An auth request that may prove possession of a client key instead of (or besides)
+/// showing a token: version [`crate::KEY_AUTH_VERSION`].
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct AuthRequestV2 {
+    pub version: u16,
+    pub token: Option<String>,
+    #[zeroize(skip)]
+    pub proof: Option<KeyProof>,
+}
+
+impl fmt::Debug for AuthRequestV2 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequestV2")
+            .field("version", &self.version)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("proof", &self.proof)
+            .finish()
+    }
+}
+
+/// A client key's signature over this very connection's TLS exporter value
+/// ([`crate::key::SecretKey::prove`]): a captured proof is worthless on any other
+/// connection.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct KeyProof {
+    /// The Ed25519 public key (the client id).
+    pub key: [u8; 32],
+    /// 64 bytes (serde has no 64-byte arrays); any other length fails verification.
+    pub signature: Vec<u8>,
+}
+
+/// An auth request of either version, as the server reads it.
+#[derive(Debug)]
+pub enum AnyAuthRequest {
+    V1(AuthRequest),
+    V2(AuthRequestV2),
+    /// A version this side does not know: refuse it by its number.
+    Unknown(u16),
+}
+
+impl AnyAuthRequest {
+    /// Decodes a frame body by its leading version.
+    pub fn decode(body: &[u8]) -> Result<Self, crate::frame::FrameError> {
+        let (version, _) = postcard::take_from_bytes::<u16>(body)
+            .map_err(|e| crate::frame::FrameError::Malformed(e.to_string()))?;
+        Ok(match version {
+            crate::PROTOCOL_VERSION => Self::V1(crate::frame::decode_body(body)?),
+            crate::KEY_AUTH_VERSION => Self::V2(crate::frame::decode_body(body)?),
+            v => Self::Unknown(v),
+        })
+    }
+}
+
 /// The server's answer to a valid token.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub enum AuthResponse {

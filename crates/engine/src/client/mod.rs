@@ -35,7 +35,10 @@ pub struct ForwardSpec {
 
 #[derive(Debug, Clone)]
 pub struct ClientConfig {
-    pub token: AuthToken,
+    /// The token shown to the server; unused when `key` is set.
+    pub token: Option<AuthToken>,
+    /// A client key, proved on every connection (the server's access file lists it).
+    pub key: Option<porthole_proto::key::SecretKey>,
     pub forwards: Vec<ForwardSpec>,
     /// Transport connect deadline (hole punching or relay included).
     pub connect_timeout: Duration,
@@ -56,8 +59,18 @@ pub struct ClientConfig {
 
 impl ClientConfig {
     pub fn new(token: AuthToken, forwards: Vec<ForwardSpec>) -> Self {
+        Self::with_credentials(Some(token), None, forwards)
+    }
+
+    /// A token, a key, or both (the key is what the client then proves).
+    pub fn with_credentials(
+        token: Option<AuthToken>,
+        key: Option<porthole_proto::key::SecretKey>,
+        forwards: Vec<ForwardSpec>,
+    ) -> Self {
         Self {
             token,
+            key,
             forwards,
             connect_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),

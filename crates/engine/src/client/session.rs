@@ -2,9 +2,12 @@
 
 use std::time::Duration;
 
-use porthole_proto::PROTOCOL_VERSION;
 use porthole_proto::close::CloseCode;
-use porthole_proto::message::{AuthRequest, AuthResponse, ControlRequest, ControlResponse};
+use porthole_proto::key::PROOF_EXPORTER_LABEL;
+use porthole_proto::message::{
+    AuthRequest, AuthRequestV2, AuthResponse, ControlRequest, ControlResponse,
+};
+use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION};
 use tokio::sync::Mutex;
 use tracing::debug;
 
@@ -84,11 +87,33 @@ async fn handshake<C: Connection>(
     config: &ClientConfig,
 ) -> Result<(Vec<u16>, (C::Send, C::Recv)), HandshakeError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(ControlError::Io)?;
-    let auth = AuthRequest {
-        version: PROTOCOL_VERSION,
-        token: config.token.expose().to_string(),
-    };
-    write_frame(&mut send, &auth).await?;
+    match &config.key {
+        // A key proves itself on this connection (and the token stays home).
+        Some(key) => {
+            let exporter = conn.keying_material(PROOF_EXPORTER_LABEL).ok_or_else(|| {
+                ControlError::Io(std::io::Error::other(
+                    "the connection has no TLS exporter for the key proof",
+                ))
+            })?;
+            let auth = AuthRequestV2 {
+                version: KEY_AUTH_VERSION,
+                token: None,
+                proof: Some(key.prove(&exporter)),
+            };
+            write_frame(&mut send, &auth).await?;
+        }
+        None => {
+            let auth = AuthRequest {
+                version: PROTOCOL_VERSION,
+                token: config
+                    .token
+                    .as_ref()
+                    .map(|t| t.expose().to_string())
+                    .unwrap_or_default(),
+            };
+            write_frame(&mut send, &auth).await?;
+        }
+    }
     // Pipeline the forward requests behind the token: one round trip for everything.
     for (i, f) in config.forwards.iter().enumerate() {
         let req = ControlRequest::open_forward(i as u32, &f.source);

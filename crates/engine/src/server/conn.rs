@@ -3,13 +3,14 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use porthole_proto::PROTOCOL_VERSION;
 use porthole_proto::close::CloseCode;
+use porthole_proto::key::PROOF_EXPORTER_LABEL;
 use porthole_proto::message::{
-    AuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason, clamp_detail,
+    AnyAuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason, clamp_detail,
 };
 use porthole_proto::source::Source;
 use porthole_proto::token::AuthToken;
+use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -18,8 +19,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 use super::forwards::Forwards;
 use super::udp::ServerUdp;
 use super::{ClientShared, ServerConfig, Shared};
-use crate::access::{ClientRule, DEFAULT_CLIENT};
-use crate::control::{ControlError, read_frame, read_frame_or_eof, write_frame};
+use crate::access::{ClientRule, Credential, DEFAULT_CLIENT};
+use crate::control::{ControlError, read_frame_body, read_frame_or_eof, write_frame};
 use crate::telemetry::{Refusal, SessionGuard, token_label};
 use crate::transport::{Connection, ConnectionEnd};
 use tokio::sync::watch;
@@ -51,7 +52,7 @@ pub(crate) async fn serve<C: Connection>(
     }
 
     let auth = tokio::time::timeout(config.auth_timeout, authenticate(&conn, config));
-    let (mut control_send, mut control_recv, rule, token) = match auth.await {
+    let (mut control_send, mut control_recv, rule, credential) = match auth.await {
         Ok(Ok(streams)) => streams,
         Ok(Err(AuthFailure::Close(code, reason, log))) => {
             config.telemetry.refused(match code {
@@ -85,10 +86,9 @@ pub(crate) async fn serve<C: Connection>(
     shared.limiter.success(&key);
     // Clients from the access file go by their name; the flat token list's by a label
     // of the token (never the token itself).
-    let client = if rule.name == DEFAULT_CLIENT {
-        token_label(&token)
-    } else {
-        rule.name.clone()
+    let client = match &credential {
+        Credential::Token(t) if rule.name == DEFAULT_CLIENT => token_label(t),
+        _ => rule.name.clone(),
     };
     tracing::Span::current().record("client", tracing::field::display(&client));
     let Some(client_slot) = ClientSlot::take(&shared, &rule) else {
@@ -175,7 +175,7 @@ pub(crate) async fn serve<C: Connection>(
     let end = tokio::select! {
         end = control => end,
         end = streams => end,
-        why = watch_access(config, &token, &rule_tx, &forwards, &client_slot.client) => {
+        why = watch_access(config, &credential, &rule_tx, &forwards, &client_slot.client) => {
             warn!("closing the session: {why}");
             conn.close(CloseCode::AccessRevoked.as_u32(), why.as_bytes());
             ConnectionEnd::Local
@@ -286,50 +286,66 @@ async fn serve_control<C: Connection>(
 async fn authenticate<C: Connection>(
     conn: &C,
     config: &ServerConfig,
-) -> Result<(C::Send, C::Recv, Arc<ClientRule>, AuthToken), AuthFailure> {
+) -> Result<(C::Send, C::Recv, Arc<ClientRule>, Credential), AuthFailure> {
     let (send, mut recv) = conn
         .accept_bi()
         .await
         .map_err(|e| AuthFailure::Gone(e.to_string()))?;
-    let request: AuthRequest = match read_frame(&mut recv).await {
-        Ok(r) => r,
-        Err(ControlError::Frame(e)) => {
-            return Err(AuthFailure::Close(
-                CloseCode::ProtocolError,
-                b"malformed auth request",
-                format!("malformed auth request: {e}"),
-            ));
-        }
+    let malformed = |detail: String| {
+        AuthFailure::Close(
+            CloseCode::ProtocolError,
+            b"malformed auth request",
+            format!("malformed auth request: {detail}"),
+        )
+    };
+    let request = match read_frame_body(&mut recv).await {
+        Ok(body) => AnyAuthRequest::decode(&body).map_err(|e| malformed(e.to_string()))?,
+        Err(ControlError::Frame(e)) => return Err(malformed(e.to_string())),
         Err(ControlError::Eof) => {
-            return Err(AuthFailure::Close(
-                CloseCode::ProtocolError,
-                b"malformed auth request",
+            return Err(malformed(
                 "auth stream ended before a complete request".into(),
             ));
         }
         Err(e) => return Err(AuthFailure::Gone(e.to_string())),
     };
-    if request.version != PROTOCOL_VERSION {
-        return Err(AuthFailure::Close(
-            CloseCode::UnsupportedVersion,
-            b"unsupported protocol version",
-            format!(
-                "client speaks protocol version {}, this server speaks {PROTOCOL_VERSION}",
-                request.version
-            ),
-        ));
-    }
-    // A malformed token is simply a wrong token: the difference stays out of the reply.
-    let token = request.token.parse::<AuthToken>().ok();
-    let rule = token
-        .as_ref()
-        .and_then(|t| config.access.current().identify(t));
-    let (Some(token), Some(rule)) = (token, rule) else {
-        return Err(AuthFailure::Close(
-            CloseCode::AuthFailed,
-            b"auth failed",
-            "token not accepted".into(),
-        ));
+    let (token, proof) = match request {
+        AnyAuthRequest::V1(r) => (Some(r.token.clone()), None),
+        AnyAuthRequest::V2(r) => (r.token.clone(), r.proof.clone()),
+        AnyAuthRequest::Unknown(v) => {
+            return Err(AuthFailure::Close(
+                CloseCode::UnsupportedVersion,
+                b"unsupported protocol version",
+                format!(
+                    "client speaks protocol version {v}, this server speaks \
+                     {PROTOCOL_VERSION} and {KEY_AUTH_VERSION}"
+                ),
+            ));
+        }
+    };
+    let refused =
+        |what: &str| AuthFailure::Close(CloseCode::AuthFailed, b"auth failed", what.to_string());
+    // A key proof, when there is one, is what counts: it is bound to this connection.
+    let credential = match proof {
+        Some(proof) => {
+            let exporter = conn
+                .keying_material(PROOF_EXPORTER_LABEL)
+                .ok_or_else(|| refused("no TLS exporter on this connection"))?;
+            let key = proof
+                .verify(&exporter)
+                .ok_or_else(|| refused("client key proof does not verify"))?;
+            Credential::Key(key)
+        }
+        // A malformed token is simply a wrong token: the difference stays out of the reply.
+        None => match token.and_then(|t| t.parse::<AuthToken>().ok()) {
+            Some(t) => Credential::Token(t),
+            None => return Err(refused("token not accepted")),
+        },
+    };
+    let Some(rule) = config.access.current().identify_credential(&credential) else {
+        return Err(refused(match credential {
+            Credential::Token(_) => "token not accepted",
+            Credential::Key(_) => "client key not accepted",
+        }));
     };
     if rule.expired(std::time::SystemTime::now()) {
         return Err(AuthFailure::Close(
@@ -338,7 +354,7 @@ async fn authenticate<C: Connection>(
             format!("client {}: access expired", rule.name),
         ));
     }
-    Ok((send, recv, rule, token))
+    Ok((send, recv, rule, credential))
 }
 
 /// A client's claim on one of its `max_sessions`, given back on drop, and what the
@@ -390,7 +406,7 @@ impl Drop for ClientSlot {
 /// its new allow-lists no longer cover.
 async fn watch_access(
     config: &ServerConfig,
-    token: &AuthToken,
+    credential: &Credential,
     rule: &watch::Sender<Arc<ClientRule>>,
     forwards: &Forwards,
     client: &ClientShared,
@@ -417,7 +433,10 @@ async fn watch_access(
             },
         }
         let access = changes.borrow_and_update().clone();
-        let Some(new) = access.identify(token).filter(|r| r.name == current.name) else {
+        let Some(new) = access
+            .identify_credential(credential)
+            .filter(|r| r.name == current.name)
+        else {
             return format!("client {}: access revoked", current.name);
         };
         if new.expired(std::time::SystemTime::now()) {
