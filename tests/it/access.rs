@@ -596,3 +596,118 @@ fn a_client_key_gets_in_a_wrong_key_does_not_and_rekeying_disconnects() {
         .to_string();
     assert!(!server.output().contains(&b64) && !rekeyed.output().contains(&b64));
 }
+
+#[test]
+fn manual_mode_follows_the_same_rules() {
+    let lab = Lab::new();
+    let out = bin()
+        .args(["generate-client-key", "--output"])
+        .arg(lab.path("k1"))
+        .output()
+        .unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    let id = stderr
+        .lines()
+        .find_map(|l| l.strip_prefix("client id: "))
+        .unwrap()
+        .trim()
+        .to_string();
+    lab.write_file(
+        "access.toml",
+        &format!(
+            "[[client]]\nname = \"laptop\"\nkeys = [\"{id}\"]\nallowed_tcp = [\"127.0.0.1/32:{}\"]\n",
+            lab.echo_a
+        ),
+    );
+    let files = |cmd: &mut std::process::Command| {
+        cmd.args([
+            "--mode",
+            "manual",
+            "--stun-server",
+            "none",
+            "--bind",
+            "127.0.0.1:0",
+        ])
+        .args(["--offer-file", lab.path("offer.txt").to_str().unwrap()])
+        .args(["--answer-file", lab.path("answer.txt").to_str().unwrap()])
+        .args(["--control-socket", "none"]);
+    };
+    let mut server = bin();
+    server
+        .args([
+            "server",
+            "--auth-tokens-file",
+            lab.path("tokens.txt").to_str().unwrap(),
+        ])
+        .args(["--access-file", lab.path("access.toml").to_str().unwrap()]);
+    files(&mut server);
+    let server = Proc::spawn("manual server", server);
+    let (la, lb) = (free_tcp_port(), free_tcp_port());
+    let mut client = bin();
+    client
+        .args([
+            "client",
+            "--client-key-file",
+            lab.path("k1").to_str().unwrap(),
+        ])
+        .args([
+            "--source",
+            &lab.echo('a'),
+            "--listen",
+            &format!("127.0.0.1:{la}"),
+        ])
+        .args([
+            "--source",
+            &lab.echo('b'),
+            "--listen",
+            &format!("127.0.0.1:{lb}"),
+        ]);
+    files(&mut client);
+    let mut client = Proc::spawn("manual client", client);
+    // echo b is not the laptop's: refused at once (exit 4), as in iroh mode.
+    assert_eq!(client.wait_exit(LONG), 4, "{}", client.output());
+    drop(server);
+
+    for f in ["offer.txt", "answer.txt"] {
+        let _ = std::fs::remove_file(lab.path(f));
+    }
+    let mut server = bin();
+    server
+        .args([
+            "server",
+            "--auth-tokens-file",
+            lab.path("tokens.txt").to_str().unwrap(),
+        ])
+        .args(["--access-file", lab.path("access.toml").to_str().unwrap()]);
+    files(&mut server);
+    let server = Proc::spawn("manual server", server);
+    let mut client = bin();
+    client
+        .args([
+            "client",
+            "--client-key-file",
+            lab.path("k1").to_str().unwrap(),
+        ])
+        .args([
+            "--source",
+            &lab.echo('a'),
+            "--listen",
+            &format!("127.0.0.1:{la}"),
+        ]);
+    files(&mut client);
+    let mut client = Proc::spawn("manual client", client);
+    client.wait_line("tunnel up", LONG);
+    let pump = Pump::start(la);
+    // Revoked: the laptop's key leaves the file.
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    let start = Instant::now();
+    while pump.failed().is_none() {
+        assert!(
+            start.elapsed() < Duration::from_secs(5),
+            "still transferring"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert_eq!(client.wait_exit(LONG), 6);
+    server.wait_line("access revoked", LONG);
+}

@@ -39,7 +39,41 @@ fn no_secret_in_trace_logs() {
         .to_string();
     let key = porthole_proto::key::SecretKey::parse(&key_text).unwrap();
     let key_hex: String = key.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
-    let secrets = [TOKEN, OTHER_TOKEN, key_b64.as_str(), key_hex.as_str()];
+    // A client key too, listed in an access file.
+    assert!(
+        bin()
+            .args(["generate-client-key", "--output", &p("client.key")])
+            .output()
+            .unwrap()
+            .status
+            .success()
+    );
+    let ckey =
+        porthole_proto::key::SecretKey::parse(&std::fs::read_to_string(p("client.key")).unwrap())
+            .unwrap();
+    let ckey_b64 = std::fs::read_to_string(p("client.key"))
+        .unwrap()
+        .lines()
+        .find(|l| !l.starts_with('#'))
+        .unwrap()
+        .to_string();
+    let ckey_hex: String = ckey.to_bytes().iter().map(|b| format!("{b:02x}")).collect();
+    std::fs::write(
+        p("access.toml"),
+        format!(
+            "[[client]]\nname = \"keyed\"\nkeys = [\"{}\"]\nallowed_tcp = [\"127.0.0.0/8\"]\n",
+            ckey.endpoint_id()
+        ),
+    )
+    .unwrap();
+    let secrets = [
+        TOKEN,
+        OTHER_TOKEN,
+        key_b64.as_str(),
+        key_hex.as_str(),
+        ckey_b64.as_str(),
+        ckey_hex.as_str(),
+    ];
 
     let target = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let tport = target.local_addr().unwrap().port();
@@ -56,6 +90,7 @@ fn no_secret_in_trace_logs() {
     let server = Offline::server(std::path::Path::new(&p("tokens.txt")), port)
         .env("RUST_LOG", "trace")
         .args(&["-vv", "--secret-file", &p("server.key")])
+        .args(&["--access-file", &p("access.toml")])
         .spawn("server");
     let id = endpoint_id(&server);
 
@@ -73,6 +108,10 @@ fn no_secret_in_trace_logs() {
     s.write_all(b"x").unwrap();
     let mut b = [0u8; 1];
     s.read_exact(&mut b).unwrap();
+    let mut keyed = client(&p("wrong.txt"), free_tcp_port());
+    keyed.args(["--client-key-file", &p("client.key")]);
+    let keyed = Proc::spawn("keyed-client", keyed);
+    keyed.wait_line("tunnel up", Duration::from_secs(20));
     let mut bad = Proc::spawn("bad-client", client(&p("wrong.txt"), free_tcp_port()));
     assert_eq!(bad.wait_exit(Duration::from_secs(30)), 3);
     server.wait_line("auth failed", Duration::from_secs(5));
@@ -83,6 +122,7 @@ fn no_secret_in_trace_logs() {
     );
     forbidden_in(&server.output(), &secrets, "server");
     forbidden_in(&good.output(), &secrets, "client");
+    forbidden_in(&keyed.output(), &secrets, "client with a key");
     forbidden_in(&bad.output(), &secrets, "rejected client");
 }
 
