@@ -13,16 +13,7 @@ use crate::secrets;
 
 pub fn generate(args: &GenerateServerKeyArgs) -> Result<()> {
     let key = SecretKey::generate()?;
-    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let text = key.to_file_text(&created);
-    if args.output == Path::new("-") {
-        let mut out = std::io::stdout().lock();
-        out.write_all(text.as_bytes())?;
-        out.flush()?;
-    } else {
-        secrets::write_private_file(&args.output, text.as_bytes(), args.force)?;
-        eprintln!("wrote {} (mode 0600)", args.output.display());
-    }
+    write_key(args, &key.to_file_text(&now()))?;
     eprintln!("EndpointId: {}", key.endpoint_id());
     Ok(())
 }
@@ -30,8 +21,17 @@ pub fn generate(args: &GenerateServerKeyArgs) -> Result<()> {
 /// `porthole generate-client-key`: like the server's, with the id servers list.
 pub fn generate_client(args: &GenerateServerKeyArgs) -> Result<()> {
     let key = SecretKey::generate()?;
-    let created = humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string();
-    let text = key.to_client_file_text(&created);
+    write_key(args, &key.to_client_file_text(&now()))?;
+    eprintln!("client id: {}", key.endpoint_id());
+    Ok(())
+}
+
+fn now() -> String {
+    humantime::format_rfc3339_seconds(std::time::SystemTime::now()).to_string()
+}
+
+/// Writes a key file (mode 0600), or to stdout for `-`.
+fn write_key(args: &GenerateServerKeyArgs, text: &str) -> Result<()> {
     if args.output == Path::new("-") {
         let mut out = std::io::stdout().lock();
         out.write_all(text.as_bytes())?;
@@ -40,7 +40,6 @@ pub fn generate_client(args: &GenerateServerKeyArgs) -> Result<()> {
         secrets::write_private_file(&args.output, text.as_bytes(), args.force)?;
         eprintln!("wrote {} (mode 0600)", args.output.display());
     }
-    eprintln!("client id: {}", key.endpoint_id());
     Ok(())
 }
 

@@ -19,13 +19,7 @@ use crate::config::resolve::{ClientSettings, ManualSettings, ServerSettings};
 use crate::secrets;
 
 pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
-    let config = s.engine_config();
-    let watching = super::watch::engine(&s.watch, &config.telemetry, &shutdown).await?;
-    super::reload::spawn(
-        s.access_sources.clone(),
-        config.access.clone(),
-        shutdown.clone(),
-    );
+    let (config, watching) = super::server::engine(&s, &shutdown).await?;
     let opts = options(&s.manual, &s.quic).await;
     let offer = tokio::select! {
         o = read_blob(BlobKind::Offer, s.manual.offer_file.as_deref()) => o?,

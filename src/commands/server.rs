@@ -32,13 +32,7 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
             "no --secret-file: this server gets a new EndpointId on every start; create a stable one with: porthole generate-server-key --output server.key"
         );
     }
-    let config = s.engine_config();
-    let watching = super::watch::engine(&s.watch, &config.telemetry, &shutdown).await?;
-    super::reload::spawn(
-        s.access_sources.clone(),
-        config.access.clone(),
-        shutdown.clone(),
-    );
+    let (config, watching) = super::server::engine(&s, &shutdown).await?;
     let opts = &s.iroh;
     let endpoint = porthole_transport_iroh::bind(opts, &s.quic)
         .await
@@ -55,6 +49,25 @@ async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> 
     endpoint.close().await;
     watching.finish().await;
     Ok(())
+}
+
+/// The server engine's config, with what runs beside it whichever transport serves:
+/// the status windows (control socket, --metrics) and the access-rules reloader.
+pub async fn engine(
+    s: &ServerSettings,
+    shutdown: &CancellationToken,
+) -> Result<(
+    porthole_engine::server::ServerConfig,
+    super::watch::Watching,
+)> {
+    let config = s.engine_config();
+    let watching = super::watch::engine(&s.watch, &config.telemetry, shutdown).await?;
+    super::reload::spawn(
+        s.access_sources.clone(),
+        config.access.clone(),
+        shutdown.clone(),
+    );
+    Ok((config, watching))
 }
 
 /// Waits (bounded) until clients can reach us: registered at a relay when relays are

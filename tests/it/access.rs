@@ -619,83 +619,50 @@ fn manual_mode_follows_the_same_rules() {
             lab.echo_a
         ),
     );
-    let files = |cmd: &mut std::process::Command| {
-        cmd.args([
-            "--mode",
-            "manual",
-            "--stun-server",
-            "none",
-            "--bind",
-            "127.0.0.1:0",
-        ])
-        .args(["--offer-file", lab.path("offer.txt").to_str().unwrap()])
-        .args(["--answer-file", lab.path("answer.txt").to_str().unwrap()])
-        .args(["--control-socket", "none"]);
+    // A manual-mode server and a key-proving client with these forwards, meeting through
+    // offer and answer files (fresh ones each time).
+    let pair = |forwards: &[(String, u16)]| {
+        for f in ["offer.txt", "answer.txt"] {
+            let _ = std::fs::remove_file(lab.path(f));
+        }
+        let manual = |cmd: &mut std::process::Command| {
+            cmd.args(["--mode", "manual", "--stun-server", "none"])
+                .args(["--bind", "127.0.0.1:0", "--control-socket", "none"])
+                .args(["--offer-file", lab.path("offer.txt").to_str().unwrap()])
+                .args(["--answer-file", lab.path("answer.txt").to_str().unwrap()]);
+        };
+        let mut server = bin();
+        server
+            .args(["server", "--auth-tokens-file"])
+            .arg(lab.path("tokens.txt"))
+            .arg("--access-file")
+            .arg(lab.path("access.toml"));
+        manual(&mut server);
+        let mut client = bin();
+        client
+            .args(["client", "--client-key-file"])
+            .arg(lab.path("k1"));
+        for (source, listen) in forwards {
+            client.args([
+                "--source",
+                source,
+                "--listen",
+                &format!("127.0.0.1:{listen}"),
+            ]);
+        }
+        manual(&mut client);
+        (
+            Proc::spawn("manual server", server),
+            Proc::spawn("manual client", client),
+        )
     };
-    let mut server = bin();
-    server
-        .args([
-            "server",
-            "--auth-tokens-file",
-            lab.path("tokens.txt").to_str().unwrap(),
-        ])
-        .args(["--access-file", lab.path("access.toml").to_str().unwrap()]);
-    files(&mut server);
-    let server = Proc::spawn("manual server", server);
     let (la, lb) = (free_tcp_port(), free_tcp_port());
-    let mut client = bin();
-    client
-        .args([
-            "client",
-            "--client-key-file",
-            lab.path("k1").to_str().unwrap(),
-        ])
-        .args([
-            "--source",
-            &lab.echo('a'),
-            "--listen",
-            &format!("127.0.0.1:{la}"),
-        ])
-        .args([
-            "--source",
-            &lab.echo('b'),
-            "--listen",
-            &format!("127.0.0.1:{lb}"),
-        ]);
-    files(&mut client);
-    let mut client = Proc::spawn("manual client", client);
+    let (server, mut client) = pair(&[(lab.echo('a'), la), (lab.echo('b'), lb)]);
     // echo b is not the laptop's: refused at once (exit 4), as in iroh mode.
     assert_eq!(client.wait_exit(LONG), 4, "{}", client.output());
     drop(server);
 
-    for f in ["offer.txt", "answer.txt"] {
-        let _ = std::fs::remove_file(lab.path(f));
-    }
-    let mut server = bin();
-    server
-        .args([
-            "server",
-            "--auth-tokens-file",
-            lab.path("tokens.txt").to_str().unwrap(),
-        ])
-        .args(["--access-file", lab.path("access.toml").to_str().unwrap()]);
-    files(&mut server);
-    let server = Proc::spawn("manual server", server);
-    let mut client = bin();
-    client
-        .args([
-            "client",
-            "--client-key-file",
-            lab.path("k1").to_str().unwrap(),
-        ])
-        .args([
-            "--source",
-            &lab.echo('a'),
-            "--listen",
-            &format!("127.0.0.1:{la}"),
-        ]);
-    files(&mut client);
-    let mut client = Proc::spawn("manual client", client);
+    let (server, mut client) = pair(&[(lab.echo('a'), la)]);
     client.wait_line("tunnel up", LONG);
     let pump = Pump::start(la);
     // Revoked: the laptop's key leaves the file.

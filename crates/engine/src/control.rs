@@ -23,11 +23,7 @@ where
     T: DeserializeOwned,
     R: AsyncRead + Unpin,
 {
-    let mut header = [0u8; frame::HEADER_LEN];
-    read_exact(r, &mut header).await?;
-    let len = frame::body_len(header)?;
-    let mut body = vec![0u8; len];
-    read_exact(r, &mut body).await?;
+    let body = read_frame_body(r).await?;
     Ok(frame::decode_body(&body)?)
 }
 
