@@ -161,6 +161,9 @@ impl PingArgs {
             server: self.server,
             sources: Vec::new(),
             listens: Vec::new(),
+            socks: Vec::new(),
+            http_proxy: Vec::new(),
+            proxy_auth_file: None,
             iroh: self.iroh,
             quic: self.quic,
             direct_paths: self.direct_paths,
@@ -411,6 +414,19 @@ pub struct ClientArgs {
     /// `--target` is the older name).
     #[arg(long = "listen", visible_alias = "target", value_name = "ADDR")]
     pub listens: Vec<String>,
+    /// A SOCKS5 proxy on this local address (repeatable): each connection names its own
+    /// destination (names resolved on the server's side, as socks5h), which the server
+    /// checks against its allow-list. Use it instead of fixed --source/--listen pairs.
+    #[arg(long = "socks", value_name = "ADDR")]
+    pub socks: Vec<SocketAddr>,
+    /// An HTTP CONNECT proxy on this local address (repeatable), for tools that only
+    /// speak HTTP proxies (git, curl, package managers, browsers); same checks as --socks.
+    #[arg(long = "http-proxy", value_name = "ADDR")]
+    pub http_proxy: Vec<SocketAddr>,
+    /// `user:password` (one line) the proxies require: SOCKS5 username/password, HTTP
+    /// Basic. Needed for any proxy address but loopback; else env PORTHOLE_PROXY_AUTH.
+    #[arg(long, value_name = "FILE")]
+    pub proxy_auth_file: Option<PathBuf>,
     #[command(flatten)]
     pub iroh: IrohArgs,
     #[command(flatten)]

@@ -32,7 +32,9 @@ impl From<anyhow::Error> for Exit {
             Some(ClientError::SourceRefused { .. }) => SOURCE_REFUSED,
             Some(ClientError::Version(_)) => VERSION_MISMATCH,
             Some(ClientError::AccessRevoked) => ACCESS_REVOKED,
-            Some(ClientError::Bind { .. } | ClientError::NoForwards) => USAGE,
+            Some(
+                ClientError::Bind { .. } | ClientError::BindProxy { .. } | ClientError::NoForwards,
+            ) => USAGE,
             None => ERROR,
         };
         Self { code, error }

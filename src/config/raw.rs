@@ -307,6 +307,14 @@ pub struct ClientFile {
     pub listen: Option<String>,
     #[serde(default)]
     pub forwards: Vec<ForwardEntry>,
+    /// SOCKS5 proxies (dynamic forwarding), e.g. ["127.0.0.1:1080"].
+    #[serde(default)]
+    pub socks: Vec<SocketAddr>,
+    /// HTTP CONNECT proxies, e.g. ["127.0.0.1:3128"].
+    #[serde(default)]
+    pub http_proxy: Vec<SocketAddr>,
+    /// `user:password` the proxies require (needed off loopback).
+    pub proxy_auth_file: Option<PathBuf>,
     #[serde(default)]
     pub relay_urls: Vec<String>,
     pub relay_ca: Option<PathBuf>,
@@ -470,6 +478,7 @@ impl ClientFile {
     pub fn rebase(&mut self, base: &Path) {
         rebase(base, &mut self.auth_token_file);
         rebase(base, &mut self.client_key_file);
+        rebase(base, &mut self.proxy_auth_file);
         rebase(base, &mut self.status.metrics_token_file);
         rebase(base, &mut self.relay_ca);
         rebase(base, &mut self.offer_file);

@@ -5,6 +5,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use porthole_engine::client::proxy::{ProxyAuth, ProxyKind, ProxySpec};
 use porthole_engine::client::{ClientConfig, ForwardSpec};
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
@@ -154,6 +155,8 @@ pub struct ClientSettings {
     pub mode: Mode,
     /// The token, unless a client key stands in for it.
     pub token: Option<AuthToken>,
+    pub proxies: Vec<ProxySpec>,
+    pub proxy_auth: Option<ProxyAuth>,
     pub key: Option<SecretKey>,
     pub forwards: Vec<ForwardSpec>,
     pub server_id: Option<EndpointId>,
@@ -187,6 +190,8 @@ impl ClientSettings {
             self.key.clone(),
             self.forwards.clone(),
         );
+        c.proxies = self.proxies.clone();
+        c.proxy_auth = self.proxy_auth.clone();
         c.udp_idle_timeout = self.udp_idle_timeout;
         c.silent_after = self.quic.silent_after();
         c
@@ -475,8 +480,9 @@ fn client_settings(
     mode: Mode,
     need_forwards: bool,
 ) -> Result<ClientSettings> {
+    let (proxies, proxy_auth) = client_proxies(args, f)?;
     let forwards = if need_forwards {
-        client_forwards(args, f)?
+        client_forwards(args, f, !proxies.is_empty())?
     } else {
         Vec::new()
     };
@@ -569,6 +575,8 @@ fn client_settings(
         token,
         key,
         forwards,
+        proxies,
+        proxy_auth,
         server_id,
         server_addrs,
         iroh,
@@ -615,7 +623,84 @@ fn client_token(args: &ClientArgs, f: Option<&ClientFile>) -> Result<AuthToken> 
     )
 }
 
-fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<ForwardSpec>> {
+/// The client's SOCKS5 and HTTP CONNECT proxies, and the credentials they require
+/// (required for any address but loopback).
+fn client_proxies(
+    args: &ClientArgs,
+    f: Option<&ClientFile>,
+) -> Result<(Vec<ProxySpec>, Option<ProxyAuth>)> {
+    let socks = list(
+        &args.socks,
+        f.map(|f| f.socks.as_slice()).unwrap_or_default(),
+    );
+    let http = list(
+        &args.http_proxy,
+        f.map(|f| f.http_proxy.as_slice()).unwrap_or_default(),
+    );
+    let proxies: Vec<ProxySpec> = socks
+        .iter()
+        .map(|a| (ProxyKind::Socks5, *a))
+        .chain(http.iter().map(|a| (ProxyKind::HttpConnect, *a)))
+        .map(|(kind, listen)| ProxySpec { kind, listen })
+        .collect();
+    let file = args
+        .proxy_auth_file
+        .clone()
+        .or(f.and_then(|f| f.proxy_auth_file.clone()));
+    let text = match &file {
+        Some(p) => Some(zeroize::Zeroizing::new(
+            std::fs::read_to_string(p)
+                .with_context(|| format!("cannot read proxy auth file {}", p.display()))?,
+        )),
+        None => std::env::var("PORTHOLE_PROXY_AUTH")
+            .ok()
+            .map(zeroize::Zeroizing::new),
+    };
+    if let Some(p) = &file {
+        secrets::warn_if_readable_by_others(p);
+    }
+    let auth = match text {
+        Some(t) => {
+            let line = t
+                .lines()
+                .map(str::trim)
+                .find(|l| !l.is_empty() && !l.starts_with('#'))
+                .unwrap_or("");
+            let Some((user, password)) = line.split_once(':') else {
+                bail!(
+                    "proxy credentials: write one line `user:password` (--proxy-auth-file or PORTHOLE_PROXY_AUTH)"
+                );
+            };
+            if user.is_empty() || password.len() < 8 || user.len() > 255 || password.len() > 255 {
+                bail!(
+                    "proxy credentials: a user name and a password of 8 to 255 characters (SOCKS5 allows no more)"
+                );
+            }
+            Some(ProxyAuth {
+                user: user.to_string(),
+                password: zeroize::Zeroizing::new(password.to_string()),
+            })
+        }
+        None => None,
+    };
+    if auth.is_none()
+        && let Some(open) = proxies.iter().find(|p| !p.listen.ip().is_loopback())
+    {
+        bail!(
+            "proxy on {} is not on loopback: anyone who reaches it could use your tunnel. \
+             Give credentials with --proxy-auth-file FILE (one line user:password) or \
+             PORTHOLE_PROXY_AUTH, or listen on 127.0.0.1",
+            open.listen
+        );
+    }
+    Ok((proxies, auth))
+}
+
+fn client_forwards(
+    args: &ClientArgs,
+    f: Option<&ClientFile>,
+    have_proxies: bool,
+) -> Result<Vec<ForwardSpec>> {
     if args.sources.len() != args.listens.len() {
         bail!(
             "--source and --listen come in pairs: got {} --source and {} --listen",
@@ -632,9 +717,10 @@ fn client_forwards(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<Forw
     } else {
         f.map(|f| f.forward_pairs()).unwrap_or_default()
     };
-    if pairs.is_empty() {
+    if pairs.is_empty() && !have_proxies {
         bail!(
-            "nothing to forward: give --source tcp://HOST:PORT --listen 127.0.0.1:PORT (repeatable)"
+            "nothing to forward: give --source tcp://HOST:PORT --listen 127.0.0.1:PORT (repeatable), \
+             or a proxy: --socks 127.0.0.1:1080 / --http-proxy 127.0.0.1:3128"
         );
     }
     let mut out = Vec::with_capacity(pairs.len());

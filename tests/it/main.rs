@@ -14,6 +14,7 @@ mod natlab;
 mod nodepass;
 mod observe;
 mod process;
+mod proxy;
 mod secrets;
 mod support;
 mod tunnel;

@@ -24,6 +24,7 @@ pub mod frame;
 pub mod key;
 pub mod message;
 pub mod probe;
+pub mod socks;
 pub mod source;
 pub mod ticket;
 pub mod token;

@@ -162,6 +162,41 @@ pub struct StreamHeader {
     pub forward_id: u16,
 }
 
+/// The forward id of a dynamic stream (a SOCKS or HTTP CONNECT proxy on the client): its
+/// header is followed by a [`DynamicTarget`] frame naming the destination, which the
+/// server checks against the client's allow-list and answers with a [`DynamicReply`]
+/// before any data. Servers that predate it reset the stream (unknown forward).
+pub const DYNAMIC_FORWARD: u16 = u16::MAX;
+
+/// Where a dynamic stream goes: a source as text (`tcp://host:port`); a name is
+/// resolved on the server, and only addresses inside the allow-list are dialed.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DynamicTarget {
+    pub source: String,
+}
+
+/// The server's answer on a dynamic stream, before any data.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub enum DynamicReply {
+    /// Connected to this address; data follows.
+    Connected { addr: String },
+    /// Refused by policy (or malformed).
+    Refused {
+        reason: RejectReason,
+        detail: String,
+    },
+    /// Allowed, but the target did not answer: refused, unreachable or timed out.
+    Unreachable { kind: Unreachable, detail: String },
+}
+
+/// Why an allowed target could not be reached (maps to SOCKS reply codes).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Unreachable {
+    Refused,
+    TimedOut,
+    Other,
+}
+
 /// Truncates a rejection detail to [`MAX_DETAIL_LEN`] characters.
 pub fn clamp_detail(s: &str) -> String {
     s.chars().take(MAX_DETAIL_LEN).collect()

@@ -221,11 +221,18 @@ impl Offline {
     /// `porthole server` on UDP 127.0.0.1:`port`, accepting the tokens in `tokens`,
     /// allowing TCP to loopback.
     pub fn server(tokens: &std::path::Path, port: u16) -> Self {
+        Self::server_allowing(tokens, port, &["127.0.0.0/8".into()])
+    }
+
+    /// [`Offline::server`] allowing TCP to exactly `allowed`.
+    pub fn server_allowing(tokens: &std::path::Path, port: u16, allowed: &[String]) -> Self {
         let mut cmd = bin();
         cmd.args(["server", "--auth-tokens-file"])
             .arg(tokens)
-            .args(["--bind", &format!("127.0.0.1:{port}")])
-            .args(["--allowed-tcp", "127.0.0.0/8"]);
+            .args(["--bind", &format!("127.0.0.1:{port}")]);
+        for a in allowed {
+            cmd.args(["--allowed-tcp", a]);
+        }
         Self::with_offline_flags(cmd)
     }
 

@@ -2,6 +2,7 @@
 //! connection to the server that is re-established with backoff whenever it drops.
 
 mod liveness;
+pub mod proxy;
 mod session;
 mod tcp;
 mod udp;
@@ -55,6 +56,10 @@ pub struct ClientConfig {
     pub silent_after: Duration,
     /// Where the client counts what it does (status, metrics).
     pub telemetry: Telemetry,
+    /// SOCKS5 and HTTP CONNECT proxies: dynamic forwarding, checked by the server.
+    pub proxies: Vec<proxy::ProxySpec>,
+    /// What the proxies require from their users (always, off loopback).
+    pub proxy_auth: Option<proxy::ProxyAuth>,
 }
 
 impl ClientConfig {
@@ -81,6 +86,8 @@ impl ClientConfig {
             max_udp_flows: 1024,
             silent_after: crate::quic_params::QuicParams::default().silent_after(),
             telemetry: Telemetry::new(Role::Client),
+            proxies: Vec::new(),
+            proxy_auth: None,
         }
     }
 }
@@ -92,6 +99,14 @@ pub enum ClientError {
     Bind {
         addr: SocketAddr,
         forward: Source,
+        error: std::io::Error,
+    },
+    #[error(
+        "cannot listen on {addr} for the {what} proxy: {error} (is another program using that port?)"
+    )]
+    BindProxy {
+        addr: SocketAddr,
+        what: &'static str,
         error: std::io::Error,
     },
     #[error("the server refused the auth token")]
@@ -172,14 +187,36 @@ pub enum CheckInError {
 pub struct Client {
     config: ClientConfig,
     locals: Vec<Local>,
+    proxies: Vec<proxy::Proxy>,
     status: watch::Sender<Status>,
 }
 
 impl Client {
     /// Binds every local listener first, so a port conflict is reported at once.
     pub async fn bind(config: ClientConfig) -> Result<Self, ClientError> {
-        if config.forwards.is_empty() {
+        if config.forwards.is_empty() && config.proxies.is_empty() {
             return Err(ClientError::NoForwards);
+        }
+        let mut proxies = Vec::with_capacity(config.proxies.len());
+        for p in &config.proxies {
+            let (scheme, label) = match p.kind {
+                proxy::ProxyKind::Socks5 => ("socks5", "socks"),
+                proxy::ProxyKind::HttpConnect => ("http", "http-proxy"),
+            };
+            let listener =
+                crate::net::listen_tcp(p.listen).map_err(|error| ClientError::BindProxy {
+                    addr: p.listen,
+                    what: scheme,
+                    error,
+                })?;
+            let addr = listener.local_addr().unwrap_or(p.listen);
+            proxies.push(proxy::Proxy {
+                kind: p.kind,
+                listener,
+                live: config.telemetry.client_forward(label, addr),
+                auth: config.proxy_auth.clone(),
+                session_wait: config.session_wait,
+            });
         }
         let mut locals = Vec::with_capacity(config.forwards.len());
         for f in &config.forwards {
@@ -206,6 +243,7 @@ impl Client {
         Ok(Self {
             config,
             locals,
+            proxies,
             status: watch::channel(Status::Connecting).0,
         })
     }
@@ -218,6 +256,14 @@ impl Client {
                 Local::Tcp(t, _) => t.local_addr().ok(),
                 Local::Udp(u, _) => u.local_addr().ok(),
             })
+            .collect()
+    }
+
+    /// The bound proxy addresses, in `proxies` order.
+    pub fn proxy_addrs(&self) -> Vec<SocketAddr> {
+        self.proxies
+            .iter()
+            .filter_map(|p| p.listener.local_addr().ok())
             .collect()
     }
 
@@ -234,6 +280,7 @@ impl Client {
         let Client {
             config,
             locals,
+            proxies,
             status,
         } = self;
         let config = Arc::new(config);
@@ -269,6 +316,13 @@ impl Client {
                     );
                 }
             }
+        }
+        for p in proxies {
+            let span = info_span!("proxy", listen = ?p.listener.local_addr().ok(), kind = ?p.kind);
+            tasks.spawn(
+                p.accept_loop(session_rx.clone(), local_cancel.clone())
+                    .instrument(span),
+            );
         }
         let udp_forwards = Arc::new(udp_forwards);
         tasks.spawn(sample_rtt(config.telemetry.clone(), local_cancel.clone()));

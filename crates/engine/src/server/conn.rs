@@ -6,7 +6,8 @@ use std::time::Instant;
 use porthole_proto::close::CloseCode;
 use porthole_proto::key::PROOF_EXPORTER_LABEL;
 use porthole_proto::message::{
-    AnyAuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason, clamp_detail,
+    AnyAuthRequest, AuthResponse, ControlRequest, ControlResponse, DYNAMIC_FORWARD, RejectReason,
+    clamp_detail,
 };
 use porthole_proto::source::Source;
 use porthole_proto::token::AuthToken;
@@ -155,19 +156,20 @@ pub(crate) async fn serve<C: Connection>(
         // The control stream may end while the connection lives on: park this arm.
         std::future::pending::<ConnectionEnd>().await
     };
+    let ctx = Arc::new(super::tcp::StreamCtx {
+        forwards: forwards.clone(),
+        client: client_shared.clone(),
+        rule: rule_rx.clone(),
+        dynamic: session.forward(DYNAMIC_FORWARD.into(), "dynamic"),
+        shared: shared.clone(),
+    });
     let streams = async {
         let mut n: u64 = 0;
         while let Ok((send, recv)) = conn.accept_bi().await {
             n += 1;
             tasks.spawn(
-                super::tcp::handle_stream(
-                    send,
-                    recv,
-                    forwards.clone(),
-                    client_shared.clone(),
-                    shared.clone(),
-                )
-                .instrument(info_span!("stream", n)),
+                super::tcp::handle_stream(send, recv, ctx.clone())
+                    .instrument(info_span!("stream", n)),
             );
         }
         conn.closed().await

@@ -8,23 +8,46 @@ use std::time::Duration;
 use porthole_proto::close::StreamCode;
 use porthole_proto::message::StreamHeader;
 use porthole_proto::source::Protocol;
+use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
-use tracing::{debug, warn};
+use tracing::{debug, info, warn};
+
+use porthole_proto::message::{DYNAMIC_FORWARD, DynamicReply, DynamicTarget, Unreachable};
+use porthole_proto::source::Source;
+use tokio::sync::watch;
 
 use super::forwards::Forwards;
 use super::{ClientShared, Shared};
+use crate::access::ClientRule;
 use crate::control::read_frame;
+use crate::control::write_frame;
 use crate::splice::{Controls, SpliceEnd, splice, tune_tcp};
+use crate::telemetry::ForwardLive;
 use crate::telemetry::{Refusal, Side};
 use crate::transport::{RecvStream, SendStream};
+
+/// What every stream of one session shares.
+pub(crate) struct StreamCtx {
+    pub forwards: Arc<Forwards>,
+    pub client: Arc<ClientShared>,
+    /// The client's rules in force (dynamic streams are checked against them).
+    pub rule: watch::Receiver<Arc<ClientRule>>,
+    /// The counters of the session's dynamic streams (SOCKS / HTTP CONNECT).
+    pub dynamic: Arc<ForwardLive>,
+    pub shared: Arc<Shared>,
+}
 
 pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
     mut send: S,
     mut recv: R,
-    forwards: Arc<Forwards>,
-    client: Arc<ClientShared>,
-    shared: Arc<Shared>,
+    ctx: Arc<StreamCtx>,
 ) {
+    let StreamCtx {
+        forwards,
+        client,
+        shared,
+        ..
+    } = &*ctx;
     let config = &shared.config;
     let refuse = |send: &mut S, recv: &mut R, code: StreamCode| {
         send.reset(code.as_u32());
@@ -46,6 +69,9 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
             return refuse(&mut send, &mut recv, StreamCode::BadHeader);
         }
     };
+    if header.forward_id == DYNAMIC_FORWARD {
+        return dynamic(send, recv, &ctx).await;
+    }
     let Some(forward) = forwards
         .get(header.forward_id)
         .filter(|f| f.source.protocol == Protocol::Tcp && !f.closed.is_cancelled())
@@ -87,6 +113,104 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
                 "stream aborted: {error}"
             )
         }
+    }
+}
+
+/// A dynamic stream: the destination comes with the stream, is checked against the
+/// client's rules in force, and the answer goes back before any data.
+async fn dynamic<S: SendStream, R: RecvStream>(mut send: S, mut recv: R, ctx: &StreamCtx) {
+    let config = &ctx.shared.config;
+    let refuse = |send: &mut S, recv: &mut R, code: StreamCode| {
+        send.reset(code.as_u32());
+        recv.stop(code.as_u32());
+    };
+    let target = match tokio::time::timeout(
+        config.header_timeout,
+        read_frame::<DynamicTarget, _>(&mut recv),
+    )
+    .await
+    {
+        Ok(Ok(t)) => t,
+        _ => return refuse(&mut send, &mut recv, StreamCode::BadHeader),
+    };
+    let reply_refused = |reason, detail: String| DynamicReply::Refused {
+        reason,
+        detail: porthole_proto::message::clamp_detail(&detail),
+    };
+    let source = match target.source.parse::<Source>() {
+        Ok(s) if s.protocol == Protocol::Tcp => s,
+        Ok(_) => {
+            let r = reply_refused(
+                porthole_proto::message::RejectReason::InvalidSource,
+                "dynamic streams carry TCP only".into(),
+            );
+            let _ = write_frame(&mut send, &r).await;
+            return refuse(&mut send, &mut recv, StreamCode::UnknownForward);
+        }
+        Err(e) => {
+            let r = reply_refused(
+                porthole_proto::message::RejectReason::InvalidSource,
+                e.to_string(),
+            );
+            let _ = write_frame(&mut send, &r).await;
+            return refuse(&mut send, &mut recv, StreamCode::UnknownForward);
+        }
+    };
+    let policy = ctx.rule.borrow().policy.clone();
+    let resolved = match policy.resolve(&source, config.resolve_timeout).await {
+        Ok(r) => r,
+        Err(refusal) => {
+            warn!(
+                "dynamic {source} refused: {}: {}",
+                refusal.reason, refusal.detail
+            );
+            config.telemetry.refused(Refusal::Forward(refusal.reason));
+            let _ = write_frame(&mut send, &reply_refused(refusal.reason, refusal.detail)).await;
+            let _ = send.shutdown().await;
+            return;
+        }
+    };
+    let Some(_claim) = ctx.client.claim(false) else {
+        config.telemetry.refused(Refusal::StreamLimit);
+        return refuse(&mut send, &mut recv, StreamCode::Limit);
+    };
+    let tcp = match dial(&resolved.addrs, config.dial_timeout).await {
+        Ok(tcp) => tcp,
+        Err(e) => {
+            debug!("dynamic {source} unreachable: {e}");
+            config.telemetry.refused(Refusal::TargetUnreachable);
+            let kind = match e.kind() {
+                io::ErrorKind::ConnectionRefused => Unreachable::Refused,
+                io::ErrorKind::TimedOut => Unreachable::TimedOut,
+                _ => Unreachable::Other,
+            };
+            let r = DynamicReply::Unreachable {
+                kind,
+                detail: porthole_proto::message::clamp_detail(&e.to_string()),
+            };
+            let _ = write_frame(&mut send, &r).await;
+            let _ = send.shutdown().await;
+            return;
+        }
+    };
+    let addr = tcp.peer_addr().map(|a| a.to_string()).unwrap_or_default();
+    if write_frame(&mut send, &DynamicReply::Connected { addr: addr.clone() })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    info!("dynamic {source} -> {addr}");
+    tune_tcp(&tcp);
+    let meter = ctx.dynamic.stream(Side::Server, None);
+    let ctl = Controls {
+        meter: &meter,
+        stop: None,
+        from_tcp: Some(&ctx.client.caps.down),
+        to_tcp: Some(&ctx.client.caps.up),
+    };
+    if let SpliceEnd::Aborted { error, .. } = splice(tcp, send, recv, ctl).await {
+        debug!("dynamic {source}: aborted: {error}");
     }
 }
 
