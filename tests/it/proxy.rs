@@ -221,9 +221,7 @@ fn bad_socks_requests_get_a_failure_or_a_close_and_two_hundred_connects_work() {
         &[],
     );
     l.client.wait_line("tunnel up", LONG);
-    // UDP ASSOCIATE and BIND: command not supported (7).
-    let (code, _) = socks_raw(l.socks, &[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]);
-    assert_eq!(code, Some(7));
+    // BIND: command not supported (7).
     let (code, _) = socks_raw(l.socks, &[5, 2, 0, 1, 127, 0, 0, 1, 0, 80]);
     assert_eq!(code, Some(7));
     // Garbage: another protocol's greeting, a bad address type, a truncated request.
@@ -317,4 +315,131 @@ fn a_proxy_off_loopback_needs_credentials() {
         !l.client.output().contains("correct-horse"),
         "the password is never logged"
     );
+}
+
+/// A SOCKS5 UDP association: the TCP connection that holds it and the relay address.
+fn associate(socks: u16) -> (TcpStream, SocketAddr) {
+    let mut s = TcpStream::connect(("127.0.0.1", socks)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut m = [0u8; 2];
+    s.read_exact(&mut m).unwrap();
+    s.write_all(&[5, 3, 0, 1, 0, 0, 0, 0, 0, 0]).unwrap();
+    let mut r = [0u8; 10];
+    s.read_exact(&mut r).unwrap();
+    assert_eq!(
+        (r[1], r[3]),
+        (0, 1),
+        "UDP ASSOCIATE succeeded with an IPv4 relay"
+    );
+    let relay = SocketAddr::from(([r[4], r[5], r[6], r[7]], u16::from_be_bytes([r[8], r[9]])));
+    (s, relay)
+}
+
+/// One datagram to `dest` through the relay; returns the reply's payload and source.
+fn socks_udp(sock: &std::net::UdpSocket, relay: SocketAddr, dest: SocketAddr, payload: &[u8]) {
+    let mut d = porthole_proto::socks::udp_header(&porthole_proto::socks::Dest::Addr(dest));
+    d.extend_from_slice(payload);
+    sock.send_to(&d, relay).unwrap();
+}
+
+fn socks_udp_recv(sock: &std::net::UdpSocket) -> Option<(porthole_proto::socks::Dest, Vec<u8>)> {
+    let mut buf = vec![0u8; 70_000];
+    let (n, _) = sock.recv_from(&mut buf).ok()?;
+    let (from, frag, start) = porthole_proto::socks::parse_udp(&buf[..n]).ok()??;
+    assert_eq!(frag, 0);
+    Some((from, buf[start..n].to_vec()))
+}
+
+#[test]
+fn udp_associate_carries_datagrams_to_allowed_destinations_only() {
+    // A UDP echo on the server's side.
+    let echo = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let echo_addr = echo.local_addr().unwrap();
+    std::thread::spawn(move || {
+        let mut buf = vec![0u8; 70_000];
+        while let Ok((n, from)) = echo.recv_from(&mut buf) {
+            let _ = echo.send_to(&buf[..n], from);
+        }
+    });
+    let forbidden = free_udp_port();
+    let dir = tempfile::tempdir().unwrap();
+    let tokens = dir.path().join("tokens.txt");
+    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let port = free_udp_port();
+    let server = Offline::server_allowing(&tokens, port, &[])
+        .args(&[
+            "--allowed-udp",
+            &format!("127.0.0.1/32:{}", echo_addr.port()),
+        ])
+        .args(&["--control-socket", "none"])
+        .spawn("server");
+    let id = endpoint_id(&server);
+    server.wait_line("serving", LONG);
+    let socks = free_tcp_port();
+    let client = Offline::client(&id, port, &tokens)
+        .args(&[
+            "--control-socket",
+            "none",
+            "--socks",
+            &format!("127.0.0.1:{socks}"),
+        ])
+        .spawn("client");
+    client.wait_line("tunnel up", LONG);
+
+    let (_hold_a, relay_a) = associate(socks);
+    let (_hold_b, relay_b) = associate(socks);
+    assert_ne!(
+        relay_a, relay_b,
+        "each association has its own relay socket"
+    );
+    let a = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let b = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    for s in [&a, &b] {
+        s.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    }
+    // Interleaved, from two associations at once: each gets exactly its own replies,
+    // with the echo's address in the header. One of them is 8 KB (fragmented in the tunnel).
+    let big = vec![0x42u8; 8 * 1024];
+    for i in 0..20u32 {
+        socks_udp(&a, relay_a, echo_addr, format!("a{i}").as_bytes());
+        socks_udp(&b, relay_b, echo_addr, format!("b{i}").as_bytes());
+    }
+    socks_udp(&a, relay_a, echo_addr, &big);
+    let mut got_a = Vec::new();
+    let mut got_b = Vec::new();
+    while let Some((from, p)) = socks_udp_recv(&a) {
+        assert_eq!(from, porthole_proto::socks::Dest::Addr(echo_addr));
+        got_a.push(p);
+        if got_a.len() == 21 {
+            break;
+        }
+    }
+    while let Some((_, p)) = socks_udp_recv(&b) {
+        got_b.push(p);
+        if got_b.len() == 20 {
+            break;
+        }
+    }
+    assert!(
+        got_a.len() >= 18,
+        "most of a's datagrams came back: {}",
+        got_a.len()
+    );
+    assert!(
+        got_a.iter().all(|p| p.starts_with(b"a") || *p == big),
+        "a got b's datagrams"
+    );
+    assert!(got_a.contains(&big), "the 8 KB datagram came back whole");
+    assert!(
+        got_b.len() >= 18 && got_b.iter().all(|p| p.starts_with(b"b")),
+        "b: {}",
+        got_b.len()
+    );
+
+    // Outside the allow-list: nothing comes back, and the client says why.
+    let outside = SocketAddr::from(([127, 0, 0, 1], forbidden));
+    socks_udp(&a, relay_a, outside, b"let me out");
+    assert!(socks_udp_recv(&a).is_none());
+    client.wait_line("refused by the server", LONG);
 }

@@ -103,49 +103,88 @@ pub fn parse_request(buf: &[u8]) -> Result<Option<(Request, usize)>, SocksError>
         return Err(SocksError::Version(buf[0]));
     }
     let command = buf[1];
-    let (dest, end) = match buf[3] {
+    Ok(parse_addr(&buf[3..])?.map(|(dest, n)| (Request { command, dest }, 3 + n)))
+}
+
+/// ATYP, address and port (the tail of a request and of a UDP header).
+fn parse_addr(buf: &[u8]) -> Result<Option<(Dest, usize)>, SocksError> {
+    let Some(&atyp) = buf.first() else {
+        return Ok(None);
+    };
+    match atyp {
         1 => {
-            let Some(b) = buf.get(4..10) else {
+            let Some(b) = buf.get(1..7) else {
                 return Ok(None);
             };
             let ip = Ipv4Addr::new(b[0], b[1], b[2], b[3]);
-            (
-                Dest::Addr(SocketAddr::from((ip, u16::from_be_bytes([b[4], b[5]])))),
-                10,
-            )
+            let port = u16::from_be_bytes([b[4], b[5]]);
+            Ok(Some((Dest::Addr(SocketAddr::from((ip, port))), 7)))
         }
         4 => {
-            let Some(b) = buf.get(4..22) else {
+            let Some(b) = buf.get(1..19) else {
                 return Ok(None);
             };
             let mut octets = [0u8; 16];
             octets.copy_from_slice(&b[..16]);
             let port = u16::from_be_bytes([b[16], b[17]]);
-            (
+            Ok(Some((
                 Dest::Addr(SocketAddr::from((Ipv6Addr::from(octets), port))),
-                22,
-            )
+                19,
+            )))
         }
         3 => {
-            let Some(&len) = buf.get(4) else {
+            let Some(&len) = buf.get(1) else {
                 return Ok(None);
             };
             if len == 0 {
                 return Err(SocksError::EmptyName);
             }
-            let end = 5 + len as usize + 2;
-            let Some(b) = buf.get(5..end) else {
+            let end = 2 + len as usize + 2;
+            let Some(b) = buf.get(2..end) else {
                 return Ok(None);
             };
             let name = std::str::from_utf8(&b[..len as usize])
                 .map_err(|_| SocksError::NameNotUtf8)?
                 .to_string();
             let port = u16::from_be_bytes([b[len as usize], b[len as usize + 1]]);
-            (Dest::Name(name, port), end)
+            Ok(Some((Dest::Name(name, port), end)))
         }
-        t => return Err(SocksError::AddressType(t)),
+        t => Err(SocksError::AddressType(t)),
+    }
+}
+
+/// A UDP ASSOCIATE datagram: where it goes, its fragment number (0: whole) and where
+/// its payload starts. `None` if the header is cut short.
+pub fn parse_udp(buf: &[u8]) -> Result<Option<(Dest, u8, usize)>, SocksError> {
+    let Some(&frag) = buf.get(2) else {
+        return Ok(None);
     };
-    Ok(Some((Request { command, dest }, end)))
+    Ok(parse_addr(&buf[3..])?.map(|(dest, n)| (dest, frag, 3 + n)))
+}
+
+/// The header of a UDP ASSOCIATE datagram from `from` back to the SOCKS client.
+pub fn udp_header(from: &Dest) -> Vec<u8> {
+    let mut v = vec![0, 0, 0];
+    match from {
+        Dest::Addr(SocketAddr::V4(a)) => {
+            v.push(1);
+            v.extend_from_slice(&a.ip().octets());
+            v.extend_from_slice(&a.port().to_be_bytes());
+        }
+        Dest::Addr(SocketAddr::V6(a)) => {
+            v.push(4);
+            v.extend_from_slice(&a.ip().octets());
+            v.extend_from_slice(&a.port().to_be_bytes());
+        }
+        Dest::Name(n, p) => {
+            let n = &n.as_bytes()[..n.len().min(255)];
+            v.push(3);
+            v.push(n.len() as u8);
+            v.extend_from_slice(n);
+            v.extend_from_slice(&p.to_be_bytes());
+        }
+    }
+    v
 }
 
 /// RFC 1929 credentials: username and password.
@@ -272,12 +311,33 @@ mod tests {
         assert_eq!((r[1], r[3], r.len()), (0, 4, 22));
     }
 
+    #[test]
+    fn udp_headers_round_trip() {
+        for dest in [
+            Dest::Addr("10.0.0.1:53".parse().unwrap_or_else(|_| unreachable!())),
+            Dest::Addr(
+                "[2001:db8::1]:443"
+                    .parse()
+                    .unwrap_or_else(|_| unreachable!()),
+            ),
+            Dest::Name("dns.lan".into(), 53),
+        ] {
+            let mut d = udp_header(&dest);
+            let hlen = d.len();
+            d.extend_from_slice(b"payload");
+            assert_eq!(parse_udp(&d), Ok(Some((dest, 0, hlen))));
+        }
+        assert_eq!(parse_udp(&[0, 0]), Ok(None));
+        assert_eq!(parse_udp(&[0, 0, 1, 1, 10]), Ok(None));
+    }
+
     proptest! {
         #[test]
         fn no_input_panics(bytes in proptest::collection::vec(any::<u8>(), 0..300)) {
             let _ = parse_greeting(&bytes);
             let _ = parse_request(&bytes);
             let _ = parse_user_pass(&bytes);
+            let _ = parse_udp(&bytes);
         }
     }
 }

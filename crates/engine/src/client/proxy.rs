@@ -13,10 +13,17 @@ use porthole_proto::message::{
     DYNAMIC_FORWARD, DynamicReply, DynamicTarget, RejectReason, StreamHeader, Unreachable,
 };
 use porthole_proto::socks::{self, Reply};
+use std::collections::{HashMap, HashSet};
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{Semaphore, watch};
+
+use bytes::Bytes;
+use porthole_proto::datagram::FlowKey;
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
+use tokio::sync::{Semaphore, mpsc, watch};
+
+use crate::udp::send_payload;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
@@ -71,6 +78,17 @@ pub struct ProxySpec {
 }
 
 type Sessions<C> = watch::Receiver<Option<Arc<Session<C>>>>;
+
+/// What a proxy client asked for.
+enum Ask {
+    /// A TCP connection to this source, with any bytes sent past the request.
+    Connect(String, Vec<u8>),
+    /// A SOCKS UDP association.
+    Associate,
+}
+
+/// Numbers SOCKS UDP associations: the flow id of their datagrams, unique per process.
+static ASSOCIATIONS: AtomicU32 = AtomicU32::new(1);
 
 /// Why a dynamic stream did not connect.
 enum Refused {
@@ -139,7 +157,8 @@ impl Proxy {
             }
         };
         let (dest, early) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, handshake).await {
-            Ok(Ok(Some(d))) => d,
+            Ok(Ok(Some(Ask::Connect(dest, early)))) => (dest, early),
+            Ok(Ok(Some(Ask::Associate))) => return self.associate(tcp, sessions).await,
             Ok(Ok(None)) => return Ok(()),
             Ok(Err(e)) => return Err(e),
             Err(_) => {
@@ -229,7 +248,7 @@ impl Proxy {
 
     /// SOCKS5 up to the request; `None` when the connection was answered and is done.
     /// Returns the destination as a source and any bytes read past the request.
-    async fn socks_request(&self, tcp: &mut TcpStream) -> io::Result<Option<(String, Vec<u8>)>> {
+    async fn socks_request(&self, tcp: &mut TcpStream) -> io::Result<Option<Ask>> {
         let mut buf = Vec::with_capacity(300);
         let (methods, used) = read_until(tcp, &mut buf, socks::parse_greeting).await?;
         buf.drain(..used);
@@ -264,20 +283,20 @@ impl Proxy {
         }
         let (request, used) = read_until(tcp, &mut buf, socks::parse_request).await?;
         buf.drain(..used);
-        if request.command != socks::CMD_CONNECT {
-            tcp.write_all(&socks::reply(Reply::CommandNotSupported, None))
-                .await?;
-            warn!(
-                "SOCKS command {} is not supported (CONNECT only)",
-                request.command
-            );
-            return Ok(None);
+        match request.command {
+            socks::CMD_CONNECT => Ok(Some(Ask::Connect(request.dest.source("tcp"), buf))),
+            socks::CMD_UDP_ASSOCIATE => Ok(Some(Ask::Associate)),
+            other => {
+                tcp.write_all(&socks::reply(Reply::CommandNotSupported, None))
+                    .await?;
+                warn!("SOCKS command {other} is not supported (CONNECT and UDP ASSOCIATE)");
+                Ok(None)
+            }
         }
-        Ok(Some((request.dest.source("tcp"), buf)))
     }
 
     /// An HTTP CONNECT request head; `None` when answered and done.
-    async fn http_request(&self, tcp: &mut TcpStream) -> io::Result<Option<(String, Vec<u8>)>> {
+    async fn http_request(&self, tcp: &mut TcpStream) -> io::Result<Option<Ask>> {
         let mut buf = Vec::with_capacity(1024);
         let (head_len, target, authorization) = loop {
             let mut headers = [httparse::EMPTY_HEADER; 32];
@@ -339,7 +358,104 @@ impl Proxy {
         }
         // CONNECT host:port (IPv6 in brackets): the same text a source carries.
         let dest = format!("tcp://{target}");
-        Ok(Some((dest, buf.split_off(head_len))))
+        Ok(Some(Ask::Connect(dest, buf.split_off(head_len))))
+    }
+
+    /// A SOCKS UDP association, for as long as its TCP connection lives: datagrams to
+    /// the bound UDP socket go to the destination each names (a forward per destination,
+    /// asked of the server like any forward), replies come back with the SOCKS header.
+    async fn associate<C: Connection>(
+        &self,
+        mut tcp: TcpStream,
+        mut sessions: Sessions<C>,
+    ) -> io::Result<()> {
+        let session =
+            match tokio::time::timeout(self.session_wait, sessions.wait_for(|s| s.is_some())).await
+            {
+                Ok(Ok(s)) => s.clone(),
+                _ => None,
+            };
+        let Some(session) = session else {
+            tcp.write_all(&socks::reply(Reply::GeneralFailure, None))
+                .await?;
+            warn!(
+                "UDP association refused: tunnel not up within {:?}",
+                self.session_wait
+            );
+            return Ok(());
+        };
+        let peer = tcp.peer_addr()?;
+        let ip = self.listener.local_addr()?.ip();
+        let udp = UdpSocket::bind(SocketAddr::new(ip, 0)).await?;
+        crate::udp::size_socket(&udp);
+        tcp.write_all(&socks::reply(Reply::Succeeded, Some(udp.local_addr()?)))
+            .await?;
+        let flow_id = ASSOCIATIONS.fetch_add(1, Ordering::Relaxed);
+        let (tx, mut rx) = mpsc::channel::<(u16, Bytes)>(1024);
+        let packet_ids = AtomicU16::new(0);
+        // The destination of each forward this association uses, for reply headers.
+        let mut dests: HashMap<u16, socks::Dest> = HashMap::new();
+        let mut refused: HashSet<String> = HashSet::new();
+        let mut client: Option<SocketAddr> = None;
+        let mut buf = vec![0u8; crate::udp::UDP_BUF];
+        let mut control = [0u8; 64];
+        debug!("UDP association {flow_id} on {}", udp.local_addr()?);
+        loop {
+            tokio::select! {
+                r = tcp.read(&mut control) => match r {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {}
+                },
+                _ = session.conn.closed() => break,
+                r = udp.recv_from(&mut buf) => {
+                    let Ok((n, from)) = r else { continue };
+                    // Only the SOCKS client's own host may use its association.
+                    if from.ip() != peer.ip() {
+                        continue;
+                    }
+                    client = Some(from);
+                    // Malformed, or a fragment (not supported): dropped.
+                    let Ok(Some((dest, 0, start))) = socks::parse_udp(&buf[..n]) else {
+                        continue;
+                    };
+                    let text = dest.source("udp");
+                    let Ok(source) = text.parse::<porthole_proto::source::Source>() else {
+                        continue;
+                    };
+                    let forward_id = match session.udp_forward(&source).await {
+                        Ok(id) => id,
+                        Err(why) => {
+                            if refused.insert(text.clone()) {
+                                warn!("{text}: {why}");
+                            }
+                            continue;
+                        }
+                    };
+                    if let std::collections::hash_map::Entry::Vacant(e) = dests.entry(forward_id) {
+                        e.insert(dest);
+                        session.route(forward_id, flow_id, tx.clone());
+                    }
+                    let key = FlowKey { forward_id, flow_id };
+                    match send_payload(&session.conn, key, &packet_ids, &buf[start..n]) {
+                        Ok(()) => self.live.add_up((n - start) as u64),
+                        Err(e) => debug!("UDP association {flow_id}: {e}"),
+                    }
+                }
+                Some((forward_id, payload)) = rx.recv() => {
+                    let (Some(to), Some(dest)) = (client, dests.get(&forward_id)) else {
+                        continue;
+                    };
+                    let mut datagram = socks::udp_header(dest);
+                    datagram.extend_from_slice(&payload);
+                    if udp.send_to(&datagram, to).await.is_ok() {
+                        self.live.add_down(payload.len() as u64);
+                    }
+                }
+            }
+        }
+        session.unroute(flow_id);
+        debug!("UDP association {flow_id} ended");
+        Ok(())
     }
 
     async fn answer_ok(&self, tcp: &mut TcpStream) -> io::Result<()> {

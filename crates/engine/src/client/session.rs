@@ -8,7 +8,12 @@ use porthole_proto::message::{
     AuthRequest, AuthRequestV2, AuthResponse, ControlRequest, ControlResponse,
 };
 use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION};
-use tokio::sync::Mutex;
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU32, Ordering};
+
+use bytes::Bytes;
+use porthole_proto::source::Source;
+use tokio::sync::{Mutex, mpsc};
 use tracing::debug;
 
 use super::{ClientConfig, ClientError};
@@ -20,8 +25,83 @@ pub struct Session<C: Connection> {
     pub conn: C,
     /// Server-assigned forward id of each forward, in config order.
     pub forward_ids: Vec<u16>,
-    /// Kept open for the life of the session (the server may answer more requests later).
-    _control: Mutex<(C::Send, C::Recv)>,
+    /// Open for the life of the session: more forwards are asked for on it later (UDP
+    /// destinations of the SOCKS proxy).
+    control: Mutex<(C::Send, C::Recv)>,
+    next_request: AtomicU32,
+    /// Forwards opened on demand, by source text, and where their datagrams go.
+    dynamic: std::sync::Mutex<DynamicUdp>,
+}
+
+/// UDP destinations of SOCKS associations: a forward per destination (opened on the
+/// control stream, so the server checks it like any forward), a route per association.
+#[derive(Default)]
+struct DynamicUdp {
+    by_source: HashMap<String, u16>,
+    routes: HashMap<(u16, u32), mpsc::Sender<(u16, Bytes)>>,
+}
+
+impl<C: Connection> Session<C> {
+    fn new(conn: C, forward_ids: Vec<u16>, control: (C::Send, C::Recv)) -> Self {
+        let next = forward_ids.len() as u32;
+        Self {
+            conn,
+            forward_ids,
+            control: Mutex::new(control),
+            next_request: AtomicU32::new(next),
+            dynamic: Default::default(),
+        }
+    }
+
+    fn dynamic(&self) -> std::sync::MutexGuard<'_, DynamicUdp> {
+        self.dynamic.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The forward id for `source` (a `udp://` source), asking the server the first time.
+    pub(crate) async fn udp_forward(&self, source: &Source) -> Result<u16, String> {
+        let text = source.to_string();
+        if let Some(id) = self.dynamic().by_source.get(&text) {
+            return Ok(*id);
+        }
+        let mut control = self.control.lock().await;
+        // Asked while we waited for the lock?
+        if let Some(id) = self.dynamic().by_source.get(&text) {
+            return Ok(*id);
+        }
+        let request_id = self.next_request.fetch_add(1, Ordering::Relaxed);
+        let (send, recv) = &mut *control;
+        write_frame(send, &ControlRequest::open_forward(request_id, source))
+            .await
+            .map_err(|e| format!("control stream: {e}"))?;
+        match read_frame::<ControlResponse, _>(recv).await {
+            Ok(ControlResponse::ForwardAccepted { forward_id, .. }) => {
+                self.dynamic().by_source.insert(text, forward_id);
+                Ok(forward_id)
+            }
+            Ok(ControlResponse::ForwardRejected { reason, detail, .. }) => {
+                Err(format!("refused by the server: {reason}: {detail}"))
+            }
+            Err(e) => Err(format!("control stream: {e}")),
+        }
+    }
+
+    /// Datagrams of (`forward_id`, `flow_id`) go to `to` from now on.
+    pub(crate) fn route(&self, forward_id: u16, flow_id: u32, to: mpsc::Sender<(u16, Bytes)>) {
+        self.dynamic().routes.insert((forward_id, flow_id), to);
+    }
+
+    pub(crate) fn unroute(&self, flow_id: u32) {
+        self.dynamic().routes.retain(|(_, f), _| *f != flow_id);
+    }
+
+    /// Where a datagram of a dynamic forward goes, if anywhere.
+    pub(crate) fn routed(
+        &self,
+        forward_id: u16,
+        flow_id: u32,
+    ) -> Option<mpsc::Sender<(u16, Bytes)>> {
+        self.dynamic().routes.get(&(forward_id, flow_id)).cloned()
+    }
 }
 
 pub(crate) enum EstablishError {
@@ -46,11 +126,7 @@ pub(crate) async fn establish<K: Connector>(
         }
     };
     match tokio::time::timeout(config.handshake_timeout, handshake(&conn, config)).await {
-        Ok(Ok((forward_ids, control))) => Ok(Session {
-            conn,
-            forward_ids,
-            _control: Mutex::new(control),
-        }),
+        Ok(Ok((forward_ids, control))) => Ok(Session::new(conn, forward_ids, control)),
         Ok(Err(HandshakeError::Refused(e))) => {
             conn.close(CloseCode::Normal.as_u32(), b"forward refused");
             Err(EstablishError::Fatal(e))

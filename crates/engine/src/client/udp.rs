@@ -8,6 +8,7 @@ use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use bytes::Bytes;
 use porthole_proto::datagram::{FlowKey, Received, Receiver};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
@@ -213,7 +214,18 @@ pub(crate) async fn datagram_loop<C: Connection>(
         .and_then(|f| f.as_ref())
     {
         Some(f) => f.deliver(flow.flow_id, payload),
-        None => unknown.add(1, &"datagram for an unknown forward"),
+        // A SOCKS association's destination (a forward opened on demand)?
+        None => match session.routed(flow.forward_id, flow.flow_id) {
+            Some(to) => {
+                if to
+                    .try_send((flow.forward_id, Bytes::copy_from_slice(payload)))
+                    .is_err()
+                {
+                    unknown.add(1, &"a SOCKS association is not keeping up");
+                }
+            }
+            None => unknown.add(1, &"datagram for an unknown forward"),
+        },
     };
     while let Ok(data) = session.conn.read_datagram().await {
         match rx.receive(&data, Instant::now()) {
