@@ -149,7 +149,7 @@ fn token_file_path(base: &Path, f: &Path) -> PathBuf {
 
 /// Parses an access file's text; relative `tokens_file`s are taken from `base`.
 pub fn parse(text: &str, base: &Path) -> Result<Vec<ClientRule>> {
-    let file: AccessFile = toml::from_str(text).map_err(|e| redacted(text, &e))?;
+    let file: AccessFile = toml::from_str(text).map_err(|e| super::toml_error(text, &e, false))?;
     if file.clients.is_empty() {
         bail!("no [[client]] entries");
     }
@@ -234,20 +234,6 @@ fn client(c: &ClientEntry, base: &Path) -> Result<ClientRule> {
 fn expiry(s: &str) -> Result<SystemTime> {
     humantime::parse_rfc3339_weak(s)
         .map_err(|e| anyhow::anyhow!("{s:?}: {e} (write e.g. 2027-01-31T18:00:00Z)"))
-}
-
-/// A TOML error as line, column and message, without the source line toml would quote:
-/// that line may hold a token.
-fn redacted(text: &str, e: &toml::de::Error) -> anyhow::Error {
-    match e.span() {
-        Some(span) => {
-            let before = &text[..span.start.min(text.len())];
-            let line = before.matches('\n').count() + 1;
-            let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
-            anyhow::anyhow!("line {line}, column {col}: {}", e.message())
-        }
-        None => anyhow::anyhow!("{}", e.message()),
-    }
 }
 
 #[cfg(test)]

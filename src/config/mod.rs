@@ -66,14 +66,14 @@ pub fn read_client(path: &Path) -> Result<ClientFile> {
 
 pub fn parse_server(text: &str) -> Result<ServerFile> {
     check_role(text, Role::Server)?;
-    let file: ServerFile = toml::from_str(text).map_err(explain_toml)?;
+    let file: ServerFile = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
     file.validate()?;
     Ok(file)
 }
 
 pub fn parse_client(text: &str) -> Result<ClientFile> {
     check_role(text, Role::Client)?;
-    let file: ClientFile = toml::from_str(text).map_err(explain_toml)?;
+    let file: ClientFile = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
     file.validate()?;
     Ok(file)
 }
@@ -81,7 +81,7 @@ pub fn parse_client(text: &str) -> Result<ClientFile> {
 /// `role` is required and must match the subcommand, so a client file handed to
 /// `porthole server` fails with a sentence, not with a dozen unknown keys.
 fn check_role(text: &str, expected: Role) -> Result<()> {
-    let table: toml::Table = toml::from_str(text).map_err(explain_toml)?;
+    let table: toml::Table = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
     match table.get("role") {
         None => bail!(
             "missing key `role`: add `role = \"{}\"` at the top of the file",
@@ -97,8 +97,40 @@ fn check_role(text: &str, expected: Role) -> Result<()> {
     }
 }
 
-fn explain_toml(e: toml::de::Error) -> anyhow::Error {
-    let msg = e.to_string();
+/// A TOML error for a file's `text`. toml quotes the offending line; when `quote` is
+/// false, or that line may hold a secret (a token, a key, a NodePass URL with its key),
+/// the quote is left out and the error says only where (one line: line, column and what
+/// is wrong).
+pub(crate) fn toml_error(text: &str, e: &toml::de::Error, quote: bool) -> anyhow::Error {
+    let Some(span) = e.span() else {
+        return anyhow::anyhow!("{}", e.message());
+    };
+    let start = span.start.min(text.len());
+    let before = &text[..start];
+    let line_no = before.matches('\n').count() + 1;
+    let col = before.len() - before.rfind('\n').map_or(0, |i| i + 1) + 1;
+    let line = text[before.rfind('\n').map_or(0, |i| i + 1)..]
+        .lines()
+        .next()
+        .unwrap_or("");
+    // The keys whose values are secrets; a line without a key (inside a multi-line
+    // array) might be one of their values.
+    let secret = match line.split_once('=') {
+        Some((key, _)) => matches!(
+            key.trim(),
+            "auth_token" | "auth_tokens" | "tokens" | "url" | "tunnel_key" | "key"
+        ),
+        None => true,
+    };
+    if secret || !quote {
+        anyhow::anyhow!("line {line_no}, column {col}: {}", e.message())
+    } else {
+        anyhow::anyhow!("{e}")
+    }
+}
+
+fn explain_toml(text: &str, e: toml::de::Error) -> anyhow::Error {
+    let msg = toml_error(text, &e, true).to_string();
     if msg.contains("relay_only") {
         anyhow::anyhow!(
             "`relay_only` cannot be set in a config file (it would silently change how peers meet): use --relay-only on the command line\n{msg}"
@@ -136,6 +168,18 @@ mod tests {
         } else {
             panic!("fixture {name} must start with server or client")
         }
+    }
+
+    #[test]
+    fn toml_errors_never_quote_a_line_with_a_secret() {
+        let text = "role = \"client\"\nauth_token = \"iABCDEFGHIJKLMNOPL\n";
+        let e = format!("{:#}", parse_client(text).unwrap_err());
+        assert!(e.contains("line 2"), "{e}");
+        assert!(!e.contains("iABCDEFGHIJKLMNOPL"), "{e}");
+        // Lines without secrets keep toml's helpful quote.
+        let text = "role = \"client\"\nrelay_urls = [\"x\" \n";
+        let e = format!("{:#}", parse_client(text).unwrap_err());
+        assert!(e.contains("relay_urls = "), "{e}");
     }
 
     #[test]

@@ -382,6 +382,27 @@ pub struct SessionGuard {
 impl SessionGuard {
     /// A forward this session opened (server side).
     pub fn forward(&self, id: u64, source: &str) -> Arc<ForwardLive> {
+        self.forwards().forward(id, source)
+    }
+
+    /// What adds forwards to this session later, without holding the guard.
+    pub fn forwards(&self) -> SessionForwards {
+        SessionForwards {
+            telemetry: self.telemetry.clone(),
+            session: self.session.clone(),
+        }
+    }
+}
+
+/// Adds forwards to a session's table ([`SessionGuard::forwards`]).
+#[derive(Debug, Clone)]
+pub struct SessionForwards {
+    telemetry: Telemetry,
+    session: Arc<SessionLive>,
+}
+
+impl SessionForwards {
+    pub fn forward(&self, id: u64, source: &str) -> Arc<ForwardLive> {
         self.telemetry.0.metrics.forwards.inc();
         let f = Arc::new(
             self.telemetry

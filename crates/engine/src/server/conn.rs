@@ -6,8 +6,7 @@ use std::time::Instant;
 use porthole_proto::close::CloseCode;
 use porthole_proto::key::PROOF_EXPORTER_LABEL;
 use porthole_proto::message::{
-    AnyAuthRequest, AuthResponse, ControlRequest, ControlResponse, DYNAMIC_FORWARD, RejectReason,
-    clamp_detail,
+    AnyAuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason, clamp_detail,
 };
 use porthole_proto::source::Source;
 use porthole_proto::token::AuthToken;
@@ -160,7 +159,8 @@ pub(crate) async fn serve<C: Connection>(
         forwards: forwards.clone(),
         client: client_shared.clone(),
         rule: rule_rx.clone(),
-        dynamic: session.forward(DYNAMIC_FORWARD.into(), "dynamic"),
+        dynamic: Default::default(),
+        session: session.forwards(),
         shared: shared.clone(),
     });
     let streams = async {

@@ -22,7 +22,7 @@ use crate::access::ClientRule;
 use crate::control::read_frame;
 use crate::control::write_frame;
 use crate::splice::{Controls, SpliceEnd, splice, tune_tcp};
-use crate::telemetry::ForwardLive;
+use crate::telemetry::{ForwardLive, SessionForwards};
 use crate::telemetry::{Refusal, Side};
 use crate::transport::{RecvStream, SendStream};
 
@@ -32,8 +32,10 @@ pub(crate) struct StreamCtx {
     pub client: Arc<ClientShared>,
     /// The client's rules in force (dynamic streams are checked against them).
     pub rule: watch::Receiver<Arc<ClientRule>>,
-    /// The counters of the session's dynamic streams (SOCKS / HTTP CONNECT).
-    pub dynamic: Arc<ForwardLive>,
+    /// The counters of the session's dynamic streams (SOCKS / HTTP CONNECT), made when
+    /// the first one opens (a session without any shows none).
+    pub dynamic: std::sync::OnceLock<Arc<ForwardLive>>,
+    pub session: SessionForwards,
     pub shared: Arc<Shared>,
 }
 
@@ -202,7 +204,10 @@ async fn dynamic<S: SendStream, R: RecvStream>(mut send: S, mut recv: R, ctx: &S
     }
     info!("dynamic {source} -> {addr}");
     tune_tcp(&tcp);
-    let meter = ctx.dynamic.stream(Side::Server, None);
+    let live = ctx
+        .dynamic
+        .get_or_init(|| ctx.session.forward(DYNAMIC_FORWARD.into(), "dynamic"));
+    let meter = live.stream(Side::Server, None);
     let ctl = Controls {
         meter: &meter,
         stop: None,
