@@ -107,6 +107,20 @@ impl Lab {
         (p, id, port)
     }
 
+    /// Alice on echo a and bob on echo b, both tunnels up: each with its local port.
+    fn alice_and_bob(&self, id: &str, port: u16) -> (Proc, u16, Proc, u16) {
+        let (la, lb) = (free_tcp_port(), free_tcp_port());
+        let alice = self
+            .client("alice", id, port, &[(self.echo('a'), la)])
+            .spawn("alice");
+        let bob = self
+            .client("bob", id, port, &[(self.echo('b'), lb)])
+            .spawn("bob");
+        alice.wait_line("tunnel up", LONG);
+        bob.wait_line("tunnel up", LONG);
+        (alice, la, bob, lb)
+    }
+
     fn client(&self, who: &str, id: &str, port: u16, forwards: &[(String, u16)]) -> Offline {
         let mut c = Offline::client(id, port, &self.path(&format!("{who}.token")))
             .args(&["--control-socket", "none"]);
@@ -216,15 +230,7 @@ fn two_clients_each_reach_only_what_their_rules_allow() {
     assert_eq!(b.wait_exit(LONG), 4);
 
     // And each reaches its own.
-    let (la, lb) = (free_tcp_port(), free_tcp_port());
-    let alice = lab
-        .client("alice", &id, port, &[(lab.echo('a'), la)])
-        .spawn("alice");
-    let bob = lab
-        .client("bob", &id, port, &[(lab.echo('b'), lb)])
-        .spawn("bob");
-    alice.wait_line("tunnel up", LONG);
-    bob.wait_line("tunnel up", LONG);
+    let (_alice, la, _bob, lb) = lab.alice_and_bob(&id, port);
     Pump::start(la).finish();
     Pump::start(lb).finish();
 
@@ -251,15 +257,7 @@ fn revoking_a_client_closes_its_session_within_a_second_and_leaves_others_alone(
     let lab = Lab::new();
     lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
     let (server, id, port) = lab.server();
-    let (la, lb) = (free_tcp_port(), free_tcp_port());
-    let mut alice = lab
-        .client("alice", &id, port, &[(lab.echo('a'), la)])
-        .spawn("alice");
-    let bob = lab
-        .client("bob", &id, port, &[(lab.echo('b'), lb)])
-        .spawn("bob");
-    alice.wait_line("tunnel up", LONG);
-    bob.wait_line("tunnel up", LONG);
+    let (mut alice, la, _bob, lb) = lab.alice_and_bob(&id, port);
     let pa = Pump::start(la);
     let pb = Pump::start(lb);
 
@@ -479,15 +477,7 @@ fn a_clients_bandwidth_cap_holds_and_its_stream_limit_too() {
         "max_mbps = 16\nmax_streams = 2",
     );
     let (server, id, port) = lab.server();
-    let (la, lb) = (free_tcp_port(), free_tcp_port());
-    let alice = lab
-        .client("alice", &id, port, &[(lab.echo('a'), la)])
-        .spawn("alice");
-    let bob = lab
-        .client("bob", &id, port, &[(lab.echo('b'), lb)])
-        .spawn("bob");
-    alice.wait_line("tunnel up", LONG);
-    bob.wait_line("tunnel up", LONG);
+    let (_alice, la, _bob, lb) = lab.alice_and_bob(&id, port);
 
     let cap = 2_000_000.0;
     let capped = echo_rate(la, 5);
