@@ -153,6 +153,20 @@ pub enum Status {
     Stopped,
 }
 
+/// The current session, as every local listener sees it (`None` while the tunnel is down).
+pub(crate) type Sessions<C> = watch::Receiver<Option<Arc<Session<C>>>>;
+
+/// The tunnel's session, waiting up to `wait` for one to be up.
+pub(crate) async fn wait_for_session<C: Connection>(
+    sessions: &mut Sessions<C>,
+    wait: Duration,
+) -> Option<Arc<Session<C>>> {
+    match tokio::time::timeout(wait, sessions.wait_for(|s| s.is_some())).await {
+        Ok(Ok(s)) => s.clone(),
+        _ => None,
+    }
+}
+
 pub(crate) enum Local {
     Tcp(TcpListener, Arc<ForwardLive>),
     Udp(Arc<UdpSocket>, Arc<ForwardLive>),

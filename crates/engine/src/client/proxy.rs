@@ -4,34 +4,32 @@
 //! allow-list, before any data flows. The proxies speak their protocol up to the
 //! destination and map the server's answer onto their reply codes.
 
+use std::collections::{HashMap, HashSet};
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
+use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use std::time::Duration;
 
+use bytes::Bytes;
+use porthole_proto::datagram::FlowKey;
 use porthole_proto::message::{
     DYNAMIC_FORWARD, DynamicReply, DynamicTarget, RejectReason, StreamHeader, Unreachable,
 };
 use porthole_proto::socks::{self, Reply};
-use std::collections::{HashMap, HashSet};
-use std::sync::atomic::{AtomicU16, AtomicU32, Ordering};
 use subtle::ConstantTimeEq;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
-
-use bytes::Bytes;
-use porthole_proto::datagram::FlowKey;
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
-use tokio::sync::{Semaphore, mpsc, watch};
-
-use crate::udp::send_payload;
+use tokio::sync::{Semaphore, mpsc};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::Session;
+use super::{Session, Sessions};
 use crate::control::{read_frame, write_frame};
 use crate::splice::{Controls, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{ForwardLive, Side};
 use crate::transport::{Connection, SendStream};
+use crate::udp::send_payload;
 
 /// Connections one proxy listener serves at once.
 pub const MAX_PROXY_CONNECTIONS: usize = 512;
@@ -76,8 +74,6 @@ pub struct ProxySpec {
     pub kind: ProxyKind,
     pub listen: SocketAddr,
 }
-
-type Sessions<C> = watch::Receiver<Option<Arc<Session<C>>>>;
 
 /// What a proxy client asked for.
 enum Ask {
@@ -197,12 +193,8 @@ impl Proxy {
         dest: &str,
         mut sessions: Sessions<C>,
     ) -> Result<(C::Send, C::Recv, Arc<Session<C>>), Refused> {
-        let session =
-            match tokio::time::timeout(self.session_wait, sessions.wait_for(|s| s.is_some())).await
-            {
-                Ok(Ok(s)) => s.clone(),
-                _ => None,
-            }
+        let session = super::wait_for_session(&mut sessions, self.session_wait)
+            .await
             .ok_or_else(|| {
                 Refused::Tunnel(format!("tunnel not up within {:?}", self.session_wait))
             })?;
@@ -369,13 +361,7 @@ impl Proxy {
         mut tcp: TcpStream,
         mut sessions: Sessions<C>,
     ) -> io::Result<()> {
-        let session =
-            match tokio::time::timeout(self.session_wait, sessions.wait_for(|s| s.is_some())).await
-            {
-                Ok(Ok(s)) => s.clone(),
-                _ => None,
-            };
-        let Some(session) = session else {
+        let Some(session) = super::wait_for_session(&mut sessions, self.session_wait).await else {
             tcp.write_all(&socks::reply(Reply::GeneralFailure, None))
                 .await?;
             warn!(

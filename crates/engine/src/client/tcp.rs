@@ -6,17 +6,14 @@ use std::time::Duration;
 
 use porthole_proto::message::StreamHeader;
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::Session;
+use super::Sessions;
 use crate::control::write_frame;
 use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{ForwardLive, Side, StreamMeter};
 use crate::transport::Connection;
-
-type Sessions<C> = watch::Receiver<Option<Arc<Session<C>>>>;
 
 pub(crate) async fn accept_loop<C: Connection>(
     listener: TcpListener,
@@ -58,11 +55,7 @@ async fn handle<C: Connection>(
     wait: Duration,
     meter: StreamMeter,
 ) {
-    let session = match tokio::time::timeout(wait, sessions.wait_for(|s| s.is_some())).await {
-        Ok(Ok(s)) => s.clone(),
-        _ => None,
-    };
-    let Some(session) = session else {
+    let Some(session) = super::wait_for_session(&mut sessions, wait).await else {
         warn!("tunnel not up within {wait:?}: resetting connection from {from}");
         abort_tcp(&tcp);
         return;
