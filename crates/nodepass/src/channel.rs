@@ -1,5 +1,5 @@
 //! The signal channel (pool connection `00000000`; NodePass calls it the control channel),
-//! shared by both roles: pings, launches, the tls=1 fingerprint check, flushes, and
+//! shared by both roles: pings, launches, the fingerprint check (`verify`), flushes, and
 //! dead-peer detection.
 
 use std::net::SocketAddr;
@@ -7,18 +7,19 @@ use std::sync::Arc;
 use std::sync::atomic::Ordering;
 use std::time::Duration;
 
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt, BufReader};
 use tokio::sync::{mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::pool::{Pool, PoolConn};
 use crate::session::{self, Dialer, Limits};
+use crate::stream::UdpFraming;
 use crate::tasks::Tasks;
 pub use crate::tunnel::TunnelHandle;
 use crate::wire::signal::{MAX_LINE, Signal};
 use crate::wire::url::TlsMode;
-use crate::wire::{id_hex, parse_id};
+use crate::wire::{Fingerprint, FpStyle, Generation, id_hex, parse_id};
 
 /// Pings go out this often; this long without any line means the peer is dead.
 pub const PING_EVERY: Duration = Duration::from_secs(5);
@@ -31,12 +32,17 @@ pub struct ChannelCtx {
     pub key: String,
     pub tls: TlsMode,
     /// The server certificate fingerprint as this side knows it (servers: their own).
-    pub own_fp: Option<String>,
+    pub own_fp: Option<Fingerprint>,
+    /// What the handshake revealed about the peer.
+    pub generation: Generation,
+    /// How UDP sessions on this tunnel frame datagrams.
+    pub udp_framing: Arc<UdpFraming>,
     pub accepting: bool,
     pub pool: Arc<Pool>,
     pub dialer: Option<Arc<Dialer>>,
     pub limits: Arc<Limits>,
-    /// When to send our own `verify` (tls=1): 5-10 s after the channel is up.
+    /// When to send our own `verify`: 5 s after the channel is up, as NodePass does
+    /// (plus up to a fifth of that waiting for the peer's, to write ours in its style).
     pub verify_after: Duration,
     /// Where launches and verify checks run (ended and awaited at shutdown).
     pub tasks: Tasks,
@@ -60,13 +66,18 @@ pub async fn run(
     tunnels: &watch::Sender<Option<Arc<TunnelHandle>>>,
     shutdown: &CancellationToken,
 ) -> ChannelEnd {
-    let control_fp = conn.seen_fp.clone();
+    let control_fp = conn.seen_fp;
     let (reader, mut writer) = tokio::io::split(conn.io);
     let mut lines = BufReader::new(reader);
     let (tx, mut rx) = mpsc::channel::<Signal>(256);
     let needs_verify = ctx.tls == TlsMode::SelfSigned;
     let (verified_tx, verified_rx) = watch::channel(!needs_verify);
-    let handle = Arc::new(TunnelHandle::new(ctx.pool.clone(), tx.clone(), verified_rx));
+    let handle = Arc::new(TunnelHandle::new(
+        ctx.pool.clone(),
+        ctx.udp_framing.clone(),
+        tx.clone(),
+        verified_rx,
+    ));
     if ctx.accepting {
         let _ = tunnels.send(Some(handle.clone()));
     }
@@ -86,36 +97,24 @@ pub async fn run(
         }
     });
     let (end_tx, mut end_rx) = mpsc::channel::<ChannelEnd>(4);
+    // The style the peer wrote its own `verify` in, once one arrived.
+    let (peer_style_tx, peer_style_rx) = watch::channel::<Option<FpStyle>>(None);
 
-    // Our own fingerprint check (tls=1): the NEWEST idle connection, unlike v1.14,
-    // which picks the oldest on both sides and can collide on small pools.
-    if needs_verify {
-        let pool = ctx.pool.clone();
-        let tx = tx.clone();
-        let own = ctx.own_fp.clone();
-        let delay = ctx.verify_after;
-        ctx.tasks.spawn(async move {
-            tokio::time::sleep(delay).await;
-            loop {
-                if let Some(c) = pool.take_newest() {
-                    let fp = own.clone().or(c.seen_fp.clone()).unwrap_or_default();
-                    let _ = tx
-                        .send(Signal {
-                            action: "verify".into(),
-                            remote: String::new(),
-                            id: id_hex(c.id),
-                            fp,
-                        })
-                        .await;
-                    debug!("sent verify for {}", id_hex(c.id));
-                    return;
-                }
-                tokio::time::sleep(Duration::from_millis(500)).await;
-                if tx.is_closed() {
-                    return;
-                }
-            }
-        });
+    // Our own `verify`: under tls=1 both sides send one; under tls=2 only a server
+    // facing a v1.14 client (v1.14.0 waits for it, later versions ignore it).
+    let sends_verify = needs_verify
+        || (ctx.tls == TlsMode::Verified
+            && ctx.own_fp.is_some()
+            && ctx.generation == Generation::V1);
+    if sends_verify {
+        ctx.tasks.spawn(send_verify(
+            ctx.pool.clone(),
+            tx.clone(),
+            ctx.own_fp,
+            ctx.generation,
+            peer_style_rx,
+            ctx.verify_after,
+        ));
     }
 
     let mut flush_check = tokio::time::interval(Duration::from_secs(5));
@@ -174,6 +173,7 @@ pub async fn run(
                 let limits = ctx.limits.clone();
                 let errors_handle = handle.clone();
                 let udp = kind == "udp";
+                let framing = ctx.udp_framing.clone();
                 ctx.tasks.spawn(async move {
                     let Some(conn) = pool.wait_take(id, LOOKUP_WAIT).await else {
                         errors_handle.errors.fetch_add(1, Ordering::Relaxed);
@@ -181,7 +181,7 @@ pub async fn run(
                         return;
                     };
                     if udp {
-                        session::dial_udp(conn, &dialer).await;
+                        session::dial_udp(conn, &dialer, framing).await;
                     } else {
                         session::dial_tcp(conn, remote, &dialer, &limits).await;
                     }
@@ -191,38 +191,41 @@ pub async fn run(
                 let Some(id) = parse_id(&signal.id) else {
                     continue;
                 };
+                let peer = Fingerprint::parse(&signal.fp);
+                if let Some((_, style)) = peer {
+                    let _ = peer_style_tx.send(Some(style));
+                }
                 let pool = ctx.pool.clone();
-                let own = ctx.own_fp.clone();
-                let control_fp = control_fp.clone();
+                let own = ctx.own_fp;
                 let tls = ctx.tls;
                 let verified_tx = verified_tx.clone();
                 let end_tx = end_tx.clone();
                 ctx.tasks.spawn(async move {
                     let conn = pool.wait_take(id, LOOKUP_WAIT).await;
-                    // tls=2 peers (v1.14) send an empty fingerprint: skip the check there.
+                    // Under tls=2 TLS itself checked the certificate (and a v1.14
+                    // server's verify is empty there): nothing to compare.
                     if tls != TlsMode::SelfSigned {
                         let _ = verified_tx.send(true);
                         return;
                     }
-                    let mine = own
-                        .or_else(|| conn.as_ref().and_then(|c| c.seen_fp.clone()))
-                        .or(control_fp);
-                    match mine {
-                        Some(m) if m == signal.fp => {
+                    let mine = own.or_else(|| conn.as_ref().and_then(|c| c.seen_fp)).or(control_fp);
+                    match (mine, peer) {
+                        (Some(m), Some((p, _))) if m == p => {
                             info!(
                                 "peer verified the TLS fingerprint {}",
-                                &m[..m.len().min(23)]
+                                &m.render(FpStyle::Hex)[..23]
                             );
                             let _ = verified_tx.send(true);
                         }
-                        Some(m) => {
+                        (Some(m), _) => {
                             warn!(
-                                "TLS fingerprint mismatch: peer sees {:?}, we see {m:?}: tearing the tunnel down",
-                                signal.fp
+                                "TLS fingerprint mismatch: peer sees {:?}, we see {:?}: tearing the tunnel down",
+                                signal.fp,
+                                m.render(FpStyle::Hex)
                             );
                             let _ = end_tx.send(ChannelEnd::VerifyMismatch).await;
                         }
-                        None => {
+                        (None, _) => {
                             warn!("verify for unknown pool connection {}: ignored", id_hex(id));
                             let _ = verified_tx.send(true);
                         }
@@ -236,6 +239,62 @@ pub async fn run(
     let _ = tunnels.send(None);
     end
 }
+
+/// Sends our `verify` on the NEWEST idle connection (v1.14 picks the oldest on both
+/// sides, which can collide on small pools), in the style the peer writes its own when
+/// that arrives in time, else the one its generation uses. A peer that checks closes
+/// the connection; one that ignores `verify` (tls=2 from v1.14.1 on) leaves it open,
+/// and it goes back to the pool so that the peer's launches on it still find it.
+async fn send_verify(
+    pool: Arc<Pool>,
+    tx: mpsc::Sender<Signal>,
+    own: Option<Fingerprint>,
+    generation: Generation,
+    mut peer_style: watch::Receiver<Option<FpStyle>>,
+    after: Duration,
+) {
+    tokio::time::sleep(after).await;
+    let _ = tokio::time::timeout(after / 5, peer_style.wait_for(Option::is_some)).await;
+    let style = (*peer_style.borrow()).unwrap_or(generation.fp_style());
+    let mut conn = loop {
+        if let Some(c) = pool.take_newest() {
+            break c;
+        }
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        if tx.is_closed() {
+            return;
+        }
+    };
+    let fp = own
+        .or(conn.seen_fp)
+        .map(|f| f.render(style))
+        .unwrap_or_default();
+    let id = conn.id;
+    if tx
+        .send(Signal {
+            action: "verify".into(),
+            remote: String::new(),
+            id: id_hex(id),
+            fp,
+        })
+        .await
+        .is_err()
+    {
+        return;
+    }
+    debug!("sent verify for {}", id_hex(id));
+    let mut byte = [0u8; 1];
+    if tokio::time::timeout(VERIFY_CLOSE_WAIT, conn.io.read(&mut byte))
+        .await
+        .is_err()
+    {
+        debug!("the peer kept {} open: back to the pool", id_hex(id));
+        pool.push(conn);
+    }
+}
+
+/// How long a peer has to close the connection our `verify` named before it is reused.
+const VERIFY_CLOSE_WAIT: Duration = Duration::from_secs(3);
 
 /// Reads one line with a length cap (a peer cannot make us buffer without bound).
 async fn read_line<R: tokio::io::AsyncBufRead + Unpin>(

@@ -14,16 +14,18 @@ use tracing::{debug, info, warn};
 use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
 use crate::session::{self, Dialer, Limits};
-use crate::stream::PoolStream;
+use crate::stream::{PoolStream, UdpFraming};
 use crate::tasks::Tasks;
 use crate::wire::http::{self, Reply};
-use crate::wire::url::{NodepassUrl, TlsMode};
-use crate::wire::{CONTROL_ID, PoolId, fingerprint, id_hex};
+use crate::wire::url::{HandshakeChoice, NodepassUrl, TlsMode};
+use crate::wire::{CONTROL_ID, Fingerprint, Generation, PoolId, id_hex};
 
 #[derive(Debug, thiserror::Error)]
 pub enum ClientError {
     #[error("the server refused the handshake with {0}: {1}")]
     Refused(u16, &'static str),
+    #[error("{0}")]
+    WrongHandshake(&'static str),
     #[error("cannot listen on {0} for users: {1}")]
     Bind(String, std::io::Error),
     #[error(transparent)]
@@ -167,17 +169,19 @@ async fn dual_end(
     let user_cancel = shutdown.child_token();
     let tasks = Tasks::new(&shutdown);
     let mut user_side_bound = false;
+    // What worked last time is tried first after a restart.
+    let mut worked: Option<Generation> = None;
     let result = loop {
-        let reply = tokio::select! {
+        let (reply, generation) = tokio::select! {
             _ = shutdown.cancelled() => break Ok(()),
-            r = handshake(&url, &key) => match r {
+            r = handshake(&url, &key, &mut worked) => match r {
                 Ok(r) => r,
                 Err(e) => break Err(e),
             },
         };
         let forward = reply.flow == "+";
         let tls = TlsMode::from_code(&reply.tls).unwrap_or(TlsMode::Plain);
-        info!(flow = %reply.flow, max = reply.max, tls = %reply.tls, "handshake accepted");
+        info!(flow = %reply.flow, max = reply.max, tls = %reply.tls, https = (generation == Generation::V2), "handshake accepted");
         // Forward flow: we accept the users, on our first target.
         if forward && !user_side_bound {
             let (tcp, udp) = session::bind_user_side(&url.targets[0], p.notcp, p.noudp)
@@ -236,6 +240,8 @@ async fn dual_end(
                     key: key.clone(),
                     tls,
                     own_fp: None,
+                    generation,
+                    udp_framing: UdpFraming::new(p.udpframe, generation),
                     accepting: forward,
                     pool: pool.clone(),
                     dialer: Some(dialer.clone()),
@@ -268,49 +274,130 @@ async fn dual_end(
 }
 
 /// Handshake, retried on early EOF or connection errors (v1.14 servers may close before
-/// their reply is flushed); a refusal (401/404/405) is final.
-async fn handshake(url: &NodepassUrl, key: &str) -> Result<Reply, ClientError> {
+/// their reply is flushed); a refusal (401/404/405) is final. `handshake=auto` tries
+/// HTTPS (v1.15 and later) first, then plain HTTP (v1.14), starting with what worked
+/// last (`worked`); the generation that answered is returned with the reply.
+async fn handshake(
+    url: &NodepassUrl,
+    key: &str,
+    worked: &mut Option<Generation>,
+) -> Result<(Reply, Generation), ClientError> {
+    use Generation::{V1, V2};
+    let order: &[Generation] = match (url.params.handshake, *worked) {
+        (HandshakeChoice::Https, _) => &[V2],
+        (HandshakeChoice::Http, _) => &[V1],
+        (HandshakeChoice::Auto, Some(V1)) => &[V1, V2],
+        (HandshakeChoice::Auto, _) => &[V2, V1],
+    };
+    let auto = order.len() > 1;
     let mut delay = Duration::from_secs(1);
     loop {
-        match try_handshake(url, key).await {
-            Ok(Ok(reply)) => return Ok(reply),
-            Ok(Err(code)) => {
-                let why = match code {
-                    401 => {
-                        "wrong tunnel key (the URL's key@, or the port-derived key: both ends need the same)"
-                    }
-                    404 => "wrong path",
-                    405 => "wrong method",
-                    _ => "unexpected status",
-                };
-                return Err(ClientError::Refused(code, why));
-            }
-            Err(e) => {
-                warn!(
-                    "handshake with {} failed: {e}; retrying in {delay:?}",
-                    url.tunnel.dial()
-                );
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(3));
+        let mut last = String::new();
+        for &generation in order {
+            match try_handshake(url, key, generation).await {
+                Ok(Ok(reply)) => {
+                    *worked = Some(generation);
+                    return Ok((reply, generation));
+                }
+                // A plain request to an HTTPS server: Go answers 400.
+                Ok(Err(400)) if auto => last = "400 to a plain-HTTP handshake".into(),
+                Ok(Err(400)) if generation == V1 => {
+                    return Err(ClientError::WrongHandshake(
+                        "the server answered the plain-HTTP handshake with 400: it speaks \
+                         HTTPS (NodePass v1.15 or later); set handshake=https or handshake=auto",
+                    ));
+                }
+                Ok(Err(code)) => {
+                    let why = match code {
+                        401 => {
+                            "wrong tunnel key (the URL's key@, or the port-derived key: both ends need the same)"
+                        }
+                        404 => "wrong path",
+                        405 => "wrong method",
+                        _ => "unexpected status",
+                    };
+                    return Err(ClientError::Refused(code, why));
+                }
+                Err(Attempt::NotTls(e)) if !auto => {
+                    warn!("HTTPS handshake with {}: {e}", url.tunnel.dial());
+                    return Err(ClientError::WrongHandshake(
+                        "the server does not speak TLS on its tunnel port (NodePass v1.14 or \
+                         older); set handshake=http or handshake=auto",
+                    ));
+                }
+                Err(Attempt::NotTls(e) | Attempt::Io(e)) => {
+                    last = format!("{} handshake: {e}", name(generation))
+                }
             }
         }
+        warn!(
+            "handshake with {} failed ({last}); retrying in {delay:?}",
+            url.tunnel.dial()
+        );
+        tokio::time::sleep(delay).await;
+        delay = (delay * 2).min(Duration::from_secs(3));
     }
 }
 
-async fn try_handshake(url: &NodepassUrl, key: &str) -> std::io::Result<Result<Reply, u16>> {
-    let mut s = tokio::time::timeout(
+fn name(g: Generation) -> &'static str {
+    match g {
+        Generation::V1 => "plain-HTTP",
+        Generation::V2 => "HTTPS",
+    }
+}
+
+/// Why one handshake attempt failed.
+enum Attempt {
+    /// The TLS handshake itself failed: the server may speak plain HTTP.
+    NotTls(std::io::Error),
+    /// Anything else (connect, timeouts, early EOF, a garbled reply): retried.
+    Io(std::io::Error),
+}
+
+/// One handshake: plain HTTP (`V1`) or HTTPS without certificate checks (`V2`, as
+/// NodePass's own client: the tunnel key authenticates, pool TLS is checked later).
+async fn try_handshake(
+    url: &NodepassUrl,
+    key: &str,
+    generation: Generation,
+) -> Result<Result<Reply, u16>, Attempt> {
+    let timed_out =
+        |what: &str| std::io::Error::new(std::io::ErrorKind::TimedOut, what.to_string());
+    let s = tokio::time::timeout(
         Duration::from_secs(10),
         TcpStream::connect(url.tunnel.dial()),
     )
     .await
-    .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "connect timed out"))??;
-    s.write_all(http::request(&url.sni(), key).as_bytes())
-        .await?;
+    .map_err(|_| Attempt::Io(timed_out("connect timed out")))?
+    .map_err(Attempt::Io)?;
+    let mut io = match generation {
+        Generation::V1 => PoolStream::Plain(s),
+        Generation::V2 => {
+            let connector = crate::tls::client_unverified()
+                .map_err(|e| Attempt::Io(std::io::Error::other(e.to_string())))?;
+            let name = crate::tls::server_name(&url.sni(), &url.tunnel.host)
+                .map_err(|e| Attempt::Io(std::io::Error::other(e.to_string())))?;
+            let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, s))
+                .await
+                .map_err(|_| Attempt::Io(timed_out("TLS handshake timed out")))?
+                .map_err(Attempt::NotTls)?;
+            PoolStream::Client(Box::new(tls))
+        }
+    };
+    io.write_all(http::request(&url.sni(), key).as_bytes())
+        .await
+        .map_err(Attempt::Io)?;
+    io.flush().await.map_err(Attempt::Io)?;
     let mut buf = Vec::new();
     let read = async {
         let mut chunk = [0u8; 2048];
         loop {
-            let n = s.read(&mut chunk).await?;
+            let n = match io.read(&mut chunk).await {
+                Ok(n) => n,
+                // A server that closes without a TLS close_notify: judge what arrived.
+                Err(_) if !buf.is_empty() => 0,
+                Err(e) => return Err(e),
+            };
             if n == 0 {
                 return Ok::<_, std::io::Error>(());
             }
@@ -322,20 +409,21 @@ async fn try_handshake(url: &NodepassUrl, key: &str) -> std::io::Result<Result<R
     };
     tokio::time::timeout(Duration::from_secs(10), read)
         .await
-        .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no reply"))??;
+        .map_err(|_| Attempt::Io(timed_out("no reply")))?
+        .map_err(Attempt::Io)?;
     if buf.is_empty() {
-        return Err(std::io::Error::new(
+        return Err(Attempt::Io(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the server closed before replying",
-        ));
+        )));
     }
     match http::parse_response(&buf) {
         Ok((200, Some(reply))) => Ok(Ok(reply)),
         Ok((code, _)) => Ok(Err(code)),
-        Err(e) => Err(std::io::Error::new(
+        Err(e) => Err(Attempt::Io(std::io::Error::new(
             std::io::ErrorKind::InvalidData,
             e.to_string(),
-        )),
+        ))),
     }
 }
 
@@ -353,7 +441,7 @@ impl PoolDialer {
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp)
             .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
-        let (mut io, seen_fp): (PoolStream, Option<String>) = match &self.connector {
+        let (mut io, seen_fp): (PoolStream, Option<Fingerprint>) = match &self.connector {
             None => (PoolStream::Plain(tcp), None),
             Some(c) => {
                 let name = crate::tls::server_name(&self.url.sni(), &self.url.tunnel.host)
@@ -368,7 +456,7 @@ impl PoolDialer {
                     .1
                     .peer_certificates()
                     .and_then(|c| c.first())
-                    .map(|c| fingerprint(c));
+                    .map(|c| Fingerprint::of(c));
                 (PoolStream::Client(Box::new(tls)), fp)
             }
         };

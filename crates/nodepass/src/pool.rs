@@ -13,7 +13,7 @@ pub struct PoolConn {
     pub id: PoolId,
     pub io: crate::stream::PoolStream,
     /// The server certificate fingerprint this side saw on the connection (clients, TLS).
-    pub seen_fp: Option<String>,
+    pub seen_fp: Option<crate::wire::Fingerprint>,
     pub since: Instant,
 }
 

@@ -14,12 +14,12 @@ use tracing::{debug, info, warn};
 use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
 use crate::session::{self, Dialer, Limits};
-use crate::stream::PoolStream;
+use crate::stream::{PoolStream, UdpFraming};
 use crate::tasks::Tasks;
 use crate::tls::ServerTls;
 use crate::wire::http::{self, Reply, Verdict};
 use crate::wire::url::{NodepassUrl, TlsMode};
-use crate::wire::{CONTROL_ID, PoolId, id_hex};
+use crate::wire::{CONTROL_ID, Generation, PoolId, id_hex};
 
 /// Handshake requests must be complete within this.
 const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
@@ -65,6 +65,11 @@ pub async fn run(
             Path::new(p.crt.as_deref().unwrap_or_default()),
             Path::new(p.key.as_deref().unwrap_or_default()),
         )?),
+    };
+    // HTTPS handshakes (v1.15 and later) get the tls=2 certificate, else a self-signed one.
+    let handshake_tls = match &tls {
+        Some(t) if p.tls == TlsMode::Verified => t.clone(),
+        _ => ServerTls::self_signed()?,
     };
     let listener = porthole_engine::net::listen_tcp_str(&url.tunnel.listen())
         .await
@@ -130,13 +135,16 @@ pub async fn run(
         pool_type: "0".into(),
     };
 
-    let mut pending: Option<TcpStream> = None;
+    let mut pending: Option<Pending> = None;
     loop {
-        let client_ip = tokio::select! {
+        let (client_ip, generation) = tokio::select! {
             _ = shutdown.cancelled() => break,
-            ip = handshake(&listener, pending.take(), &key, &reply) => ip,
+            r = handshake(&listener, pending.take(), &key, &reply, &handshake_tls) => r,
         };
-        info!("client {client_ip} authenticated; building the pool");
+        info!(
+            https = (generation == Generation::V2),
+            "client {client_ip} authenticated; building the pool"
+        );
         let pool = Arc::new(Pool::default());
         let session = TunnelSession {
             listener: &listener,
@@ -149,7 +157,9 @@ pub async fn run(
         let ctx = ChannelCtx {
             key: key.clone(),
             tls: p.tls,
-            own_fp: tls.as_ref().map(|t| t.fingerprint.clone()),
+            own_fp: tls.as_ref().map(|t| t.fingerprint),
+            generation,
+            udp_framing: UdpFraming::new(p.udpframe, generation),
             accepting: reverse,
             pool: pool.clone(),
             dialer: dialer.clone(),
@@ -182,19 +192,30 @@ pub async fn run(
     Ok(())
 }
 
-/// Serves handshake requests until one succeeds; returns the client's IP. Wrong
-/// requests get 405/404/401 and the server keeps listening.
+/// A tunnel-port connection that carries (or may carry) a handshake.
+enum Pending {
+    /// Not looked at yet: TLS or plain is decided by its first byte.
+    Raw(TcpStream),
+    /// Already past TLS (a restarted v1.15+ client met as a pool connection), with the
+    /// request bytes read so far.
+    Tls(PoolStream, Vec<u8>),
+}
+
+/// Serves handshake requests until one succeeds; returns the client's IP and which
+/// handshake it made (a TLS ClientHello first: HTTPS, v1.15 and later; else plain
+/// HTTP, v1.14). Wrong requests get 405/404/401 and the server keeps listening.
 async fn handshake(
     listener: &TcpListener,
-    mut first: Option<TcpStream>,
+    mut first: Option<Pending>,
     key: &str,
     reply: &Reply,
-) -> IpAddr {
+    tls: &ServerTls,
+) -> (IpAddr, Generation) {
     loop {
-        let stream = match first.take() {
-            Some(s) => s,
+        let pending = match first.take() {
+            Some(p) => p,
             None => match listener.accept().await {
-                Ok((s, _)) => s,
+                Ok((s, _)) => Pending::Raw(s),
                 Err(e) => {
                     warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
@@ -202,13 +223,33 @@ async fn handshake(
                 }
             },
         };
-        let peer = match stream.peer_addr() {
-            Ok(a) => a,
-            Err(_) => continue,
+        let peer = match &pending {
+            Pending::Raw(s) => s.peer_addr(),
+            Pending::Tls(PoolStream::Server(s), _) => s.get_ref().0.peer_addr(),
+            Pending::Tls(..) => continue,
         };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, answer(stream, key, reply)).await {
-            Ok(Ok(Verdict::Accept)) => return peer.ip(),
-            Ok(Ok(v)) => warn!(
+        let Ok(peer) = peer else { continue };
+        let serve = async {
+            let (mut io, prefix, generation) = match pending {
+                Pending::Tls(io, prefix) => (io, prefix, Generation::V2),
+                Pending::Raw(s) => {
+                    let mut b = [0u8; 1];
+                    s.peek(&mut b).await?;
+                    if b[0] == TLS_HANDSHAKE {
+                        let s = tls.acceptor.accept(s).await?;
+                        (PoolStream::Server(Box::new(s)), Vec::new(), Generation::V2)
+                    } else {
+                        (PoolStream::Plain(s), Vec::new(), Generation::V1)
+                    }
+                }
+            };
+            answer(&mut io, prefix, key, reply)
+                .await
+                .map(|v| (v, generation))
+        };
+        match tokio::time::timeout(HANDSHAKE_TIMEOUT, serve).await {
+            Ok(Ok((Verdict::Accept, generation))) => return (peer.ip(), generation),
+            Ok(Ok((v, _))) => warn!(
                 "handshake from {peer} refused: {} {}",
                 v.status().0,
                 v.status().1
@@ -219,18 +260,17 @@ async fn handshake(
     }
 }
 
-async fn answer(mut stream: TcpStream, key: &str, reply: &Reply) -> std::io::Result<Verdict> {
-    let mut buf = Vec::with_capacity(512);
+/// The first byte of a TLS ClientHello (a handshake record).
+const TLS_HANDSHAKE: u8 = 0x16;
+
+async fn answer(
+    stream: &mut PoolStream,
+    mut buf: Vec<u8>,
+    key: &str,
+    reply: &Reply,
+) -> std::io::Result<Verdict> {
     let mut chunk = [0u8; 1024];
     let end = loop {
-        let n = stream.read(&mut chunk).await?;
-        if n == 0 {
-            return Err(std::io::Error::new(
-                std::io::ErrorKind::UnexpectedEof,
-                "closed before the request ended",
-            ));
-        }
-        buf.extend_from_slice(&chunk[..n]);
         if let Some(end) = http::head_end(&buf) {
             break end;
         }
@@ -242,6 +282,14 @@ async fn answer(mut stream: TcpStream, key: &str, reply: &Reply) -> std::io::Res
                 "oversized request head",
             ));
         }
+        let n = stream.read(&mut chunk).await?;
+        if n == 0 {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::UnexpectedEof,
+                "closed before the request ended",
+            ));
+        }
+        buf.extend_from_slice(&chunk[..n]);
     };
     let verdict = match http::parse_request(&buf[..end]) {
         Ok(req) => http::judge(&req, key),
@@ -279,10 +327,10 @@ impl TunnelSession<'_> {
         ctx: ChannelCtx,
         tunnels: &watch::Sender<Option<Arc<TunnelHandle>>>,
         shutdown: &CancellationToken,
-    ) -> (ChannelEnd, Option<TcpStream>) {
+    ) -> (ChannelEnd, Option<Pending>) {
         let (control_tx, control_rx) = tokio::sync::oneshot::channel::<PoolConn>();
         let mut control_tx = Some(control_tx);
-        let (rehandshake_tx, mut rehandshake_rx) = tokio::sync::mpsc::channel::<TcpStream>(1);
+        let (rehandshake_tx, mut rehandshake_rx) = tokio::sync::mpsc::channel::<Pending>(1);
         let tunnel_cancel = shutdown.child_token();
         let accept = async {
             let mut first = true;
@@ -353,21 +401,23 @@ impl TunnelSession<'_> {
     }
 }
 
-fn unreachable_end() -> (ChannelEnd, Option<TcpStream>) {
+fn unreachable_end() -> (ChannelEnd, Option<Pending>) {
     (ChannelEnd::Error("accept loop ended".into()), None)
 }
 
-/// How long a new tunnel-port connection may take to show a restarted client's `GET`.
+/// How long a new tunnel-port connection may take to show a restarted client's request.
 const RESTART_PEEK: Duration = Duration::from_millis(10);
 
 enum Admitted {
     Conn(PoolConn),
-    Handshake(TcpStream),
+    Handshake(Pending),
     Refused,
 }
 
 /// A new connection on the tunnel port during the tunnel: a pool connection (give it
-/// its ID), or the client starting over with a new handshake (plain `GET`).
+/// its ID), or the client starting over with a new handshake: a plain `GET`, a
+/// ClientHello where pool connections are plain (tls=0), or under tls=1/2 a request
+/// right behind the TLS handshake (a pool client waits for its ID instead).
 async fn admit(
     stream: TcpStream,
     id: PoolId,
@@ -389,9 +439,9 @@ async fn admit(
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
     if let Ok(Ok(1)) = peeked
-        && first[0] == b'G'
+        && (first[0] == b'G' || (tls.is_none() && first[0] == TLS_HANDSHAKE))
     {
-        return Admitted::Handshake(stream);
+        return Admitted::Handshake(Pending::Raw(stream));
     }
     if id != CONTROL_ID && pool.len() >= max {
         debug!("pool full ({max}): closing a new connection without an ID");
@@ -406,6 +456,13 @@ async fn admit(
             }
         }
     };
+    if matches!(io, PoolStream::Server(_)) && !wait.is_zero() {
+        let mut request = vec![0u8; 1024];
+        if let Ok(Ok(n @ 1..)) = tokio::time::timeout(wait, io.read(&mut request)).await {
+            request.truncate(n);
+            return Admitted::Handshake(Pending::Tls(io, request));
+        }
+    }
     if io.write_all(&id).await.is_err() || io.flush().await.is_err() {
         return Admitted::Refused;
     }

@@ -15,7 +15,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::pool::PoolConn;
-use crate::stream::DatagramStream;
+use crate::stream::{DatagramStream, UdpFraming};
 use crate::tasks::Tasks;
 use crate::tunnel::TunnelHandle;
 use crate::wire::proxy;
@@ -277,8 +277,9 @@ pub async fn dial_tcp(
     debug!(to_target = a, from_target = b, "tcp session done");
 }
 
-/// Dialing side: a `udp` launch. Datagrams are written as-is; each read is one datagram.
-pub async fn dial_udp(conn: PoolConn, dialer: &Dialer) {
+/// Dialing side: a `udp` launch: datagrams between the pool connection (framed as the
+/// tunnel says) and a target socket.
+pub async fn dial_udp(conn: PoolConn, dialer: &Dialer, framing: Arc<UdpFraming>) {
     let socket = match dialer.udp().await {
         Ok(s) => s,
         Err(e) => {
@@ -286,13 +287,14 @@ pub async fn dial_udp(conn: PoolConn, dialer: &Dialer) {
             return;
         }
     };
-    let mut pool = DatagramStream::new(conn.io);
+    let mut pool = DatagramStream::new(conn.io, framing);
     let mut from_pool = vec![0u8; 65536];
     let mut from_target = vec![0u8; 65536];
     loop {
         tokio::select! {
             n = pool.recv(&mut from_pool) => match n {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => { debug!("UDP session: {e}"); break }
                 Ok(n) => { let _ = socket.send(&from_pool[..n]).await; }
             },
             n = socket.recv(&mut from_target) => match n {
@@ -392,7 +394,7 @@ pub async fn accept_udp(
         let sessions = sessions.clone();
         tasks.spawn(async move {
             if let Some(conn) = tunnel.launch("udp", from).await {
-                udp_session(conn, socket, from, rx).await;
+                udp_session(conn, socket, from, rx, tunnel.udp_framing.clone()).await;
             }
             sessions
                 .lock()
@@ -407,8 +409,9 @@ async fn udp_session(
     socket: Arc<UdpSocket>,
     user: SocketAddr,
     mut rx: mpsc::Receiver<Vec<u8>>,
+    framing: Arc<UdpFraming>,
 ) {
-    let mut pool = DatagramStream::new(conn.io);
+    let mut pool = DatagramStream::new(conn.io, framing);
     let mut buf = vec![0u8; 65536];
     loop {
         tokio::select! {
@@ -417,7 +420,8 @@ async fn udp_session(
                 None => break,
             },
             n = pool.recv(&mut buf) => match n {
-                Ok(0) | Err(_) => break,
+                Ok(0) => break,
+                Err(e) => { debug!(%user, "UDP session: {e}"); break }
                 Ok(n) => { let _ = socket.send_to(&buf[..n], user).await; }
             },
             _ = tokio::time::sleep(UDP_IDLE) => break,

@@ -1,18 +1,26 @@
-//! Pool connection streams: plain TCP or TLS (either side), and datagram framing for UDP
+//! Pool connection streams: plain TCP or TLS (either side), and datagrams for UDP
 //! sessions.
 //!
-//! NodePass carries each UDP datagram as one write and takes each read on the other side
-//! as one datagram. Over TLS that works because Go's `tls.Conn.Read` returns at most one
-//! record per call, and each write is one record. A tokio-rustls stream happily returns
-//! several records in one read, gluing datagrams together; [`DatagramStream`] therefore
-//! drives rustls itself and decrypts exactly one record per datagram.
+//! Up to v2.0.0-b8 NodePass carries each UDP datagram as one write and takes each read on
+//! the other side as one datagram. Over TLS that works because Go's `tls.Conn.Read`
+//! returns at most one record per call, and each write is one record. A tokio-rustls
+//! stream happily returns several records in one read, gluing datagrams together;
+//! [`DatagramStream`] therefore drives rustls itself and decrypts exactly one record at
+//! a time. From v2.0.0-b9 each datagram carries a 2-byte length prefix
+//! ([`crate::wire::udp_frame`]); [`UdpFraming`] says which a tunnel speaks.
 
 use std::io::{self, Read, Write};
 use std::pin::Pin;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::task::{Context, Poll};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt, ReadBuf};
 use tokio::net::TcpStream;
+use tracing::warn;
+
+use crate::wire::Generation;
+use crate::wire::udp_frame::{self, Decoder};
 
 /// A pool connection's byte stream.
 pub enum PoolStream {
@@ -69,8 +77,150 @@ impl AsyncWrite for PoolStream {
 const RECORD_HEADER: usize = 5;
 const MAX_RECORD: usize = (1 << 14) + 256;
 
-/// One datagram per read / write, with record boundaries kept under TLS.
-pub enum DatagramStream {
+/// Whether a tunnel's UDP datagrams carry a length prefix (`udpframe=`), shared by its
+/// sessions. Auto follows the handshake (HTTPS: framed) and falls back to bare datagrams
+/// for good when a peer's first TLS record shows it does not frame (v1.15-v2.0.0-b8).
+/// Nothing goes the other way: a plain-HTTP (v1.14) peer never frames.
+#[derive(Debug)]
+pub struct UdpFraming {
+    explicit: bool,
+    framed: AtomicBool,
+}
+
+impl UdpFraming {
+    pub fn new(param: Option<bool>, generation: Generation) -> Arc<Self> {
+        Arc::new(Self {
+            explicit: param.is_some(),
+            framed: AtomicBool::new(param.unwrap_or(generation.udp_framed())),
+        })
+    }
+
+    pub fn framed(&self) -> bool {
+        self.framed.load(Ordering::Relaxed)
+    }
+}
+
+/// One datagram per [`recv`](Self::recv) / [`send`](Self::send), bare or length-prefixed
+/// as the tunnel's [`UdpFraming`] says.
+pub struct DatagramStream {
+    io: RecordStream,
+    framing: Arc<UdpFraming>,
+    /// This session's choice, made at its first send or receive.
+    framed: Option<bool>,
+    sent: bool,
+    frames: Decoder,
+    chunk: Vec<u8>,
+}
+
+impl DatagramStream {
+    pub fn new(s: PoolStream, framing: Arc<UdpFraming>) -> Self {
+        Self {
+            io: RecordStream::new(s),
+            framing,
+            framed: None,
+            sent: false,
+            frames: Decoder::default(),
+            chunk: Vec::new(),
+        }
+    }
+
+    /// The next datagram (`Ok(0)` at the end of the stream). Cancel-safe: bytes already
+    /// read from the socket stay buffered. A peer whose framing is not the one in force
+    /// ends the session with `InvalidData` naming `udpframe=`.
+    pub async fn recv(&mut self, out: &mut [u8]) -> io::Result<usize> {
+        loop {
+            if self.framed == Some(true) {
+                if let Some(d) = self.frames.next_datagram() {
+                    let n = d.len().min(out.len());
+                    out[..n].copy_from_slice(&d[..n]);
+                    return Ok(n);
+                }
+            } else if self.framed == Some(false) {
+                return self.io.recv(out).await;
+            }
+            self.chunk.resize(64 * 1024, 0);
+            let n = self.io.recv(&mut self.chunk).await?;
+            if n == 0 {
+                return Ok(0);
+            }
+            if self.framed.is_none() {
+                self.decide(n)?;
+            }
+            if self.framed == Some(true) {
+                self.frames.push(&self.chunk[..n]);
+            } else {
+                let n = n.min(out.len());
+                out[..n].copy_from_slice(&self.chunk[..n]);
+                return Ok(n);
+            }
+        }
+    }
+
+    /// The session's framing: the tunnel's, checked under TLS against the peer's first
+    /// record (a length-prefixed peer's records always look framed; a bare datagram
+    /// does so only by a 1 in 65536 chance or at 2 bytes). A mismatch on an explicit
+    /// `udpframe=` ends the session before anything reaches the target; under auto a
+    /// bare peer switches the tunnel to bare datagrams (a v1.14 peer never frames, so
+    /// nothing switches the other way).
+    fn decide(&mut self, n: usize) -> io::Result<()> {
+        let expected = self.framed.unwrap_or(self.framing.framed());
+        let looks = self.io.is_tls() && udp_frame::looks_framed(&self.chunk[..n]);
+        if !self.io.is_tls() || looks == expected || (!expected && !self.framing.explicit) {
+            self.framed = Some(expected);
+            return Ok(());
+        }
+        if self.framing.explicit {
+            let (peer, fix) = if expected {
+                ("without a length prefix", "udpframe=0")
+            } else {
+                ("with a 2-byte length prefix", "udpframe=1")
+            };
+            warn!(
+                "the peer sends UDP datagrams {peer}, not as this URL says: set {fix} (or \
+                 udpframe=auto); closing the session"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                format!("UDP framing mismatch: set {fix}"),
+            ));
+        }
+        self.framing.framed.store(false, Ordering::Relaxed);
+        self.framed = Some(false);
+        if self.sent {
+            warn!(
+                "the peer sends UDP datagrams without a length prefix (NodePass v1.15 to \
+                 v2.0.0-b8): this tunnel switches to bare datagrams; this session's first \
+                 datagrams were misread by the peer, so it is closed. Set udpframe=0 in the \
+                 URL to start that way"
+            );
+            return Err(io::Error::new(
+                io::ErrorKind::InvalidData,
+                "UDP framing mismatch: set udpframe=0",
+            ));
+        }
+        warn!(
+            "the peer sends UDP datagrams without a length prefix (NodePass v1.15 to \
+             v2.0.0-b8): using bare datagrams on this tunnel (udpframe=0 says so up front)"
+        );
+        Ok(())
+    }
+
+    /// Sends one datagram (one write, so one TLS record under TLS).
+    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+        let framed = *self.framed.get_or_insert(self.framing.framed());
+        self.sent = true;
+        if framed {
+            let frame = udp_frame::encode(data)
+                .map_err(|e| io::Error::new(io::ErrorKind::InvalidInput, e))?;
+            self.io.send(&frame).await
+        } else {
+            self.io.send(data).await
+        }
+    }
+}
+
+/// Reads of one TLS record at a time (one read under plain TCP), writes of one record.
+enum RecordStream {
     Plain(TcpStream),
     Tls {
         tcp: TcpStream,
@@ -79,13 +229,13 @@ pub enum DatagramStream {
     },
 }
 
-impl DatagramStream {
-    pub fn new(s: PoolStream) -> Self {
+impl RecordStream {
+    fn new(s: PoolStream) -> Self {
         match s {
-            PoolStream::Plain(t) => DatagramStream::Plain(t),
+            PoolStream::Plain(t) => RecordStream::Plain(t),
             PoolStream::Server(t) => {
                 let (tcp, conn) = t.into_inner();
-                DatagramStream::Tls {
+                RecordStream::Tls {
                     tcp,
                     conn: Box::new(conn.into()),
                     inbuf: Vec::new(),
@@ -93,7 +243,7 @@ impl DatagramStream {
             }
             PoolStream::Client(t) => {
                 let (tcp, conn) = t.into_inner();
-                DatagramStream::Tls {
+                RecordStream::Tls {
                     tcp,
                     conn: Box::new(conn.into()),
                     inbuf: Vec::new(),
@@ -102,12 +252,16 @@ impl DatagramStream {
         }
     }
 
-    /// The next datagram (`Ok(0)` at the end of the stream). Cancel-safe: bytes already
-    /// read from the socket stay buffered.
-    pub async fn recv(&mut self, out: &mut [u8]) -> io::Result<usize> {
+    fn is_tls(&self) -> bool {
+        matches!(self, RecordStream::Tls { .. })
+    }
+
+    /// The plaintext of the next record (`Ok(0)` at the end of the stream). Cancel-safe:
+    /// bytes already read from the socket stay buffered.
+    async fn recv(&mut self, out: &mut [u8]) -> io::Result<usize> {
         match self {
-            DatagramStream::Plain(t) => t.read(out).await,
-            DatagramStream::Tls { tcp, conn, inbuf } => loop {
+            RecordStream::Plain(t) => t.read(out).await,
+            RecordStream::Tls { tcp, conn, inbuf } => loop {
                 // Plaintext of the record processed last.
                 match conn.reader().read(out) {
                     Ok(n) => return Ok(n),
@@ -145,11 +299,10 @@ impl DatagramStream {
         }
     }
 
-    /// Sends one datagram (one TLS record under TLS).
-    pub async fn send(&mut self, data: &[u8]) -> io::Result<()> {
+    async fn send(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
-            DatagramStream::Plain(t) => t.write_all(data).await,
-            DatagramStream::Tls { tcp, conn, .. } => {
+            RecordStream::Plain(t) => t.write_all(data).await,
+            RecordStream::Tls { tcp, conn, .. } => {
                 conn.writer().write_all(data)?;
                 flush_tls(tcp, conn).await
             }

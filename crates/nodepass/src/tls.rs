@@ -16,7 +16,7 @@ use rustls::pki_types::pem::PemObject;
 use rustls::pki_types::{CertificateDer, PrivateKeyDer, PrivatePkcs8KeyDer, ServerName, UnixTime};
 use rustls::{DigitallySignedStruct, SignatureScheme};
 
-use crate::wire::fingerprint;
+use crate::wire::Fingerprint;
 
 #[derive(Debug, thiserror::Error)]
 pub enum TlsError {
@@ -38,12 +38,16 @@ fn provider() -> Arc<CryptoProvider> {
 #[derive(Clone)]
 pub struct ServerTls {
     pub acceptor: tokio_rustls::TlsAcceptor,
-    pub fingerprint: String,
+    pub fingerprint: Fingerprint,
 }
 
 impl std::fmt::Debug for ServerTls {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        write!(f, "ServerTls({})", self.fingerprint)
+        write!(
+            f,
+            "ServerTls({})",
+            self.fingerprint.render(crate::wire::FpStyle::Hex)
+        )
     }
 }
 
@@ -76,7 +80,7 @@ impl ServerTls {
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,
     ) -> Result<Self, TlsError> {
-        let fp = fingerprint(&chain[0]);
+        let fp = Fingerprint::of(&chain[0]);
         let config = rustls::ServerConfig::builder_with_provider(provider())
             .with_safe_default_protocol_versions()
             .map_err(|e| TlsError::Config(e.to_string()))?

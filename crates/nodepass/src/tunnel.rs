@@ -13,6 +13,7 @@ use tokio::sync::{mpsc, watch};
 use tracing::warn;
 
 use crate::pool::{Pool, PoolConn};
+use crate::stream::UdpFraming;
 use crate::wire::id_hex;
 use crate::wire::signal::Signal;
 
@@ -20,6 +21,8 @@ use crate::wire::signal::Signal;
 #[derive(Debug)]
 pub struct TunnelHandle {
     pub pool: Arc<Pool>,
+    /// How this tunnel's UDP sessions frame datagrams.
+    pub udp_framing: Arc<UdpFraming>,
     signals: mpsc::Sender<Signal>,
     verified: watch::Receiver<bool>,
     pub errors: AtomicU64,
@@ -62,11 +65,13 @@ impl TunnelHandle {
     /// the peer's fingerprint was checked (at once where nothing needs checking).
     pub(crate) fn new(
         pool: Arc<Pool>,
+        udp_framing: Arc<UdpFraming>,
         signals: mpsc::Sender<Signal>,
         verified: watch::Receiver<bool>,
     ) -> Self {
         Self {
             pool,
+            udp_framing,
             signals,
             verified,
             errors: AtomicU64::new(0),

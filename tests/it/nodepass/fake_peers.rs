@@ -134,6 +134,22 @@ async fn fake_client_replays_documented_bytes() {
 
 // ---- a scripted fake server against porthole's client ----
 
+/// The next plain-HTTP handshake connection of a v1.14 server: an auto client first tries
+/// HTTPS, and gets what Go's plain HTTP server answers a ClientHello with.
+async fn accept_plain(listener: &TcpListener) -> TcpStream {
+    loop {
+        let (mut s, _) = listener.accept().await.unwrap();
+        let mut first = [0u8; 1];
+        s.peek(&mut first).await.unwrap();
+        if first[0] != 0x16 {
+            return s;
+        }
+        s.write_all(b"HTTP/1.1 400 Bad Request\r\nConnection: close\r\n\r\n400 Bad Request")
+            .await
+            .unwrap();
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fake_server_replays_documented_bytes() {
     init_tracing();
@@ -150,15 +166,14 @@ async fn fake_server_replays_documented_bytes() {
 
     let expected_request = "GET / HTTP/1.1\r\nHost: none\r\nAuthorization: Bearer 0ec2fbe02ea7c3eb6dd73c12eb2cffc9061280dfc8365cdcfa5241c6e3d9c9a7\r\n\r\n";
     // v1.14 servers may close before replying: the client must retry.
-    let (mut first, _) = listener.accept().await.unwrap();
+    let mut first = accept_plain(&listener).await;
     let mut req = vec![0u8; expected_request.len()];
     first.read_exact(&mut req).await.unwrap();
     assert_eq!(String::from_utf8(req).unwrap(), expected_request);
     drop(first);
     let started = std::time::Instant::now();
-    let (mut second, _) = tokio::time::timeout(Duration::from_secs(10), listener.accept())
+    let mut second = tokio::time::timeout(Duration::from_secs(10), accept_plain(&listener))
         .await
-        .unwrap()
         .unwrap();
     assert!(
         started.elapsed() >= Duration::from_millis(500),

@@ -30,28 +30,40 @@ async fn server_restart_mid_use_recovers() {
     client_stop.cancel();
 }
 
+/// A client that restarts gets the tunnel back within seconds, whether its new handshake
+/// is a plain `GET` or HTTPS, on plain or TLS pool ports.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_restart_mid_use_recovers() {
     init_tracing();
-    let target = tcp_echo().await;
-    let tunnel = free_tcp_port();
-    let user = free_tcp_port();
-    let server_url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1");
-    let client_url = format!(
-        "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=4&mode=2",
-        target.port()
-    );
-    let user_addr = SocketAddr::from(([127, 0, 0, 1], user));
-    let server_stop = CancellationToken::new();
-    spawn_server(&server_url, server_stop.clone());
-    for _ in 0..2 {
-        let stop = CancellationToken::new();
-        let client = spawn_client(&client_url, vec![], stop.clone());
-        eventually_tcp(user_addr, Duration::from_secs(20)).await;
-        stop.cancel();
-        let _ = client.await;
+    for (tls, handshake) in [(0, "http"), (0, "https"), (1, "http"), (1, "https")] {
+        let target = tcp_echo().await;
+        let tunnel = free_tcp_port();
+        let user = free_tcp_port();
+        let server_url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&tls={tls}");
+        let client_url = format!(
+            "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=4&mode=2&handshake={handshake}",
+            target.port()
+        );
+        let user_addr = SocketAddr::from(([127, 0, 0, 1], user));
+        let server_stop = CancellationToken::new();
+        spawn_server(&server_url, server_stop.clone());
+        for round in 0..2 {
+            let stop = CancellationToken::new();
+            let client = spawn_client(&client_url, vec![], stop.clone());
+            let started = std::time::Instant::now();
+            eventually_tcp(user_addr, Duration::from_secs(20)).await;
+            if round == 1 {
+                assert!(
+                    started.elapsed() < Duration::from_secs(10),
+                    "tls={tls} handshake={handshake}: the restarted client waited {:?}",
+                    started.elapsed()
+                );
+            }
+            stop.cancel();
+            let _ = client.await;
+        }
+        server_stop.cancel();
     }
-    server_stop.cancel();
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

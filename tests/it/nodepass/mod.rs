@@ -3,8 +3,10 @@
 //! `fake_peers`, restarts, refusals and the binary in `lifecycle`, URL parameters in `params`.
 
 mod fake_peers;
+mod generations;
 mod lifecycle;
 mod params;
+mod real;
 
 use std::net::SocketAddr;
 use std::time::Duration;
@@ -18,7 +20,7 @@ use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::support::echo::{tcp_echo, udp_echo};
+use crate::support::echo::tcp_echo;
 use crate::support::init_tracing;
 use crate::support::process::free_tcp_port;
 
@@ -96,22 +98,10 @@ struct Pair {
 /// A porthole server and client; returns where users connect.
 async fn pair(forward: bool, tls: u8) -> Pair {
     init_tracing();
-    let (tcp_target, udp_target) = (tcp_echo().await, udp_echo().await);
-    // One port for both protocols: bind the UDP echo next to the TCP one.
-    let udp_fwd = UdpSocket::bind(tcp_target).await;
-    let (target_port, udp_ok) = match udp_fwd {
-        Ok(s) => {
-            tokio::spawn(async move {
-                let mut b = vec![0u8; 65536];
-                while let Ok((n, from)) = s.recv_from(&mut b).await {
-                    let _ = s.send_to(&b[..n], from).await;
-                }
-            });
-            (tcp_target.port(), true)
-        }
-        Err(_) => (tcp_target.port(), false),
-    };
-    let _ = (udp_target, udp_ok);
+    let tcp_target = tcp_echo().await;
+    // One port for both protocols: the UDP echo next to the TCP one.
+    udp_echo_on(tcp_target).await;
+    let target_port = tcp_target.port();
     let tunnel = free_tcp_port();
     let user = free_tcp_port();
     let tls2 = tls2_files();
@@ -141,6 +131,17 @@ async fn pair(forward: bool, tls: u8) -> Pair {
         client,
         _tls2: tls2,
     }
+}
+
+/// A UDP echo on the TCP echo's port (NodePass forwards TCP and UDP on one address).
+async fn udp_echo_on(addr: SocketAddr) {
+    let s = UdpSocket::bind(addr).await.unwrap();
+    tokio::spawn(async move {
+        let mut b = vec![0u8; 65536];
+        while let Ok((n, from)) = s.recv_from(&mut b).await {
+            let _ = s.send_to(&b[..n], from).await;
+        }
+    });
 }
 
 async fn tcp_roundtrip(addr: SocketAddr, size: usize) -> Result<(), String> {

@@ -5,6 +5,12 @@
 pub fn all(data: &[u8]) {
     let _ = super::http::parse_request(data);
     let _ = super::http::parse_response(data);
+    let _ = super::udp_frame::looks_framed(data);
+    let mut frames = super::udp_frame::Decoder::default();
+    frames.push(data);
+    while let Some(d) = frames.next_datagram() {
+        assert!(!d.is_empty());
+    }
     let Ok(s) = std::str::from_utf8(data) else {
         return;
     };
@@ -18,4 +24,5 @@ pub fn all(data: &[u8]) {
         }
     }
     let _ = super::parse_id(s);
+    let _ = super::Fingerprint::parse(s);
 }

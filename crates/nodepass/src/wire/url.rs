@@ -86,6 +86,17 @@ impl TlsMode {
     }
 }
 
+/// How a client makes its handshake (`handshake=`, a porthole parameter).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum HandshakeChoice {
+    /// HTTPS first, plain HTTP when the server does not speak TLS; what worked is kept.
+    Auto,
+    /// HTTPS only (NodePass v1.15 and later).
+    Https,
+    /// Plain HTTP only (NodePass v1.14 and older).
+    Http,
+}
+
 /// The query parameters, typed. Defaults are NodePass's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
@@ -112,6 +123,11 @@ pub struct Params {
     pub dial: Option<IpAddr>,
     pub dns: Option<String>,
     pub block: Option<String>,
+    /// Client: how to make the handshake (porthole's own parameter).
+    pub handshake: HandshakeChoice,
+    /// Length-prefixed UDP datagrams on pool connections: `None` (auto) follows the
+    /// handshake (HTTPS: yes) and what the peer's first datagrams show under TLS.
+    pub udpframe: Option<bool>,
 }
 
 impl Default for Params {
@@ -134,6 +150,8 @@ impl Default for Params {
             dial: None,
             dns: None,
             block: None,
+            handshake: HandshakeChoice::Auto,
+            udpframe: None,
         }
     }
 }
@@ -364,6 +382,30 @@ impl std::str::FromStr for NodepassUrl {
                         })?),
                     }
                 }
+                "handshake" => {
+                    params.handshake = match v.as_str() {
+                        "auto" | "" => HandshakeChoice::Auto,
+                        "https" => HandshakeChoice::Https,
+                        "http" => HandshakeChoice::Http,
+                        _ => {
+                            return Err(UrlError::Param {
+                                param: k.into(),
+                                value: v,
+                                expected: "auto, https (NodePass v1.15+) or http (v1.14 and older)",
+                            });
+                        }
+                    }
+                }
+                "udpframe" => {
+                    params.udpframe = match v.as_str() {
+                        "auto" | "" => None,
+                        v => Some(flag(k, v).map_err(|_| UrlError::Param {
+                            param: k.into(),
+                            value: v.into(),
+                            expected: "auto, 1 (length-prefixed, NodePass v2.0.0-b9+) or 0 (bare)",
+                        })?),
+                    }
+                }
                 "dns" => params.dns = Some(v),
                 "block" => params.block = Some(v),
                 other => unknown.push(other.to_string()),
@@ -502,6 +544,30 @@ mod tests {
             url("server://h:1/:2?future=1").unknown,
             vec!["future".to_string()]
         );
+    }
+
+    #[test]
+    fn handshake_and_udp_framing_choices() {
+        let p = url("client://h:1/:2").params;
+        assert_eq!((p.handshake, p.udpframe), (HandshakeChoice::Auto, None));
+        let p = url("client://h:1/:2?handshake=http&udpframe=1").params;
+        assert_eq!(
+            (p.handshake, p.udpframe),
+            (HandshakeChoice::Http, Some(true))
+        );
+        let p = url("client://h:1/:2?handshake=https&udpframe=0").params;
+        assert_eq!(
+            (p.handshake, p.udpframe),
+            (HandshakeChoice::Https, Some(false))
+        );
+        let e = "client://h:1/:2?udpframe=yes"
+            .parse::<NodepassUrl>()
+            .unwrap_err();
+        assert!(e.to_string().contains("udpframe"), "{e}");
+        let e = "client://h:1/:2?handshake=tls"
+            .parse::<NodepassUrl>()
+            .unwrap_err();
+        assert!(e.to_string().contains("https"), "{e}");
     }
 
     proptest! {
