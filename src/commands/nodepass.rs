@@ -10,14 +10,6 @@ pub async fn run(url: NodepassUrl) -> Result<()> {
     for p in &url.unknown {
         warn!("unknown NodePass parameter `{p}` ignored");
     }
-    for (name, set) in [
-        ("dns", url.params.dns.is_some()),
-        ("block", url.params.block.is_some()),
-    ] {
-        if set {
-            warn!("NodePass parameter `{name}` is accepted but has no effect in porthole");
-        }
-    }
     let shutdown = super::shutdown_on_signal();
     match url.role {
         Role::Server => porthole_nodepass::server::run(url, Default::default(), shutdown)

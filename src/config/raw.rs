@@ -75,6 +75,9 @@ pub struct NodepassTable {
     pub dial: Option<String>,
     pub dns: Option<String>,
     pub block: Option<String>,
+    pub lbs: Option<u8>,
+    pub handshake: Option<String>,
+    pub udpframe: Option<String>,
 }
 
 fn url_escape(s: &str) -> String {
@@ -144,6 +147,9 @@ impl NodepassTable {
         put("dial", self.dial.clone());
         put("dns", self.dns.clone());
         put("block", self.block.clone());
+        put("lbs", self.lbs.map(|v| v.to_string()));
+        put("handshake", self.handshake.clone());
+        put("udpframe", self.udpframe.clone());
         let text = format!(
             "{role}://{key}{tunnel}/{}?{}",
             self.targets.join(","),

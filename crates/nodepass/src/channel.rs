@@ -13,8 +13,9 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::pool::{Pool, PoolConn};
-use crate::session::{self, Dialer, Limits};
+use crate::session::{self, Limits};
 use crate::stream::UdpFraming;
+use crate::targets::Dialer;
 use crate::tasks::Tasks;
 pub use crate::tunnel::TunnelHandle;
 use crate::wire::signal::{MAX_LINE, Signal};

@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 
 use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
-use crate::session::{self, Dialer, Limits};
+use crate::session::{self, Limits};
 use crate::stream::{PoolStream, UdpFraming};
+use crate::targets::Dialer;
 use crate::tasks::Tasks;
 use crate::wire::http::{self, Reply};
 use crate::wire::url::{HandshakeChoice, NodepassUrl, TlsMode};
@@ -26,6 +27,10 @@ pub enum ClientError {
     Refused(u16, &'static str),
     #[error("{0}")]
     WrongHandshake(&'static str),
+    #[error(
+        "the server runs pool type={0} (1 QUIC, 2 WebSocket, 3 HTTP/2); porthole speaks the TCP pool (type=0) only: run the server with type=0"
+    )]
+    PoolType(String),
     #[error("cannot listen on {0} for users: {1}")]
     Bind(String, std::io::Error),
     #[error(transparent)]
@@ -91,9 +96,10 @@ async fn single_end(
             .map(|t| t.to_string())
             .collect::<Vec<_>>()
     );
-    let dialer = Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy));
+    let dialer = Arc::new(Dialer::new(url.targets.clone(), p));
     let limits = Arc::new(Limits::from_params(p));
     let tasks = Tasks::new(&shutdown);
+    dialer.start_probes(&tasks);
     if !p.noudp
         && let Ok(u) = UdpSocket::bind(url.tunnel.listen()).await
     {
@@ -112,7 +118,12 @@ async fn single_end(
         };
         let dialer = dialer.clone();
         let limits = limits.clone();
+        let block = p.block;
         tasks.spawn(async move {
+            if let Some(protocol) = session::blocked(&user, block).await {
+                warn!("{from}: {protocol} is blocked (block=): closing");
+                return;
+            }
             match dialer.tcp().await {
                 Ok((target, _)) => {
                     session::splice(user, target, &limits).await;
@@ -164,10 +175,11 @@ async fn dual_end(
     let p = url.params.clone();
     let key = url.key();
     let limits = Arc::new(Limits::from_params(&p));
-    let dialer = Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy));
+    let dialer = Arc::new(Dialer::new(url.targets.clone(), &p));
     let (tunnels_tx, tunnels_rx) = watch::channel::<Option<Arc<TunnelHandle>>>(None);
     let user_cancel = shutdown.child_token();
     let tasks = Tasks::new(&shutdown);
+    dialer.start_probes(&tasks);
     let mut user_side_bound = false;
     // What worked last time is tried first after a restart.
     let mut worked: Option<Generation> = None;
@@ -179,6 +191,9 @@ async fn dual_end(
                 Err(e) => break Err(e),
             },
         };
+        if reply.pool_type != "0" {
+            break Err(ClientError::PoolType(reply.pool_type));
+        }
         let forward = reply.flow == "+";
         let tls = TlsMode::from_code(&reply.tls).unwrap_or(TlsMode::Plain);
         info!(flow = %reply.flow, max = reply.max, tls = %reply.tls, https = (generation == Generation::V2), "handshake accepted");
@@ -192,6 +207,7 @@ async fn dual_end(
                     l,
                     tunnels_rx.clone(),
                     limits.clone(),
+                    p.block,
                     user_cancel.clone(),
                     tasks.clone(),
                 ));

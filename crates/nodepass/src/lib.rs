@@ -8,7 +8,8 @@
 //! - [`channel`]: the signal channel (NodePass's "control channel", pool connection 0)
 //!   shared by both roles: signals, liveness, verify.
 //! - [`tunnel`]: the running tunnel as the users' side sees it (launching a session).
-//! - [`session`]: user sessions over pool connections (TCP, UDP), targets, limits.
+//! - [`session`]: user sessions over pool connections (TCP, UDP), limits, `block=`.
+//! - [`targets`]: the dialing side's targets (`dns=` cache, `lbs=` selection, failover).
 //! - [`tasks`]: every task a tunnel starts, ended and awaited at shutdown.
 
 pub mod channel;
@@ -17,6 +18,7 @@ pub mod pool;
 pub mod server;
 pub mod session;
 pub mod stream;
+pub mod targets;
 pub mod tasks;
 pub mod tls;
 pub mod tunnel;

@@ -13,8 +13,9 @@ use tracing::{debug, info, warn};
 
 use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
 use crate::pool::{Pool, PoolConn};
-use crate::session::{self, Dialer, Limits};
+use crate::session::{self, Limits};
 use crate::stream::{PoolStream, UdpFraming};
+use crate::targets::Dialer;
 use crate::tasks::Tasks;
 use crate::tls::ServerTls;
 use crate::wire::http::{self, Reply, Verdict};
@@ -113,6 +114,7 @@ pub async fn run(
                 l,
                 tunnels_rx.clone(),
                 limits.clone(),
+                p.block,
                 user_cancel.clone(),
                 tasks.clone(),
             ));
@@ -126,7 +128,10 @@ pub async fn run(
             ));
         }
     }
-    let dialer = (!reverse).then(|| Arc::new(Dialer::new(url.targets.clone(), p.dial, p.proxy)));
+    let dialer = (!reverse).then(|| Arc::new(Dialer::new(url.targets.clone(), p)));
+    if let Some(d) = &dialer {
+        d.start_probes(&tasks);
+    }
     let key = url.key();
     let reply = Reply {
         flow: if reverse { "-" } else { "+" }.into(),

@@ -3,28 +3,28 @@
 
 use std::collections::HashMap;
 use std::io;
-use std::net::{IpAddr, SocketAddr};
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
-use tokio::net::{TcpListener, TcpSocket, TcpStream, UdpSocket};
+use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::pool::PoolConn;
 use crate::stream::{DatagramStream, UdpFraming};
+use crate::targets::Dialer;
 use crate::tasks::Tasks;
 use crate::tunnel::TunnelHandle;
+use crate::wire::block::{self, BlockSet};
 use crate::wire::proxy;
 use crate::wire::url::{HostPort, Params};
 
 /// UDP sessions end after this much silence.
 pub const UDP_IDLE: Duration = Duration::from_secs(30);
-/// Dialing a target gives up after this long.
-pub const DIAL_TIMEOUT: Duration = Duration::from_secs(5);
 const BUF: usize = 32 * 1024;
 
 /// `slot`, `rate` and `read` of the URL.
@@ -150,96 +150,6 @@ where
     }
 }
 
-/// The dialing side's targets: round robin, with failover to the next on error.
-#[derive(Debug)]
-pub struct Dialer {
-    pub targets: Vec<HostPort>,
-    next: AtomicUsize,
-    pub from: Option<IpAddr>,
-    pub proxy: bool,
-}
-
-impl Dialer {
-    pub fn new(targets: Vec<HostPort>, from: Option<IpAddr>, proxy: bool) -> Self {
-        Self {
-            targets,
-            next: AtomicUsize::new(0),
-            from,
-            proxy,
-        }
-    }
-
-    fn order(&self) -> Vec<&HostPort> {
-        let start = self.next.fetch_add(1, Ordering::Relaxed);
-        (0..self.targets.len())
-            .map(|i| &self.targets[(start + i) % self.targets.len()])
-            .collect()
-    }
-
-    pub async fn tcp(&self) -> io::Result<(TcpStream, SocketAddr)> {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no target");
-        for t in self.order() {
-            match tokio::time::timeout(DIAL_TIMEOUT, self.tcp_one(t)).await {
-                Ok(Ok(s)) => return Ok(s),
-                Ok(Err(e)) => last = io::Error::new(e.kind(), format!("{t}: {e}")),
-                Err(_) => {
-                    last = io::Error::new(io::ErrorKind::TimedOut, format!("{t}: dial timed out"))
-                }
-            }
-        }
-        Err(last)
-    }
-
-    async fn tcp_one(&self, t: &HostPort) -> io::Result<(TcpStream, SocketAddr)> {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no address");
-        for addr in tokio::net::lookup_host(t.dial()).await? {
-            let socket = if addr.is_ipv4() {
-                TcpSocket::new_v4()?
-            } else {
-                TcpSocket::new_v6()?
-            };
-            if let Some(ip) = self.from.filter(|ip| ip.is_ipv4() == addr.is_ipv4()) {
-                socket.bind(SocketAddr::new(ip, 0))?;
-            }
-            match socket.connect(addr).await {
-                Ok(s) => {
-                    let _ = s.set_nodelay(true);
-                    return Ok((s, addr));
-                }
-                Err(e) => last = e,
-            }
-        }
-        Err(last)
-    }
-
-    pub async fn udp(&self) -> io::Result<UdpSocket> {
-        let mut last = io::Error::new(io::ErrorKind::NotFound, "no target");
-        for t in self.order() {
-            let addr = match tokio::net::lookup_host(t.dial())
-                .await
-                .map(|mut a| a.next())
-            {
-                Ok(Some(a)) => a,
-                Ok(None) => continue,
-                Err(e) => {
-                    last = e;
-                    continue;
-                }
-            };
-            let local: SocketAddr = match (self.from, addr) {
-                (Some(ip), _) if ip.is_ipv4() == addr.is_ipv4() => SocketAddr::new(ip, 0),
-                (_, SocketAddr::V4(_)) => ([0, 0, 0, 0], 0).into(),
-                (_, SocketAddr::V6(_)) => (std::net::Ipv6Addr::UNSPECIFIED, 0).into(),
-            };
-            let s = UdpSocket::bind(local).await?;
-            porthole_engine::udp::size_socket(&s);
-            s.connect(addr).await?;
-            return Ok(s);
-        }
-        Err(last)
-    }
-}
-
 /// Dialing side: a `tcp` launch. Dials a target and pumps bytes.
 pub async fn dial_tcp(
     conn: PoolConn,
@@ -308,11 +218,36 @@ pub async fn dial_udp(conn: PoolConn, dialer: &Dialer, framing: Arc<UdpFraming>)
 
 pub type Tunnels = watch::Receiver<Option<Arc<TunnelHandle>>>;
 
+/// How long `block=` waits for a user's first bytes. NodePass waits for 8 bytes without
+/// a limit, which stalls protocols where the server speaks first (SMTP, MySQL); here
+/// what arrived by then decides.
+pub const BLOCK_PEEK_WAIT: Duration = Duration::from_millis(500);
+
+/// The protocol a user connection starts that `block` refuses, if any. Reads nothing:
+/// the bytes stay for the session.
+pub async fn blocked(user: &TcpStream, block: BlockSet) -> Option<&'static str> {
+    if block.is_empty() {
+        return None;
+    }
+    let deadline = tokio::time::Instant::now() + BLOCK_PEEK_WAIT;
+    let mut first = [0u8; block::PEEK];
+    let mut n = 0;
+    while let Ok(Ok(k)) = tokio::time::timeout_at(deadline, user.peek(&mut first)).await {
+        n = k;
+        if k == 0 || k >= block::PEEK || tokio::time::Instant::now() >= deadline {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    block.check(&first[..n])
+}
+
 /// Accepting side, TCP: each user connection rides a pool connection.
 pub async fn accept_tcp(
     listener: TcpListener,
     tunnels: Tunnels,
     limits: Arc<Limits>,
+    block: BlockSet,
     cancel: CancellationToken,
     tasks: Tasks,
 ) {
@@ -332,6 +267,10 @@ pub async fn accept_tcp(
                 debug!("no tunnel: closing user connection from {from}");
                 return;
             };
+            if let Some(protocol) = blocked(&user, block).await {
+                warn!("{from}: {protocol} is blocked (block=): closing");
+                return;
+            }
             let _slot = match &limits.slots {
                 Some(s) => match s.clone().try_acquire_owned() {
                     Ok(p) => Some(p),

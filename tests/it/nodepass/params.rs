@@ -201,3 +201,70 @@ async fn notcp_and_noudp_disable_listeners() {
     );
     stop.cancel();
 }
+
+/// `block=123` on the accepting side: SOCKS, HTTP and TLS openings are closed before
+/// they reach the target; other bytes pass, and so does a user that waits for the
+/// server to speak first (NodePass itself would wait for 8 bytes forever).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn block_refuses_socks_http_and_tls_only() {
+    let target = naming_target("T").await;
+    let (user, stop) = reverse_pair(&target.to_string(), "&block=123", "").await;
+    let say = |first: &'static [u8]| async move {
+        let mut s = TcpStream::connect(user).await.unwrap();
+        s.write_all(first).await.unwrap();
+        let mut out = Vec::new();
+        let _ = tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut out)).await;
+        String::from_utf8_lossy(&out).into_owned()
+    };
+    // The tunnel is up once plain bytes get through.
+    for _ in 0..100 {
+        if say(b"hello").await.starts_with('T') {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    for blocked in [
+        &b"\x05\x01\x00"[..],
+        b"\x04\x01\x00\x50\x7f\x00\x00\x01",
+        b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+        b"\x16\x03\x01\x00\xa5\x01\x00\x00",
+    ] {
+        assert_eq!(say(blocked).await, "", "{blocked:?} got through");
+    }
+    assert!(
+        say(b"SSH-2.0-OpenSSH_9.2\r\n")
+            .await
+            .starts_with("T 127.0.0.1 SSH-2.0")
+    );
+    // Says nothing: the target's greeting still arrives.
+    let silent = ask(user).await;
+    assert!(silent.starts_with('T'), "a silent user got {silent:?}");
+    stop.cancel();
+}
+
+/// `lbs=2` dials the first target while it answers; `lbs=1` settles on the one the probe
+/// found fastest; both unlike round robin, which alternates (tested above).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn lbs_primary_and_lowest_latency_pick_one_target() {
+    for lbs in [2, 1] {
+        let a = naming_target("A").await;
+        let b = naming_target("B").await;
+        let (user, stop) = reverse_pair(&format!("{a},{b}"), "", &format!("&lbs={lbs}")).await;
+        eventually_answer(user).await;
+        let answers: Vec<char> = {
+            let mut v = Vec::new();
+            for _ in 0..8 {
+                v.push(ask(user).await.chars().next().unwrap_or('-'));
+            }
+            v
+        };
+        assert!(
+            answers.iter().all(|&c| c == answers[0]) && answers[0] != '-',
+            "lbs={lbs}: {answers:?}"
+        );
+        if lbs == 2 {
+            assert_eq!(answers[0], 'A', "lbs=2 starts at the first target");
+        }
+        stop.cancel();
+    }
+}

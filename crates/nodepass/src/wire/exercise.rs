@@ -6,6 +6,7 @@ pub fn all(data: &[u8]) {
     let _ = super::http::parse_request(data);
     let _ = super::http::parse_response(data);
     let _ = super::udp_frame::looks_framed(data);
+    let _ = super::block::BlockSet::parse("123").map(|b| b.check(data));
     let mut frames = super::udp_frame::Decoder::default();
     frames.push(data);
     while let Some(d) = frames.next_datagram() {

@@ -3,6 +3,7 @@
 //! fingerprints and UDP framing. Every byte example of docs/NODEPASS.md ("The wire") is a unit test here.
 
 #[doc(hidden)]
+pub mod block;
 pub mod exercise;
 pub mod http;
 pub mod key;

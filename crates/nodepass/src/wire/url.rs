@@ -4,6 +4,8 @@ use std::fmt;
 use std::net::IpAddr;
 use std::time::Duration;
 
+use super::block::BlockSet;
+
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Role {
     Server,
@@ -97,6 +99,9 @@ pub enum HandshakeChoice {
     Http,
 }
 
+/// NodePass's `dns=` default.
+pub const DEFAULT_DNS_TTL: Duration = Duration::from_secs(300);
+
 /// The query parameters, typed. Defaults are NodePass's.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Params {
@@ -121,8 +126,13 @@ pub struct Params {
     pub noudp: bool,
     /// Source address for dialing targets.
     pub dial: Option<IpAddr>,
-    pub dns: Option<String>,
-    pub block: Option<String>,
+    /// How long resolved target names are kept (`dns=`, 5 minutes; 0 = not kept).
+    pub dns: Duration,
+    /// Protocols refused on the accepting side (`block=`).
+    pub block: BlockSet,
+    /// Target selection (`lbs=`): 0 round robin, 1 lowest connect latency (probed every
+    /// 5 s), 2 the first target, with fallback to the next for 5 minutes.
+    pub lbs: u8,
     /// Client: how to make the handshake (porthole's own parameter).
     pub handshake: HandshakeChoice,
     /// Length-prefixed UDP datagrams on pool connections: `None` (auto) follows the
@@ -148,8 +158,9 @@ impl Default for Params {
             notcp: false,
             noudp: false,
             dial: None,
-            dns: None,
-            block: None,
+            dns: DEFAULT_DNS_TTL,
+            block: BlockSet::default(),
+            lbs: 0,
             handshake: HandshakeChoice::Auto,
             udpframe: None,
         }
@@ -406,8 +417,41 @@ impl std::str::FromStr for NodepassUrl {
                         })?),
                     }
                 }
-                "dns" => params.dns = Some(v),
-                "block" => params.block = Some(v),
+                "dns" => {
+                    params.dns = match v.as_str() {
+                        "0" | "0s" => Duration::ZERO,
+                        d => humantime::parse_duration(d).map_err(|_| UrlError::Param {
+                            param: k.into(),
+                            value: v.clone(),
+                            expected: "a duration like 5m, 30s or 0 (no cache)",
+                        })?,
+                    }
+                }
+                "block" => {
+                    params.block = BlockSet::parse(&v).map_err(|_| UrlError::Param {
+                        param: k.into(),
+                        value: v.clone(),
+                        expected: "digits: 1 SOCKS, 2 HTTP, 3 TLS (e.g. 13), or 0",
+                    })?
+                }
+                "lbs" => {
+                    params.lbs = number(k, &v)?;
+                    if params.lbs > 2 {
+                        return Err(UrlError::Param {
+                            param: k.into(),
+                            value: v,
+                            expected: "0 (round robin), 1 (lowest latency) or 2 (primary with fallback)",
+                        });
+                    }
+                }
+                "type" if v != "0" => {
+                    return Err(UrlError::Param {
+                        param: k.into(),
+                        value: v,
+                        expected: "0: porthole speaks the TCP pool only (type=1 QUIC, 2 WebSocket and 3 HTTP/2 are not supported yet)",
+                    });
+                }
+                "type" => {}
                 other => unknown.push(other.to_string()),
             }
         }
