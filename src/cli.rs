@@ -181,10 +181,10 @@ impl PingArgs {
 pub struct ServerChoiceArgs {
     /// The server's EndpointId (printed by the server and by show-server-id).
     #[arg(long, value_name = "ID", conflicts_with = "ticket")]
-    pub server_node_id: Option<String>,
+    pub server_node_id: Option<porthole_proto::key::EndpointId>,
     /// The ticket printed by the server (id + relays + addresses in one string).
     #[arg(long, value_name = "TICKET")]
-    pub ticket: Option<String>,
+    pub ticket: Option<porthole_proto::ticket::Ticket>,
     /// A direct address of the server (repeatable): reach it on a LAN or offline, no relay needed.
     #[arg(long = "server-addr", value_name = "IP:PORT")]
     pub server_addrs: Vec<SocketAddr>,
@@ -273,7 +273,7 @@ pub struct IrohArgs {
     pub relay_only: bool,
     /// Discovery by EndpointId: a pkarr URL (https://dns.example.com/pkarr) or `none`.
     #[arg(long, value_name = "URL|none")]
-    pub dns_server: Option<String>,
+    pub dns_server: Option<porthole_transport_iroh::DnsSetting>,
     /// Do not ask the home router for a port mapping (UPnP / PCP / NAT-PMP).
     #[arg(long)]
     pub no_portmap: bool,
@@ -361,10 +361,10 @@ pub struct ServerArgs {
     pub secret_file: Option<PathBuf>,
     /// Allowed TCP destinations: CIDR with optional ports, e.g. 127.0.0.0/8, 10.0.0.0/8:5432 (repeatable).
     #[arg(long = "allowed-tcp", value_name = "CIDR")]
-    pub allowed_tcp: Vec<String>,
+    pub allowed_tcp: Vec<porthole_engine::policy::AllowRule>,
     /// Allowed UDP destinations, same syntax (repeatable). Empty = UDP refused.
     #[arg(long = "allowed-udp", value_name = "CIDR")]
-    pub allowed_udp: Vec<String>,
+    pub allowed_udp: Vec<porthole_engine::policy::AllowRule>,
     /// Accepted auth token (repeatable). Visible to other local users in the process
     /// list: prefer --auth-tokens-file.
     #[arg(long = "auth-tokens", value_name = "TOKEN")]

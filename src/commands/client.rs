@@ -5,8 +5,8 @@ use porthole_engine::client::Client;
 use porthole_transport_iroh::{IrohConnector, RelaySetting};
 use tokio_util::sync::CancellationToken;
 
-use crate::cli::{ClientArgs, Mode};
-use crate::config::resolve::{self, ClientSettings, Plan};
+use crate::cli::ClientArgs;
+use crate::config::resolve::{self, ClientSettings, ClientTransport, IrohClient, Plan};
 use crate::exit::Exit;
 
 pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
@@ -15,38 +15,40 @@ pub async fn run(args: &ClientArgs) -> Result<(), Exit> {
         Plan::Peer(s) => *s,
     };
     let shutdown = crate::commands::shutdown_on_signal();
-    match settings.mode {
-        Mode::Manual => super::manual::run_client(settings, shutdown)
+    match &settings.transport {
+        ClientTransport::Manual(m) => super::manual::run_client(&settings, m, shutdown)
             .await
             .map_err(Exit::from),
-        _ => run_iroh(settings, shutdown).await.map_err(Exit::from),
+        ClientTransport::Iroh(t) => run_iroh(&settings, t, shutdown).await.map_err(Exit::from),
     }
 }
 
 /// An iroh endpoint bound as the settings say, and the connector that dials their server
 /// (by id, with the configured relays and direct addresses): the client's and `ping`'s.
-pub async fn iroh_connector(s: &ClientSettings) -> Result<(iroh::Endpoint, IrohConnector)> {
-    let endpoint = porthole_transport_iroh::bind(&s.iroh, &s.quic)
+pub async fn iroh_connector(
+    s: &ClientSettings,
+    t: &IrohClient,
+) -> Result<(iroh::Endpoint, IrohConnector)> {
+    let endpoint = porthole_transport_iroh::bind(&t.options, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
-    let relays = match &s.iroh.relays {
+    let relays = match &t.options.relays {
         RelaySetting::Custom(v) => v.clone(),
         _ => Vec::new(),
     };
-    let id = s.server_id.context("no server id")?;
-    let addr = porthole_transport_iroh::ticket::endpoint_addr(&id, &relays, &s.server_addrs)
+    let addr = porthole_transport_iroh::ticket::endpoint_addr(&t.server, &relays, &t.server_addrs)
         .map_err(|e| anyhow::anyhow!("server id: {e}"))?;
     let connector = IrohConnector::new(endpoint.clone(), addr, &s.quic);
     Ok((endpoint, connector))
 }
 
-async fn run_iroh(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
+async fn run_iroh(s: &ClientSettings, t: &IrohClient, shutdown: CancellationToken) -> Result<()> {
     // Listeners first: a port conflict is reported before any network work.
     let config = s.engine_config();
     let telemetry = config.telemetry.clone();
     let client = Client::bind(config).await?;
     let watching = super::watch::engine(&s.watch, &telemetry, &shutdown).await?;
-    let (endpoint, connector) = iroh_connector(&s).await?;
+    let (endpoint, connector) = iroh_connector(s, t).await?;
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;
     watching.finish().await;

@@ -18,18 +18,22 @@ use tracing::{info, warn};
 use crate::config::resolve::{ClientSettings, ManualSettings, ServerSettings};
 use crate::secrets;
 
-pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
-    let (config, watching) = super::server::engine(&s, &shutdown).await?;
-    let opts = options(&s.manual, &s.quic).await;
+pub async fn run_server(
+    s: &ServerSettings,
+    m: &ManualSettings,
+    shutdown: CancellationToken,
+) -> Result<()> {
+    let (config, watching) = super::server::engine(s, &shutdown).await?;
+    let opts = options(m, &s.quic).await;
     let offer = tokio::select! {
-        o = read_blob(BlobKind::Offer, s.manual.offer_file.as_deref()) => o?,
+        o = read_blob(BlobKind::Offer, m.offer_file.as_deref()) => o?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     info!(nat = %offer.nat, "offer received with {} candidate(s)", offer.candidates.len());
     let prepared = PreparedServer::new(opts, offer).await?;
     write_blob(
         &prepared.answer().encode()?,
-        s.manual.answer_file.as_deref(),
+        m.answer_file.as_deref(),
         "answer",
         "client",
     )?;
@@ -44,20 +48,24 @@ pub async fn run_server(s: ServerSettings, shutdown: CancellationToken) -> Resul
     Ok(())
 }
 
-pub async fn run_client(s: ClientSettings, shutdown: CancellationToken) -> Result<()> {
+pub async fn run_client(
+    s: &ClientSettings,
+    m: &ManualSettings,
+    shutdown: CancellationToken,
+) -> Result<()> {
     let config = s.engine_config();
     let telemetry = config.telemetry.clone();
     let client = Client::bind(config).await?;
     let watching = super::watch::engine(&s.watch, &telemetry, &shutdown).await?;
-    let prepared = PreparedClient::new(options(&s.manual, &s.quic).await).await?;
+    let prepared = PreparedClient::new(options(m, &s.quic).await).await?;
     write_blob(
         &prepared.offer().encode()?,
-        s.manual.offer_file.as_deref(),
+        m.offer_file.as_deref(),
         "offer",
         "server",
     )?;
     let answer = tokio::select! {
-        a = read_blob(BlobKind::Answer, s.manual.answer_file.as_deref()) => a?,
+        a = read_blob(BlobKind::Answer, m.answer_file.as_deref()) => a?,
         _ = shutdown.cancelled() => return Ok(()),
     };
     let connector = tokio::select! {

@@ -4,7 +4,6 @@
 
 use std::time::Duration;
 
-use anyhow::Context;
 use porthole_engine::client::CheckInError;
 use porthole_engine::transport::Connection as _;
 use porthole_transport_iroh::paths::PathKind;
@@ -16,8 +15,11 @@ use crate::exit::Exit;
 pub async fn run(args: PingArgs) -> Result<(), Exit> {
     let (count, until_direct) = (args.count, args.until_direct);
     let s = resolve::ping(&args.into_client()).map_err(Exit::usage)?;
-    let (endpoint, connector) = super::client::iroh_connector(&s).await?;
-    let id = s.server_id.context("no server id")?;
+    let resolve::ClientTransport::Iroh(t) = &s.transport else {
+        return Err(anyhow::anyhow!("porthole ping works in iroh mode").into());
+    };
+    let (endpoint, connector) = super::client::iroh_connector(&s, t).await?;
+    let id = t.server;
     let session = match porthole_engine::client::check_in(&connector, &s.engine_config()).await {
         Ok(session) => session,
         Err(CheckInError::Fatal(e)) => return Err(Exit::from(anyhow::Error::from(e))),

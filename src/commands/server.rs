@@ -8,8 +8,8 @@ use porthole_transport_iroh::{IrohAcceptor, RelaySetting};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
-use crate::cli::{Mode, ServerArgs};
-use crate::config::resolve::{self, Plan, ServerSettings};
+use crate::cli::ServerArgs;
+use crate::config::resolve::{self, Plan, ServerSettings, ServerTransport};
 use crate::exit::Exit;
 
 pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
@@ -18,22 +18,27 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
         Plan::Peer(s) => *s,
     };
     let shutdown = crate::commands::shutdown_on_signal();
-    match settings.mode {
-        Mode::Manual => super::manual::run_server(settings, shutdown)
+    match &settings.transport {
+        ServerTransport::Manual(m) => super::manual::run_server(&settings, m, shutdown)
             .await
             .map_err(Exit::from),
-        _ => run_iroh(settings, shutdown).await.map_err(Exit::from),
+        ServerTransport::Iroh(opts) => run_iroh(&settings, opts, shutdown)
+            .await
+            .map_err(Exit::from),
     }
 }
 
-async fn run_iroh(s: ServerSettings, shutdown: CancellationToken) -> Result<()> {
+async fn run_iroh(
+    s: &ServerSettings,
+    opts: &porthole_transport_iroh::IrohOptions,
+    shutdown: CancellationToken,
+) -> Result<()> {
     if s.secret.is_none() {
         warn!(
             "no --secret-file: this server gets a new EndpointId on every start; create a stable one with: porthole generate-server-key --output server.key"
         );
     }
-    let (config, watching) = super::server::engine(&s, &shutdown).await?;
-    let opts = &s.iroh;
+    let (config, watching) = super::server::engine(s, &shutdown).await?;
     let endpoint = porthole_transport_iroh::bind(opts, &s.quic)
         .await
         .context("starting the iroh endpoint")?;

@@ -1,6 +1,6 @@
-//! Configuration files: `raw` (serde, strict) -> validated, then merged with the
-//! command line in `resolve` (flags win; a non-empty list on the command line replaces
-//! the file's list).
+//! Configuration files: `raw` (serde, strict; every value parsed once, as the file is
+//! read), then merged with the command line in `resolve` (flags win; a non-empty list on
+//! the command line replaces the file's list) into per-mode settings.
 //!
 //! Relative paths inside a file are relative to the file's own directory.
 
@@ -66,15 +66,15 @@ pub fn read_client(path: &Path) -> Result<ClientFile> {
 
 pub fn parse_server(text: &str) -> Result<ServerFile> {
     check_role(text, Role::Server)?;
-    let file: ServerFile = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
-    file.validate()?;
+    let mut file: ServerFile = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
+    file.finish()?;
     Ok(file)
 }
 
 pub fn parse_client(text: &str) -> Result<ClientFile> {
     check_role(text, Role::Client)?;
-    let file: ClientFile = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
-    file.validate()?;
+    let mut file: ClientFile = toml::from_str(text).map_err(|e| explain_toml(text, e))?;
+    file.finish()?;
     Ok(file)
 }
 
@@ -222,8 +222,8 @@ mod tests {
             "role = \"client\"\n[[forwards]]\nsource = \"tcp://127.0.0.1:22\"\ntarget = \"127.0.0.1:2222\"\n",
         )
         .unwrap();
-        assert_eq!(new.forward_pairs(), old.forward_pairs());
-        assert_eq!(new.forward_pairs()[0].1, "127.0.0.1:2222");
+        assert_eq!(new.forwards, old.forwards);
+        assert_eq!(new.forwards[0].1, "127.0.0.1:2222".parse().unwrap());
     }
 
     #[test]

@@ -1,5 +1,7 @@
-//! The config files as written: strict serde structs (unknown keys are errors) with
-//! secrets masked in Debug, plus checks that need no I/O.
+//! The config files: strict serde structs (unknown keys are errors) whose values are
+//! parsed once, when the file is read: plain values by their deserializers (a bad one is
+//! a TOML error naming the key), secrets and what depends on the role or on other keys
+//! by `finish` (so a secret never appears in a TOML error). `resolve` only merges.
 
 use std::fmt;
 use std::net::SocketAddr;
@@ -10,11 +12,12 @@ use anyhow::{Context, Result, bail};
 use porthole_engine::direct_paths::AddrRule;
 use porthole_engine::policy::AllowRule;
 use porthole_engine::quic_params::{Congestion, QuicParams};
+use porthole_nodepass::NodepassUrl;
 use porthole_proto::key::EndpointId;
 use porthole_proto::source::Source;
 use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
-use porthole_transport_iroh::{DnsSetting, RelaySpec};
+use porthole_transport_iroh::{DnsSetting, RelaySetting, RelaySpec};
 use serde::Deserialize;
 
 use crate::cli::Mode;
@@ -39,10 +42,47 @@ impl Drop for Secret {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct AllowedSources {
-    #[serde(default)]
-    pub tcp: Vec<String>,
-    #[serde(default)]
-    pub udp: Vec<String>,
+    #[serde(default, deserialize_with = "tcp_rules")]
+    pub tcp: Vec<AllowRule>,
+    #[serde(default, deserialize_with = "udp_rules")]
+    pub udp: Vec<AllowRule>,
+}
+
+fn tcp_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AllowRule>, D::Error> {
+    indexed(d, "allowed_sources.tcp")
+}
+
+fn udp_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AllowRule>, D::Error> {
+    indexed(d, "allowed_sources.udp")
+}
+
+/// A list whose entries parse with `FromStr`; an error names `key[index]`.
+fn indexed<'de, D, T>(d: D, key: &str) -> Result<Vec<T>, D::Error>
+where
+    D: serde::Deserializer<'de>,
+    T: std::str::FromStr,
+    T::Err: fmt::Display,
+{
+    Vec::<String>::deserialize(d)?
+        .iter()
+        .enumerate()
+        .map(|(i, s)| {
+            s.parse()
+                .map_err(|e| serde::de::Error::custom(format!("{key}[{i}]: {e}")))
+        })
+        .collect()
+}
+
+/// `relay_urls`: relay URLs, or `["none"]` (no relays); empty: not given.
+fn relays<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<RelaySetting>, D::Error> {
+    let urls = Vec::<String>::deserialize(d)?;
+    relay_setting("relay_urls", &urls).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
+}
+
+/// `stun_servers`: HOST:PORT entries, or `["none"]` (local candidates only); empty: not given.
+fn stun<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Option<Stun>, D::Error> {
+    let servers = Vec::<String>::deserialize(d)?;
+    Stun::parse("stun_servers", &servers).map_err(|e| serde::de::Error::custom(format!("{e:#}")))
 }
 
 /// `[nodepass]`: a NodePass tunnel, either as one `url` or field by field (the same
@@ -167,26 +207,30 @@ pub struct ServerFile {
     pub _role: String,
     pub mode: Option<Mode>,
     pub secret_file: Option<PathBuf>,
-    #[serde(default)]
-    pub auth_tokens: Vec<Secret>,
+    /// As written; parsed into `auth_tokens` by `finish`.
+    #[serde(default, rename = "auth_tokens")]
+    auth_token_texts: Vec<Secret>,
+    #[serde(skip)]
+    pub auth_tokens: Vec<AuthToken>,
     pub auth_tokens_file: Option<PathBuf>,
     /// Named clients with their own tokens, allow-lists and limits.
     pub access_file: Option<PathBuf>,
     pub max_sessions: Option<usize>,
     #[serde(default)]
     pub allowed_sources: AllowedSources,
-    #[serde(default)]
-    pub relay_urls: Vec<String>,
+    #[serde(default, rename = "relay_urls", deserialize_with = "relays")]
+    pub relays: Option<RelaySetting>,
     pub relay_ca: Option<PathBuf>,
-    pub dns_server: Option<String>,
+    #[serde(default, deserialize_with = "from_str")]
+    pub dns_server: Option<DnsSetting>,
     #[serde(default)]
     pub bind: Vec<SocketAddr>,
     pub portmap: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
     /// Manual mode: STUN servers (`["none"]` for LAN only).
-    #[serde(default)]
-    pub stun_servers: Vec<String>,
+    #[serde(default, rename = "stun_servers", deserialize_with = "stun")]
+    pub stun: Option<Stun>,
     /// Manual mode: where the offer is written / read.
     pub offer_file: Option<PathBuf>,
     /// Manual mode: where the answer is written / read.
@@ -199,8 +243,10 @@ pub struct ServerFile {
     pub direct_paths: DirectPathsTable,
     #[serde(default)]
     pub status: StatusTable,
-    /// mode = "nodepass": the tunnel.
-    pub nodepass: Option<NodepassTable>,
+    /// mode = "nodepass": the tunnel, as written; its URL is made by `finish`.
+    nodepass: Option<NodepassTable>,
+    #[serde(skip)]
+    pub nodepass_url: Option<NodepassUrl>,
 }
 
 /// `[quic]`: QUIC tuning, the same in iroh and manual mode.
@@ -299,20 +345,29 @@ pub struct ClientFile {
     #[serde(rename = "role")]
     pub _role: String,
     pub mode: Option<Mode>,
-    pub server_node_id: Option<String>,
-    pub ticket: Option<String>,
+    #[serde(default, deserialize_with = "from_str")]
+    pub server_node_id: Option<EndpointId>,
+    #[serde(default, deserialize_with = "from_str")]
+    pub ticket: Option<Ticket>,
     #[serde(default)]
     pub server_addrs: Vec<SocketAddr>,
-    pub auth_token: Option<Secret>,
+    /// As written; parsed into `auth_token` by `finish`.
+    #[serde(rename = "auth_token")]
+    auth_token_text: Option<Secret>,
+    #[serde(skip)]
+    pub auth_token: Option<AuthToken>,
     pub auth_token_file: Option<PathBuf>,
     /// A client key to prove instead of a token (the server's access file lists its id).
     pub client_key_file: Option<PathBuf>,
     /// Shorthand for a single forward (`target` is the older name of `listen`).
-    pub source: Option<String>,
+    source: Option<String>,
     #[serde(alias = "target")]
-    pub listen: Option<String>,
-    #[serde(default)]
-    pub forwards: Vec<ForwardEntry>,
+    listen: Option<String>,
+    #[serde(default, rename = "forwards")]
+    forward_entries: Vec<ForwardEntry>,
+    /// The forwards (the shorthand or `[[forwards]]`), parsed by `finish`.
+    #[serde(skip)]
+    pub forwards: Vec<(Source, SocketAddr)>,
     /// SOCKS5 proxies (dynamic forwarding), e.g. ["127.0.0.1:1080"].
     #[serde(default)]
     pub socks: Vec<SocketAddr>,
@@ -321,18 +376,19 @@ pub struct ClientFile {
     pub http_proxy: Vec<SocketAddr>,
     /// `user:password` the proxies require (needed off loopback).
     pub proxy_auth_file: Option<PathBuf>,
-    #[serde(default)]
-    pub relay_urls: Vec<String>,
+    #[serde(default, rename = "relay_urls", deserialize_with = "relays")]
+    pub relays: Option<RelaySetting>,
     pub relay_ca: Option<PathBuf>,
-    pub dns_server: Option<String>,
+    #[serde(default, deserialize_with = "from_str")]
+    pub dns_server: Option<DnsSetting>,
     #[serde(default)]
     pub bind: Vec<SocketAddr>,
     pub portmap: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
     /// Manual mode: STUN servers (`["none"]` for LAN only).
-    #[serde(default)]
-    pub stun_servers: Vec<String>,
+    #[serde(default, rename = "stun_servers", deserialize_with = "stun")]
+    pub stun: Option<Stun>,
     /// Manual mode: where the offer is written / read.
     pub offer_file: Option<PathBuf>,
     /// Manual mode: where the answer is written / read.
@@ -345,8 +401,10 @@ pub struct ClientFile {
     pub direct_paths: DirectPathsTable,
     #[serde(default)]
     pub status: StatusTable,
-    /// mode = "nodepass": the tunnel.
-    pub nodepass: Option<NodepassTable>,
+    /// mode = "nodepass": the tunnel, as written; its URL is made by `finish`.
+    nodepass: Option<NodepassTable>,
+    #[serde(skip)]
+    pub nodepass_url: Option<NodepassUrl>,
 }
 
 fn rebase(base: &Path, p: &mut Option<PathBuf>) {
@@ -357,62 +415,100 @@ fn rebase(base: &Path, p: &mut Option<PathBuf>) {
     }
 }
 
-/// Checks a list of relay URLs (`none` alone disables relays).
-pub fn check_relays(key: &str, urls: &[String]) -> Result<()> {
+/// Relay URLs as written (in a file, on the command line, in a ticket): `None` when
+/// there are none, `none` alone disables relays.
+pub fn relay_setting(key: &str, urls: &[String]) -> Result<Option<RelaySetting>> {
+    if urls.is_empty() {
+        return Ok(None);
+    }
     if urls.iter().any(|u| u == "none") {
         if urls.len() > 1 {
             bail!("{key}: \"none\" disables relays and cannot be combined with relay URLs");
         }
-        return Ok(());
+        return Ok(Some(RelaySetting::Disabled));
     }
-    for (i, u) in urls.iter().enumerate() {
-        u.parse::<RelaySpec>()
-            .with_context(|| format!("{key}[{i}]"))?;
-    }
-    Ok(())
+    let specs = urls
+        .iter()
+        .enumerate()
+        .map(|(i, u)| {
+            u.parse::<RelaySpec>()
+                .with_context(|| format!("{key}[{i}]"))
+        })
+        .collect::<Result<Vec<_>>>()?;
+    Ok(Some(RelaySetting::Custom(specs)))
 }
 
-pub fn check_dns(key: &str, dns: Option<&String>) -> Result<()> {
-    if let Some(d) = dns {
-        d.parse::<DnsSetting>()
-            .map_err(|e| anyhow::anyhow!("{key}: {e}"))?;
+/// Manual mode's STUN servers, as given (not given: the defaults).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Stun {
+    /// `none`: local candidates only.
+    Off,
+    /// HOST:PORT entries.
+    Servers(Vec<String>),
+}
+
+impl Stun {
+    /// `None` when the list is empty; `none` alone turns STUN off.
+    pub fn parse(key: &str, servers: &[String]) -> Result<Option<Self>> {
+        if servers.is_empty() {
+            return Ok(None);
+        }
+        if servers.iter().any(|s| s == "none") {
+            if servers.len() > 1 {
+                bail!("{key}: \"none\" disables STUN and cannot be combined with servers");
+            }
+            return Ok(Some(Stun::Off));
+        }
+        for (i, s) in servers.iter().enumerate() {
+            let ok = s
+                .rsplit_once(':')
+                .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
+            if !ok {
+                bail!(
+                    "{key}[{i}]: {s:?} is not HOST:PORT (e.g. stun.example.com:3478 or 192.0.2.1:3478)"
+                );
+            }
+        }
+        Ok(Some(Stun::Servers(servers.to_vec())))
     }
-    Ok(())
+}
+
+/// `mode = "nodepass"` needs the table; the table, when there, is made into its URL.
+fn nodepass_url(
+    mode: Option<Mode>,
+    table: Option<&NodepassTable>,
+    role: &str,
+) -> Result<Option<NodepassUrl>> {
+    if mode == Some(Mode::Nodepass) && table.is_none() {
+        bail!(
+            "mode = \"nodepass\" needs a [nodepass] table (url = \"{role}://...\", or tunnel/targets/...)"
+        );
+    }
+    table.map(|t| t.to_url(role)).transpose()
 }
 
 impl ServerFile {
-    pub fn validate(&self) -> Result<()> {
-        for (proto, rules) in [
-            ("tcp", &self.allowed_sources.tcp),
-            ("udp", &self.allowed_sources.udp),
-        ] {
-            for (i, r) in rules.iter().enumerate() {
-                r.parse::<AllowRule>()
-                    .with_context(|| format!("allowed_sources.{proto}[{i}]"))?;
-            }
-        }
-        for (i, t) in self.auth_tokens.iter().enumerate() {
-            t.0.parse::<AuthToken>().with_context(|| {
-                format!(
-                    "auth_tokens[{i}]: invalid token (generate one with: porthole generate-token)"
-                )
-            })?;
-        }
+    /// Parses what the deserializers left as written (tokens, the NodePass table) and
+    /// checks what spans keys.
+    pub fn finish(&mut self) -> Result<()> {
+        self.auth_tokens = self
+            .auth_token_texts
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                t.0.parse::<AuthToken>().with_context(|| {
+                    format!(
+                        "auth_tokens[{i}]: invalid token (generate one with: porthole generate-token)"
+                    )
+                })
+            })
+            .collect::<Result<_>>()?;
+        self.auth_token_texts.clear();
         if self.max_sessions == Some(0) {
             bail!("max_sessions: must be at least 1");
         }
-        check_relays("relay_urls", &self.relay_urls)?;
-        check_dns("dns_server", self.dns_server.as_ref())?;
-        check_stun("stun_servers", &self.stun_servers)?;
         self.quic.validate()?;
-        if let Some(np) = &self.nodepass {
-            np.to_url("server")?;
-        }
-        if self.mode == Some(Mode::Nodepass) && self.nodepass.is_none() {
-            bail!(
-                "mode = \"nodepass\" needs a [nodepass] table (url = \"server://...\", or tunnel/targets/...)"
-            );
-        }
+        self.nodepass_url = nodepass_url(self.mode, self.nodepass.as_ref(), "server")?;
         Ok(())
     }
 
@@ -428,56 +524,40 @@ impl ServerFile {
 }
 
 impl ClientFile {
-    pub fn validate(&self) -> Result<()> {
-        if let Some(id) = &self.server_node_id {
-            id.parse::<EndpointId>().context("server_node_id")?;
-        }
-        if let Some(t) = &self.ticket {
-            t.parse::<Ticket>().context("ticket")?;
-        }
+    /// Parses what the deserializers left as written (the token, the forwards, the
+    /// NodePass table) and checks what spans keys.
+    pub fn finish(&mut self) -> Result<()> {
         if self.server_node_id.is_some() && self.ticket.is_some() {
             bail!(
                 "server_node_id and ticket: give one or the other (a ticket already names the server)"
             );
         }
-        if let Some(t) = &self.auth_token {
-            t.0.parse::<AuthToken>().context("auth_token")?;
+        if let Some(t) = self.auth_token_text.take() {
+            self.auth_token = Some(t.0.parse::<AuthToken>().context("auth_token")?);
         }
         if self.auth_token.is_some() && self.auth_token_file.is_some() {
             bail!("auth_token and auth_token_file: give one or the other");
         }
-        match (&self.source, &self.listen) {
+        self.forwards = match (&self.source, &self.listen) {
             (Some(_), None) => bail!(
                 "source without listen: add `listen = \"127.0.0.1:PORT\"` (where to listen locally)"
             ),
             (None, Some(_)) => bail!(
                 "listen without source: add `source = \"tcp://HOST:PORT\"` (what to reach on the server's side)"
             ),
-            _ => {}
-        }
-        if self.source.is_some() && !self.forwards.is_empty() {
-            bail!(
+            (Some(_), Some(_)) if !self.forward_entries.is_empty() => bail!(
                 "source/listen and [[forwards]]: use one form (put the single forward in [[forwards]])"
-            );
-        }
-        if let (Some(s), Some(t)) = (&self.source, &self.listen) {
-            check_forward("source/listen", s, t)?;
-        }
-        for (i, f) in self.forwards.iter().enumerate() {
-            check_forward(&format!("forwards[{i}]"), &f.source, &f.listen)?;
-        }
-        check_relays("relay_urls", &self.relay_urls)?;
-        check_dns("dns_server", self.dns_server.as_ref())?;
-        check_stun("stun_servers", &self.stun_servers)?;
+            ),
+            (Some(s), Some(t)) => vec![check_forward("source/listen", s, t)?],
+            (None, None) => self
+                .forward_entries
+                .iter()
+                .enumerate()
+                .map(|(i, f)| check_forward(&format!("forwards[{i}]"), &f.source, &f.listen))
+                .collect::<Result<_>>()?,
+        };
         self.quic.validate()?;
-        if let Some(np) = &self.nodepass {
-            np.to_url("client")?;
-        }
-        if self.mode == Some(Mode::Nodepass) && self.nodepass.is_none() {
-            bail!(
-                "mode = \"nodepass\" needs a [nodepass] table (url = \"client://...\", or tunnel/targets/...)"
-            );
-        }
+        self.nodepass_url = nodepass_url(self.mode, self.nodepass.as_ref(), "client")?;
         Ok(())
     }
 
@@ -490,39 +570,6 @@ impl ClientFile {
         rebase(base, &mut self.offer_file);
         rebase(base, &mut self.answer_file);
     }
-
-    /// The file's forwards as (source, listen) pairs.
-    pub fn forward_pairs(&self) -> Vec<(String, String)> {
-        match (&self.source, &self.listen) {
-            (Some(s), Some(t)) => vec![(s.clone(), t.clone())],
-            _ => self
-                .forwards
-                .iter()
-                .map(|f| (f.source.clone(), f.listen.clone()))
-                .collect(),
-        }
-    }
-}
-
-/// Checks STUN server entries: HOST:PORT, or `none` alone.
-pub fn check_stun(key: &str, servers: &[String]) -> Result<()> {
-    if servers.iter().any(|s| s == "none") {
-        if servers.len() > 1 {
-            bail!("{key}: \"none\" disables STUN and cannot be combined with servers");
-        }
-        return Ok(());
-    }
-    for (i, s) in servers.iter().enumerate() {
-        let ok = s
-            .rsplit_once(':')
-            .is_some_and(|(h, p)| !h.is_empty() && p.parse::<u16>().is_ok_and(|p| p > 0));
-        if !ok {
-            bail!(
-                "{key}[{i}]: {s:?} is not HOST:PORT (e.g. stun.example.com:3478 or 192.0.2.1:3478)"
-            );
-        }
-    }
-    Ok(())
 }
 
 /// Parses a forward pair; used for the file and the command line alike.

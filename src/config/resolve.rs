@@ -12,13 +12,15 @@ use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
 use porthole_engine::server::ServerConfig;
 use porthole_proto::key::{EndpointId, SecretKey};
-use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
 use porthole_transport_iroh::options::parse_pem_certs;
-use porthole_transport_iroh::{DnsSetting, IrohOptions, RelaySetting, RelaySpec};
+use porthole_transport_iroh::{DnsSetting, IrohOptions, RelaySetting};
 use tracing::warn;
 
-use super::raw::{ClientFile, DirectPathsTable, QuicTable, ServerFile, StatusTable, check_forward};
+use super::raw::{
+    ClientFile, DirectPathsTable, QuicTable, ServerFile, StatusTable, Stun, check_forward,
+    relay_setting,
+};
 use super::{Role, read_client, read_server};
 use crate::cli::{
     ClientArgs, ConfigArgs, DirectPathArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ServerArgs,
@@ -42,27 +44,27 @@ pub struct ManualSettings {
     pub direct_paths: PathRules,
 }
 
-struct ManualFileSettings<'a> {
-    stun: &'a [String],
+/// What a config file says about manual mode.
+struct ManualFile<'a> {
+    stun: Option<&'a Stun>,
     offer_file: Option<&'a PathBuf>,
     answer_file: Option<&'a PathBuf>,
     punch_timeout: Option<Duration>,
+    bind: &'a [SocketAddr],
 }
 
 fn manual_settings(
     args: &ManualArgs,
-    file: ManualFileSettings<'_>,
-    bind: &[SocketAddr],
+    bind_args: &[SocketAddr],
+    file: ManualFile<'_>,
+    direct_paths: PathRules,
 ) -> Result<ManualSettings> {
-    let stun = list(&args.stun_servers, file.stun);
-    super::raw::check_stun("--stun-server", &stun)?;
-    let stun = if stun.is_empty() {
-        DEFAULT_STUN.iter().map(|s| s.to_string()).collect()
-    } else if stun.iter().any(|s| s == "none") {
-        Vec::new()
-    } else {
-        stun
+    let stun = match Stun::parse("--stun-server", &args.stun_servers)?.or(file.stun.cloned()) {
+        None => DEFAULT_STUN.iter().map(|s| s.to_string()).collect(),
+        Some(Stun::Off) => Vec::new(),
+        Some(Stun::Servers(v)) => v,
     };
+    let bind = list(bind_args, file.bind);
     if bind.len() > 1 {
         bail!("manual mode uses one UDP socket: give a single --bind address");
     }
@@ -72,21 +74,42 @@ fn manual_settings(
         answer_file: args.answer_file.clone().or(file.answer_file.cloned()),
         punch_timeout: args.punch_timeout.or(file.punch_timeout),
         bind: bind.first().copied(),
-        direct_paths: PathRules::default(),
+        direct_paths,
     })
+}
+
+/// How the server meets its clients: the mode and its settings.
+#[derive(Debug)]
+pub enum ServerTransport {
+    Iroh(IrohOptions),
+    Manual(ManualSettings),
+}
+
+/// How the client reaches its server: the mode and its settings.
+#[derive(Debug)]
+pub enum ClientTransport {
+    Iroh(IrohClient),
+    Manual(ManualSettings),
+}
+
+/// Iroh mode's client: the server to reach and the endpoint's options.
+#[derive(Debug)]
+pub struct IrohClient {
+    pub server: EndpointId,
+    /// Direct addresses to try (the command line's or file's, plus the ticket's).
+    pub server_addrs: Vec<SocketAddr>,
+    pub options: IrohOptions,
 }
 
 #[derive(Debug)]
 pub struct ServerSettings {
-    pub mode: Mode,
+    pub transport: ServerTransport,
     pub secret: Option<SecretKey>,
     /// Where the clients come from (re-read on reload), and the rules they made at start.
     pub access_sources: super::access::AccessSources,
     pub access: porthole_engine::access::Access,
     pub policy: Policy,
     pub max_sessions: usize,
-    pub iroh: IrohOptions,
-    pub manual: ManualSettings,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
@@ -152,17 +175,13 @@ pub fn watch_settings(
 
 #[derive(Debug)]
 pub struct ClientSettings {
-    pub mode: Mode,
+    pub transport: ClientTransport,
     /// The token, unless a client key stands in for it.
     pub token: Option<AuthToken>,
     pub proxies: Vec<ProxySpec>,
     pub proxy_auth: Option<ProxyAuth>,
     pub key: Option<SecretKey>,
     pub forwards: Vec<ForwardSpec>,
-    pub server_id: Option<EndpointId>,
-    pub server_addrs: Vec<SocketAddr>,
-    pub iroh: IrohOptions,
-    pub manual: ManualSettings,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
@@ -222,39 +241,27 @@ fn list<T: Clone>(cli: &[T], file: &[T]) -> Vec<T> {
     }
 }
 
-fn relay_setting(urls: &[String]) -> Result<RelaySetting> {
-    super::raw::check_relays("--relay-url", urls)?;
-    if urls.is_empty() {
-        return Ok(RelaySetting::Public);
-    }
-    if urls.iter().any(|u| u == "none") {
-        return Ok(RelaySetting::Disabled);
-    }
-    Ok(RelaySetting::Custom(
-        urls.iter()
-            .map(|u| u.parse::<RelaySpec>())
-            .collect::<Result<_, _>>()?,
-    ))
-}
-
-struct IrohFileSettings<'a> {
-    relay_urls: &'a [String],
+/// What a config file says about iroh mode.
+struct IrohFile<'a> {
+    relays: Option<&'a RelaySetting>,
     relay_ca: Option<&'a PathBuf>,
-    dns_server: Option<&'a String>,
+    dns_server: Option<&'a DnsSetting>,
     bind: &'a [SocketAddr],
     portmap: Option<bool>,
 }
 
+/// Iroh options: the command line over the file; relays default to `fallback` (a
+/// ticket's), then iroh's public ones.
 fn iroh_options(
     args: &IrohArgs,
-    file: IrohFileSettings<'_>,
-    relays_fallback: &[String],
+    file: IrohFile<'_>,
+    fallback: Option<RelaySetting>,
+    direct_paths: PathRules,
 ) -> Result<IrohOptions> {
-    let mut urls = list(&args.relay_urls, file.relay_urls);
-    if urls.is_empty() {
-        urls = relays_fallback.to_vec();
-    }
-    let relays = relay_setting(&urls)?;
+    let relays = relay_setting("--relay-url", &args.relay_urls)?
+        .or(file.relays.cloned())
+        .or(fallback)
+        .unwrap_or(RelaySetting::Public);
     let relay_ca = match args.relay_ca.as_ref().or(file.relay_ca) {
         Some(p) => {
             let pem = std::fs::read_to_string(p)
@@ -263,10 +270,6 @@ fn iroh_options(
         }
         None => Vec::new(),
     };
-    let dns = match args.dns_server.as_ref().or(file.dns_server) {
-        Some(d) => d.parse::<DnsSetting>().map_err(|e| anyhow::anyhow!(e))?,
-        None => DnsSetting::Auto,
-    };
     if args.relay_only && matches!(relays, RelaySetting::Disabled) {
         bail!("--relay-only with --relay-url none leaves no way to connect: drop one of them");
     }
@@ -274,9 +277,14 @@ fn iroh_options(
         relays,
         relay_ca,
         relay_only: args.relay_only,
-        dns,
+        dns: args
+            .dns_server
+            .clone()
+            .or(file.dns_server.cloned())
+            .unwrap_or_default(),
         bind: list(&args.bind, file.bind),
         portmap: !args.no_portmap && file.portmap.unwrap_or(true),
+        direct_paths,
         ..IrohOptions::default()
     })
 }
@@ -290,11 +298,11 @@ pub enum Plan<T> {
     Nodepass(Box<porthole_nodepass::NodepassUrl>),
 }
 
-fn nodepass_plan<T>(table: Option<&super::raw::NodepassTable>, role: &str) -> Result<Plan<T>> {
-    let table = table.with_context(|| {
+fn nodepass_plan<T>(url: Option<&porthole_nodepass::NodepassUrl>, role: &str) -> Result<Plan<T>> {
+    let url = url.with_context(|| {
         format!("--mode nodepass needs a config file with a [nodepass] table, or use: porthole nodepass '{role}://...'")
     })?;
-    Ok(Plan::Nodepass(Box::new(table.to_url(role)?)))
+    Ok(Plan::Nodepass(Box::new(url.clone())))
 }
 
 pub fn server(args: &ServerArgs) -> Result<Plan<ServerSettings>> {
@@ -310,7 +318,7 @@ pub fn server(args: &ServerArgs) -> Result<Plan<ServerSettings>> {
         .or(f.and_then(|f| f.mode))
         .unwrap_or(Mode::Iroh);
     if mode == Mode::Nodepass {
-        return nodepass_plan(f.and_then(|f| f.nodepass.as_ref()), "server");
+        return nodepass_plan(f.and_then(|f| f.nodepass_url.as_ref()), "server");
     }
     server_settings(args, f, mode).map(|s| Plan::Peer(Box::new(s)))
 }
@@ -320,19 +328,17 @@ fn server_settings(
     f: Option<&ServerFile>,
     mode: Mode,
 ) -> Result<ServerSettings> {
-    let tcp_rules = list(
-        &args.allowed_tcp,
-        f.map(|f| f.allowed_sources.tcp.as_slice())
-            .unwrap_or_default(),
-    );
-    let udp_rules = list(
-        &args.allowed_udp,
-        f.map(|f| f.allowed_sources.udp.as_slice())
-            .unwrap_or_default(),
-    );
     let policy = Policy {
-        tcp: AllowList::parse(&tcp_rules).context("--allowed-tcp / allowed_sources.tcp")?,
-        udp: AllowList::parse(&udp_rules).context("--allowed-udp / allowed_sources.udp")?,
+        tcp: AllowList(list(
+            &args.allowed_tcp,
+            f.map(|f| f.allowed_sources.tcp.as_slice())
+                .unwrap_or_default(),
+        )),
+        udp: AllowList(list(
+            &args.allowed_udp,
+            f.map(|f| f.allowed_sources.udp.as_slice())
+                .unwrap_or_default(),
+        )),
     };
     if policy.tcp.is_empty() && policy.udp.is_empty() {
         warn!(
@@ -355,43 +361,47 @@ fn server_settings(
     if max_sessions == 0 {
         bail!("--max-sessions must be at least 1");
     }
-    let empty: Vec<String> = Vec::new();
-    let mut iroh = iroh_options(
-        &args.iroh,
-        IrohFileSettings {
-            relay_urls: f.map(|f| f.relay_urls.as_slice()).unwrap_or(&empty),
-            relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
-            dns_server: f.and_then(|f| f.dns_server.as_ref()),
-            bind: f.map(|f| f.bind.as_slice()).unwrap_or_default(),
-            portmap: f.and_then(|f| f.portmap),
-        },
-        &[],
-    )?;
-    iroh.secret = secret.clone();
-    iroh.accept = true;
-    let mut manual = manual_settings(
-        &args.manual,
-        ManualFileSettings {
-            stun: f.map(|f| f.stun_servers.as_slice()).unwrap_or_default(),
-            offer_file: f.and_then(|f| f.offer_file.as_ref()),
-            answer_file: f.and_then(|f| f.answer_file.as_ref()),
-            punch_timeout: f.and_then(|f| f.punch_timeout),
-        },
-        &iroh.bind,
-    )?;
     // One set of rules for whichever transport runs.
     let rules = direct_paths(&args.direct_paths, f.map(|f| &f.direct_paths));
-    iroh.direct_paths = rules.clone();
-    manual.direct_paths = rules;
+    let bind = f.map(|f| f.bind.as_slice()).unwrap_or_default();
+    let transport = match mode {
+        Mode::Manual => ServerTransport::Manual(manual_settings(
+            &args.manual,
+            &args.iroh.bind,
+            ManualFile {
+                stun: f.and_then(|f| f.stun.as_ref()),
+                offer_file: f.and_then(|f| f.offer_file.as_ref()),
+                answer_file: f.and_then(|f| f.answer_file.as_ref()),
+                punch_timeout: f.and_then(|f| f.punch_timeout),
+                bind,
+            },
+            rules,
+        )?),
+        _ => {
+            let mut iroh = iroh_options(
+                &args.iroh,
+                IrohFile {
+                    relays: f.and_then(|f| f.relays.as_ref()),
+                    relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
+                    dns_server: f.and_then(|f| f.dns_server.as_ref()),
+                    bind,
+                    portmap: f.and_then(|f| f.portmap),
+                },
+                None,
+                rules,
+            )?;
+            iroh.secret = secret.clone();
+            iroh.accept = true;
+            ServerTransport::Iroh(iroh)
+        }
+    };
     Ok(ServerSettings {
-        mode,
+        transport,
         secret,
         access_sources,
         access,
         policy,
         max_sessions,
-        iroh,
-        manual,
         quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
         udp_idle_timeout: args
             .iroh
@@ -421,9 +431,7 @@ fn server_access(
             );
         }
     } else if let Some(f) = f {
-        for t in &f.auth_tokens {
-            tokens.push(t.0.parse().context("auth_tokens")?);
-        }
+        tokens.clone_from(&f.auth_tokens);
     }
     let file = args
         .auth_tokens_file
@@ -459,7 +467,7 @@ pub fn client(args: &ClientArgs) -> Result<Plan<ClientSettings>> {
     let (file, mode) = client_file(args)?;
     let f = file.as_ref();
     if mode == Mode::Nodepass {
-        return nodepass_plan(f.and_then(|f| f.nodepass.as_ref()), "client");
+        return nodepass_plan(f.and_then(|f| f.nodepass_url.as_ref()), "client");
     }
     client_settings(args, f, mode, true).map(|s| Plan::Peer(Box::new(s)))
 }
@@ -502,85 +510,30 @@ fn client_settings(
         Err(e) => return Err(e),
     };
 
-    // The server: an id, or a ticket carrying id + relays + addresses.
-    let ticket_text = args.server.ticket.clone().or_else(|| {
-        if args.server.server_node_id.is_some() {
-            None
-        } else {
-            f.and_then(|f| f.ticket.clone())
-        }
-    });
-    let ticket: Option<Ticket> = match &ticket_text {
-        Some(t) => Some(t.parse().context("--ticket")?),
-        None => None,
-    };
-    let server_id = match (
-        &args.server.server_node_id,
-        &ticket,
-        f.and_then(|f| f.server_node_id.as_ref()),
-    ) {
-        (Some(id), _, _) => Some(id.parse::<EndpointId>().context("--server-node-id")?),
-        (None, Some(t), _) => Some(t.endpoint_id),
-        (None, None, Some(id)) => Some(id.parse::<EndpointId>().context("server_node_id")?),
-        (None, None, None) => None,
-    };
-    if server_id.is_none() && mode == Mode::Iroh {
-        bail!(
-            "which server? give --server-node-id ID or --ticket TICKET (both printed by `porthole server`)"
-        );
-    }
-    let mut server_addrs = list(
-        &args.server.server_addrs,
-        f.map(|f| f.server_addrs.as_slice()).unwrap_or_default(),
-    );
-    if let Some(t) = &ticket {
-        for a in &t.direct_addrs {
-            if !server_addrs.contains(a) {
-                server_addrs.push(*a);
-            }
-        }
-    }
-    let ticket_relays = ticket
-        .as_ref()
-        .map(|t| t.relay_urls.clone())
-        .unwrap_or_default();
-    let empty: Vec<String> = Vec::new();
-    let mut iroh = iroh_options(
-        &args.iroh,
-        IrohFileSettings {
-            relay_urls: f.map(|f| f.relay_urls.as_slice()).unwrap_or(&empty),
-            relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
-            dns_server: f.and_then(|f| f.dns_server.as_ref()),
-            bind: f.map(|f| f.bind.as_slice()).unwrap_or_default(),
-            portmap: f.and_then(|f| f.portmap),
-        },
-        &ticket_relays,
-    )?;
-    let mut manual = manual_settings(
-        &args.manual,
-        ManualFileSettings {
-            stun: f.map(|f| f.stun_servers.as_slice()).unwrap_or_default(),
-            offer_file: f.and_then(|f| f.offer_file.as_ref()),
-            answer_file: f.and_then(|f| f.answer_file.as_ref()),
-            punch_timeout: f.and_then(|f| f.punch_timeout),
-        },
-        &iroh.bind,
-    )?;
-    // One set of rules for whichever transport runs.
     let rules = direct_paths(&args.direct_paths, f.map(|f| &f.direct_paths));
-    iroh.direct_paths = rules.clone();
-    manual.direct_paths = rules;
+    let bind = f.map(|f| f.bind.as_slice()).unwrap_or_default();
+    let transport = match mode {
+        Mode::Manual => ClientTransport::Manual(manual_settings(
+            &args.manual,
+            &args.iroh.bind,
+            ManualFile {
+                stun: f.and_then(|f| f.stun.as_ref()),
+                offer_file: f.and_then(|f| f.offer_file.as_ref()),
+                answer_file: f.and_then(|f| f.answer_file.as_ref()),
+                punch_timeout: f.and_then(|f| f.punch_timeout),
+                bind,
+            },
+            rules,
+        )?),
+        _ => ClientTransport::Iroh(iroh_client(args, f, rules)?),
+    };
     Ok(ClientSettings {
-        mode,
+        transport,
         token,
         key,
         forwards,
         proxies,
         proxy_auth,
-        server_id,
-        server_addrs,
-        iroh,
-        manual,
         quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
         udp_idle_timeout: args
             .iroh
@@ -588,6 +541,56 @@ fn client_settings(
             .or(f.and_then(|f| f.udp_idle_timeout))
             .unwrap_or(porthole_engine::udp::DEFAULT_IDLE_TIMEOUT),
         watch: watch_settings(&args.watch, f.map(|f| &f.status), "client")?,
+    })
+}
+
+/// Iroh mode's server: an id, or a ticket carrying id + relays + addresses (the
+/// command line's choice over the file's), and the endpoint options.
+fn iroh_client(args: &ClientArgs, f: Option<&ClientFile>, rules: PathRules) -> Result<IrohClient> {
+    let a = &args.server;
+    let ticket = match (&a.ticket, &a.server_node_id) {
+        (Some(t), _) => Some(t),
+        (None, Some(_)) => None,
+        (None, None) => f.and_then(|f| f.ticket.as_ref()),
+    };
+    let server = a
+        .server_node_id
+        .or(ticket.map(|t| t.endpoint_id))
+        .or(f.and_then(|f| f.server_node_id))
+        .context(
+            "which server? give --server-node-id ID or --ticket TICKET (both printed by `porthole server`)",
+        )?;
+    let mut server_addrs = list(
+        &a.server_addrs,
+        f.map(|f| f.server_addrs.as_slice()).unwrap_or_default(),
+    );
+    if let Some(t) = ticket {
+        for addr in &t.direct_addrs {
+            if !server_addrs.contains(addr) {
+                server_addrs.push(*addr);
+            }
+        }
+    }
+    let ticket_relays = match ticket {
+        Some(t) => relay_setting("--ticket relays", &t.relay_urls)?,
+        None => None,
+    };
+    let options = iroh_options(
+        &args.iroh,
+        IrohFile {
+            relays: f.and_then(|f| f.relays.as_ref()),
+            relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
+            dns_server: f.and_then(|f| f.dns_server.as_ref()),
+            bind: f.map(|f| f.bind.as_slice()).unwrap_or_default(),
+            portmap: f.and_then(|f| f.portmap),
+        },
+        ticket_relays,
+        rules,
+    )?;
+    Ok(IrohClient {
+        server,
+        server_addrs,
+        options,
     })
 }
 
@@ -610,7 +613,7 @@ fn client_token(args: &ClientArgs, f: Option<&ClientFile>) -> Result<AuthToken> 
     }
     if let Some(f) = f {
         if let Some(t) = &f.auth_token {
-            return t.0.parse().context("auth_token");
+            return Ok(t.clone());
         }
         if let Some(p) = &f.auth_token_file {
             return secrets::load_single_token(p);
@@ -708,14 +711,15 @@ fn client_forwards(
             args.listens.len()
         );
     }
-    let pairs: Vec<(String, String)> = if !args.sources.is_empty() {
+    let pairs: Vec<(porthole_proto::source::Source, SocketAddr)> = if !args.sources.is_empty() {
         args.sources
             .iter()
-            .cloned()
-            .zip(args.listens.iter().cloned())
-            .collect()
+            .zip(&args.listens)
+            .enumerate()
+            .map(|(i, (s, l))| check_forward(&format!("forward #{}", i + 1), s, l))
+            .collect::<Result<_>>()?
     } else {
-        f.map(|f| f.forward_pairs()).unwrap_or_default()
+        f.map(|f| f.forwards.clone()).unwrap_or_default()
     };
     if pairs.is_empty() && !have_proxies {
         bail!(
@@ -724,8 +728,7 @@ fn client_forwards(
         );
     }
     let mut out = Vec::with_capacity(pairs.len());
-    for (i, (s, t)) in pairs.iter().enumerate() {
-        let (source, listen) = check_forward(&format!("forward #{}", i + 1), s, t)?;
+    for (i, (source, listen)) in pairs.into_iter().enumerate() {
         if out
             .iter()
             .any(|o: &ForwardSpec| o.listen == listen && o.source.protocol == source.protocol)

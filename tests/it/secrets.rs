@@ -157,15 +157,21 @@ fn nodepass_key_stays_out_of_trace_logs() {
 
 #[test]
 fn token_on_the_command_line_draws_a_warning() {
+    let id = porthole_proto::key::SecretKey::generate()
+        .unwrap()
+        .endpoint_id()
+        .to_string();
     let out = bin()
         .args([
             "client",
             "--server-node-id",
-            &"ab".repeat(32),
+            &id,
             "--auth-token",
             TOKEN,
         ])
         .args(["--source", "tcp://127.0.0.1:22", "--target", "127.0.0.1:0"])
+        // Stops at the relay URL, after the token was read.
+        .args(["--relay-url", "ftp://stop-here"])
         .output()
         .unwrap();
     let stderr = String::from_utf8_lossy(&out.stderr);
