@@ -162,13 +162,7 @@ fn token_on_the_command_line_draws_a_warning() {
         .endpoint_id()
         .to_string();
     let out = bin()
-        .args([
-            "client",
-            "--server-node-id",
-            &id,
-            "--auth-token",
-            TOKEN,
-        ])
+        .args(["client", "--server-node-id", &id, "--auth-token", TOKEN])
         .args(["--source", "tcp://127.0.0.1:22", "--target", "127.0.0.1:0"])
         // Stops at the relay URL, after the token was read.
         .args(["--relay-url", "ftp://stop-here"])

@@ -18,7 +18,7 @@ use crate::stream::{PoolStream, UdpFraming};
 use crate::targets::Dialer;
 use crate::tasks::Tasks;
 use crate::wire::http::{self, Reply};
-use crate::wire::url::{HandshakeChoice, NodepassUrl, TlsMode};
+use crate::wire::url::{HandshakeChoice, NodepassUrl, PoolType, TlsMode};
 use crate::wire::{CONTROL_ID, Fingerprint, Generation, PoolId, id_hex};
 
 #[derive(Debug, thiserror::Error)]
@@ -28,7 +28,7 @@ pub enum ClientError {
     #[error("{0}")]
     WrongHandshake(&'static str),
     #[error(
-        "the server runs pool type={0} (1 QUIC, 2 WebSocket, 3 HTTP/2); porthole speaks the TCP pool (type=0) only: run the server with type=0"
+        "the server runs pool type={0} (1 QUIC, 3 HTTP/2); porthole speaks type=0 (TCP) and type=2 (WebSocket): run the server with one of those"
     )]
     PoolType(String),
     #[error("cannot listen on {0} for users: {1}")]
@@ -191,9 +191,9 @@ async fn dual_end(
                 Err(e) => break Err(e),
             },
         };
-        if reply.pool_type != "0" {
+        let Some(pool_type) = PoolType::from_code(&reply.pool_type) else {
             break Err(ClientError::PoolType(reply.pool_type));
-        }
+        };
         let forward = reply.flow == "+";
         let tls = TlsMode::from_code(&reply.tls).unwrap_or(TlsMode::Plain);
         info!(flow = %reply.flow, max = reply.max, tls = %reply.tls, https = (generation == Generation::V2), "handshake accepted");
@@ -232,12 +232,15 @@ async fn dual_end(
         let dialing = PoolDialer {
             url: url.clone(),
             connector,
+            pool_type,
             pool: pool.clone(),
             min: p.min.min(reply.max as usize).max(1),
         };
         let (control_tx, control_rx) = tokio::sync::oneshot::channel::<PoolConn>();
-        // The first pool connection after the handshake is the control channel.
-        let first = dialing.dial_one().await;
+        // The first pool connection after the handshake is the control channel. A Go
+        // server may take a moment to listen for pool connections after its reply
+        // (pool types other than TCP start a server for them): refused dials are retried.
+        let first = dialing.dial_first().await;
         match first {
             Ok(conn) if conn.id == CONTROL_ID => {
                 let _ = control_tx.send(conn);
@@ -446,6 +449,7 @@ async fn try_handshake(
 struct PoolDialer {
     url: NodepassUrl,
     connector: Option<tokio_rustls::TlsConnector>,
+    pool_type: PoolType,
     pool: Arc<Pool>,
     min: usize,
 }
@@ -476,6 +480,18 @@ impl PoolDialer {
                 (PoolStream::Client(Box::new(tls)), fp)
             }
         };
+        if self.pool_type == PoolType::WebSocket {
+            let tls = self.connector.is_some();
+            let ws = tokio::time::timeout(
+                Duration::from_secs(10),
+                crate::ws::connect(io, &self.url.tunnel.dial(), tls),
+            )
+            .await
+            .map_err(|_| {
+                std::io::Error::new(std::io::ErrorKind::TimedOut, "WebSocket upgrade timed out")
+            })??;
+            io = PoolStream::Ws(Box::new(ws));
+        }
         let mut id: PoolId = [0; 4];
         tokio::time::timeout(Duration::from_secs(60), io.read_exact(&mut id))
             .await
@@ -486,6 +502,23 @@ impl PoolDialer {
             seen_fp,
             since: std::time::Instant::now(),
         })
+    }
+
+    /// The control connection: [`dial_one`](Self::dial_one), retried every 50 ms for up
+    /// to 5 s while the server refuses (not yet listening for the pool).
+    async fn dial_first(&self) -> std::io::Result<PoolConn> {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        loop {
+            match self.dial_one().await {
+                Err(e)
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused
+                        && tokio::time::Instant::now() < deadline =>
+                {
+                    tokio::time::sleep(Duration::from_millis(50)).await
+                }
+                r => return r,
+            }
+        }
     }
 
     /// Keeps at least `min` idle connections: refills as soon as one is used, and checks

@@ -11,6 +11,7 @@
 //! - [`session`]: user sessions over pool connections (TCP, UDP), limits, `block=`.
 //! - [`targets`]: the dialing side's targets (`dns=` cache, `lbs=` selection, failover).
 //! - [`tasks`]: every task a tunnel starts, ended and awaited at shutdown.
+//! - [`ws`]: pool type 2, pool connections as WebSockets.
 
 pub mod channel;
 pub mod client;
@@ -23,5 +24,6 @@ pub mod tasks;
 pub mod tls;
 pub mod tunnel;
 pub mod wire;
+pub mod ws;
 
 pub use wire::url::{NodepassUrl, Role};

@@ -19,7 +19,7 @@ use crate::targets::Dialer;
 use crate::tasks::Tasks;
 use crate::tls::ServerTls;
 use crate::wire::http::{self, Reply, Verdict};
-use crate::wire::url::{NodepassUrl, TlsMode};
+use crate::wire::url::{NodepassUrl, PoolType, TlsMode};
 use crate::wire::{CONTROL_ID, Generation, PoolId, id_hex};
 
 /// Handshake requests must be complete within this.
@@ -137,7 +137,7 @@ pub async fn run(
         flow: if reverse { "-" } else { "+" }.into(),
         max: p.max as u64,
         tls: p.tls.code().into(),
-        pool_type: "0".into(),
+        pool_type: p.pool.code().into(),
     };
 
     let mut pending: Option<Pending> = None;
@@ -155,6 +155,7 @@ pub async fn run(
             listener: &listener,
             client_ip,
             tls: tls.clone(),
+            pool_type: p.pool,
             max: p.max,
             pool: pool.clone(),
             tasks: tasks.clone(),
@@ -201,9 +202,9 @@ pub async fn run(
 enum Pending {
     /// Not looked at yet: TLS or plain is decided by its first byte.
     Raw(TcpStream),
-    /// Already past TLS (a restarted v1.15+ client met as a pool connection), with the
-    /// request bytes read so far.
-    Tls(PoolStream, Vec<u8>),
+    /// Read from already (a restarted client met as a pool connection, past TLS if
+    /// any), with the request bytes read so far.
+    Read(PoolStream, Vec<u8>),
 }
 
 /// Serves handshake requests until one succeeds; returns the client's IP and which
@@ -230,13 +231,21 @@ async fn handshake(
         };
         let peer = match &pending {
             Pending::Raw(s) => s.peer_addr(),
-            Pending::Tls(PoolStream::Server(s), _) => s.get_ref().0.peer_addr(),
-            Pending::Tls(..) => continue,
+            Pending::Read(PoolStream::Server(s), _) => s.get_ref().0.peer_addr(),
+            Pending::Read(PoolStream::Plain(s), _) => s.peer_addr(),
+            Pending::Read(..) => continue,
         };
         let Ok(peer) = peer else { continue };
         let serve = async {
             let (mut io, prefix, generation) = match pending {
-                Pending::Tls(io, prefix) => (io, prefix, Generation::V2),
+                Pending::Read(io, prefix) => {
+                    let g = if matches!(io, PoolStream::Plain(_)) {
+                        Generation::V1
+                    } else {
+                        Generation::V2
+                    };
+                    (io, prefix, g)
+                }
                 Pending::Raw(s) => {
                     let mut b = [0u8; 1];
                     s.peek(&mut b).await?;
@@ -319,6 +328,7 @@ struct TunnelSession<'a> {
     listener: &'a TcpListener,
     client_ip: IpAddr,
     tls: Option<ServerTls>,
+    pool_type: PoolType,
     max: usize,
     pool: Arc<Pool>,
     tasks: Tasks,
@@ -369,10 +379,11 @@ impl TunnelSession<'_> {
                 let tls = self.tls.clone();
                 let pool = self.pool.clone();
                 let max = self.max;
+                let pool_type = self.pool_type;
                 let control = if is_first { control_tx.take() } else { None };
                 let rehandshake = rehandshake_tx.clone();
                 self.tasks.spawn(async move {
-                    match admit(stream, id, tls, &pool, max).await {
+                    match admit(stream, id, tls, pool_type, &pool, max).await {
                         Admitted::Conn(conn) => match control {
                             Some(tx) => {
                                 let _ = tx.send(conn);
@@ -427,6 +438,7 @@ async fn admit(
     stream: TcpStream,
     id: PoolId,
     tls: Option<ServerTls>,
+    pool_type: PoolType,
     pool: &Pool,
     max: usize,
 ) -> Admitted {
@@ -444,7 +456,8 @@ async fn admit(
     let mut first = [0u8; 1];
     let peeked = tokio::time::timeout(wait, stream.peek(&mut first)).await;
     if let Ok(Ok(1)) = peeked
-        && (first[0] == b'G' || (tls.is_none() && first[0] == TLS_HANDSHAKE))
+        && ((first[0] == b'G' && pool_type == PoolType::Tcp)
+            || (tls.is_none() && first[0] == TLS_HANDSHAKE))
     {
         return Admitted::Handshake(Pending::Raw(stream));
     }
@@ -461,11 +474,29 @@ async fn admit(
             }
         }
     };
-    if matches!(io, PoolStream::Server(_)) && !wait.is_zero() {
+    if pool_type == PoolType::WebSocket {
+        // Every connection sends a request: an upgrade (a pool connection) or a
+        // restarted client's handshake.
+        let head = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut io)).await {
+            Ok(Ok(h)) => h,
+            _ => return Admitted::Refused,
+        };
+        let key = match http::parse_request(&head) {
+            Ok(req) => req.websocket_key,
+            Err(_) => return Admitted::Refused,
+        };
+        let Some(key) = key else {
+            return Admitted::Handshake(Pending::Read(io, head));
+        };
+        io = match crate::ws::accept(io, &key).await {
+            Ok(w) => PoolStream::Ws(Box::new(w)),
+            Err(_) => return Admitted::Refused,
+        };
+    } else if matches!(io, PoolStream::Server(_)) && !wait.is_zero() {
         let mut request = vec![0u8; 1024];
         if let Ok(Ok(n @ 1..)) = tokio::time::timeout(wait, io.read(&mut request)).await {
             request.truncate(n);
-            return Admitted::Handshake(Pending::Tls(io, request));
+            return Admitted::Handshake(Pending::Read(io, request));
         }
     }
     if io.write_all(&id).await.is_err() || io.flush().await.is_err() {
@@ -478,6 +509,32 @@ async fn admit(
         seen_fp: None,
         since: std::time::Instant::now(),
     })
+}
+
+/// An HTTP request head, up to its blank line (bounded). A WebSocket client waits for
+/// the answer before it sends anything else: bytes past the head are an error.
+async fn read_head(io: &mut PoolStream) -> std::io::Result<Vec<u8>> {
+    let mut head = Vec::with_capacity(512);
+    let mut chunk = [0u8; 512];
+    loop {
+        if let Some(end) = http::head_end(&head) {
+            if end != head.len() {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "data behind the upgrade request",
+                ));
+            }
+            return Ok(head);
+        }
+        let n = io.read(&mut chunk).await?;
+        if n == 0 || head.len() + n > http::MAX_HEAD {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidData,
+                "no complete request head",
+            ));
+        }
+        head.extend_from_slice(&chunk[..n]);
+    }
 }
 
 /// A fresh pool id (never the control connection's). Fails only if the OS has no

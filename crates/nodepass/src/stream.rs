@@ -9,7 +9,7 @@
 //! a time. From v2.0.0-b9 each datagram carries a 2-byte length prefix
 //! ([`crate::wire::udp_frame`]); [`UdpFraming`] says which a tunnel speaks.
 
-use std::io::{self, Read, Write};
+use std::io::{self, Write};
 use std::pin::Pin;
 use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -27,6 +27,8 @@ pub enum PoolStream {
     Plain(TcpStream),
     Server(Box<tokio_rustls::server::TlsStream<TcpStream>>),
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
+    /// Pool type 2: a WebSocket over one of the above.
+    Ws(Box<crate::ws::WsConn>),
 }
 
 impl AsyncRead for PoolStream {
@@ -39,6 +41,7 @@ impl AsyncRead for PoolStream {
             PoolStream::Plain(s) => Pin::new(s).poll_read(cx, buf),
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -53,6 +56,7 @@ impl AsyncWrite for PoolStream {
             PoolStream::Plain(s) => Pin::new(s).poll_write(cx, buf),
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -61,6 +65,7 @@ impl AsyncWrite for PoolStream {
             PoolStream::Plain(s) => Pin::new(s).poll_flush(cx),
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -69,6 +74,7 @@ impl AsyncWrite for PoolStream {
             PoolStream::Plain(s) => Pin::new(s).poll_shutdown(cx),
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -164,8 +170,9 @@ impl DatagramStream {
     /// nothing switches the other way).
     fn decide(&mut self, n: usize) -> io::Result<()> {
         let expected = self.framed.unwrap_or(self.framing.framed());
-        let looks = self.io.is_tls() && udp_frame::looks_framed(&self.chunk[..n]);
-        if !self.io.is_tls() || looks == expected || (!expected && !self.framing.explicit) {
+        let looks = self.io.keeps_boundaries() && udp_frame::looks_framed(&self.chunk[..n]);
+        if !self.io.keeps_boundaries() || looks == expected || (!expected && !self.framing.explicit)
+        {
             self.framed = Some(expected);
             return Ok(());
         }
@@ -219,8 +226,10 @@ impl DatagramStream {
     }
 }
 
-/// Reads of one TLS record at a time (one read under plain TCP), writes of one record.
+/// Reads of one TLS record or WebSocket message at a time (one read under plain TCP),
+/// writes of one record or message.
 enum RecordStream {
+    Messages(Box<crate::ws::WsConn>),
     Plain(TcpStream),
     Tls {
         tcp: TcpStream,
@@ -233,6 +242,7 @@ impl RecordStream {
     fn new(s: PoolStream) -> Self {
         match s {
             PoolStream::Plain(t) => RecordStream::Plain(t),
+            PoolStream::Ws(w) => RecordStream::Messages(w),
             PoolStream::Server(t) => {
                 let (tcp, conn) = t.into_inner();
                 RecordStream::Tls {
@@ -252,8 +262,9 @@ impl RecordStream {
         }
     }
 
-    fn is_tls(&self) -> bool {
-        matches!(self, RecordStream::Tls { .. })
+    /// Whether each read is one write of the peer's (a TLS record, a message).
+    fn keeps_boundaries(&self) -> bool {
+        !matches!(self, RecordStream::Plain(_))
     }
 
     /// The plaintext of the next record (`Ok(0)` at the end of the stream). Cancel-safe:
@@ -261,10 +272,19 @@ impl RecordStream {
     async fn recv(&mut self, out: &mut [u8]) -> io::Result<usize> {
         match self {
             RecordStream::Plain(t) => t.read(out).await,
+            RecordStream::Messages(w) => w.recv_message(out).await,
             RecordStream::Tls { tcp, conn, inbuf } => loop {
-                // Plaintext of the record processed last.
-                match conn.reader().read(out) {
-                    Ok(n) => return Ok(n),
+                // One record's plaintext: rustls keeps each record as a chunk, and more
+                // than one may be waiting (records that arrived with the pool ID were
+                // decrypted while it was read), so take one chunk, not all there is.
+                let mut reader = conn.reader();
+                match std::io::BufRead::fill_buf(&mut reader) {
+                    Ok(chunk) => {
+                        let n = chunk.len().min(out.len());
+                        out[..n].copy_from_slice(&chunk[..n]);
+                        std::io::BufRead::consume(&mut reader, n);
+                        return Ok(n);
+                    }
                     Err(e) if e.kind() == io::ErrorKind::WouldBlock => {}
                     Err(e) => return Err(e),
                 }
@@ -302,6 +322,10 @@ impl RecordStream {
     async fn send(&mut self, data: &[u8]) -> io::Result<()> {
         match self {
             RecordStream::Plain(t) => t.write_all(data).await,
+            RecordStream::Messages(w) => {
+                w.write_all(data).await?;
+                w.flush().await
+            }
             RecordStream::Tls { tcp, conn, .. } => {
                 conn.writer().write_all(data)?;
                 flush_tls(tcp, conn).await

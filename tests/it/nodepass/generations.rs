@@ -33,6 +33,7 @@ async fn reverse(tls: u8, server_q: &str, client_q: &str) -> (SocketAddr, Cancel
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn both_handshakes_and_both_udp_framings() {
     for (handshake, tls) in [("http", 0), ("http", 1), ("https", 0), ("https", 1)] {
+        eprintln!("handshake={handshake} tls={tls}");
         let (user, stop) = reverse(tls, "", &format!("&handshake={handshake}")).await;
         eventually_tcp(user, Duration::from_secs(20)).await;
         udp_roundtrip(user).await;

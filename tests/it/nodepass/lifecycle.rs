@@ -171,7 +171,7 @@ fn binary_config_and_url() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn shutdown_ends_open_sessions_before_run_returns() {
     for forward in [false, true] {
-        let p = pair(forward, 0).await;
+        let p = pair(forward, 0, 0).await;
         eventually_tcp(p.user, Duration::from_secs(20)).await;
         let mut user = TcpStream::connect(p.user).await.unwrap();
         user.write_all(b"ping").await.unwrap();

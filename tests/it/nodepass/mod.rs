@@ -95,8 +95,8 @@ struct Pair {
     _tls2: Tls2,
 }
 
-/// A porthole server and client; returns where users connect.
-async fn pair(forward: bool, tls: u8) -> Pair {
+/// A porthole server and client (pool type `pool`); returns where users connect.
+async fn pair(forward: bool, tls: u8, pool: u8) -> Pair {
     init_tracing();
     let tcp_target = tcp_echo().await;
     // One port for both protocols: the UDP echo next to the TCP one.
@@ -106,8 +106,8 @@ async fn pair(forward: bool, tls: u8) -> Pair {
     let user = free_tcp_port();
     let tls2 = tls2_files();
     let tls_q = match tls {
-        2 => format!("tls=2&crt={}&key={}", tls2.crt, tls2.key),
-        n => format!("tls={n}"),
+        2 => format!("tls=2&crt={}&key={}&type={pool}", tls2.crt, tls2.key),
+        n => format!("tls={n}&type={pool}"),
     };
     let (server_url, client_url) = if forward {
         (
@@ -158,6 +158,25 @@ async fn tcp_roundtrip(addr: SocketAddr, size: usize) -> Result<(), String> {
         Ok(())
     } else {
         Err(format!("got {} of {} bytes back", back.len(), data.len()))
+    }
+}
+
+/// `size` bytes through an echo, read back by count (no half-close), written while the
+/// echo comes back.
+async fn tcp_echo_by_length(addr: SocketAddr, size: usize) -> Result<(), String> {
+    let s = TcpStream::connect(addr).await.map_err(|e| e.to_string())?;
+    let (mut r, mut w) = s.into_split();
+    let data: Vec<u8> = (0..size).map(|i| (i % 251) as u8).collect();
+    let sent = data.clone();
+    let writer = tokio::spawn(async move { w.write_all(&sent).await.map(|()| w) });
+    let mut back = vec![0u8; size];
+    let read = tokio::time::timeout(Duration::from_secs(10), r.read_exact(&mut back)).await;
+    let _ = writer.await;
+    match read {
+        Err(_) => Err("timeout".into()),
+        Ok(Err(e)) => Err(e.to_string()),
+        Ok(Ok(_)) if back == data => Ok(()),
+        Ok(Ok(_)) => Err("the echo differs".into()),
     }
 }
 
@@ -236,12 +255,29 @@ async fn udp_burst_keeps_boundaries(addr: SocketAddr) {
     );
 }
 
-async fn both_protocols(forward: bool, tls: u8) {
-    let p = pair(forward, tls).await;
-    eventually_tcp(p.user, Duration::from_secs(20)).await;
-    // Several sessions in a row: each uses a fresh pool connection.
-    for _ in 0..5 {
-        tcp_roundtrip(p.user, 50_000).await.unwrap();
+async fn both_protocols(forward: bool, tls: u8, pool: u8) {
+    let p = pair(forward, tls, pool).await;
+    if pool == 2 {
+        // A WebSocket has no half-close (a Close ends both ways, in NodePass too): the
+        // echo is read back by length instead of to the end.
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+        while let Err(e) = tcp_echo_by_length(p.user, 100_000).await {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "no TCP round trip through {}: {e}",
+                p.user
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+        for _ in 0..5 {
+            tcp_echo_by_length(p.user, 50_000).await.unwrap();
+        }
+    } else {
+        eventually_tcp(p.user, Duration::from_secs(20)).await;
+        // Several sessions in a row: each uses a fresh pool connection.
+        for _ in 0..5 {
+            tcp_roundtrip(p.user, 50_000).await.unwrap();
+        }
     }
     udp_roundtrip(p.user).await;
     if tls > 0 {
@@ -255,25 +291,36 @@ async fn both_protocols(forward: bool, tls: u8) {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reverse_tls0() {
-    both_protocols(false, 0).await;
+    both_protocols(false, 0, 0).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reverse_tls1() {
-    both_protocols(false, 1).await;
+    both_protocols(false, 1, 0).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn reverse_tls2() {
-    both_protocols(false, 2).await;
+    both_protocols(false, 2, 0).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forward_tls0() {
-    both_protocols(true, 0).await;
+    both_protocols(true, 0, 0).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forward_tls1() {
-    both_protocols(true, 1).await;
+    both_protocols(true, 1, 0).await;
 }
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn forward_tls2() {
-    both_protocols(true, 2).await;
+    both_protocols(true, 2, 0).await;
+}
+
+/// Pool type 2: every pool connection a WebSocket (ws:// or wss://), both flows and
+/// every tls mode, TCP and UDP (bursts keep their boundaries: one message each).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn websocket_pool_both_flows_every_tls() {
+    for forward in [false, true] {
+        for tls in 0..=2 {
+            both_protocols(forward, tls, 2).await;
+        }
+    }
 }

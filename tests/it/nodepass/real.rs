@@ -1,7 +1,7 @@
 //! porthole against the real NodePass (Go) binaries: v1.14.0 (newest stable) and
 //! v2.0.0-b10 (newest beta), porthole as server and as client, tls 0/1/2, both flows,
-//! TCP (1 MiB, hash-checked, in both directions at once) and UDP (two users at once,
-//! each must get only its own replies).
+//! pool types 0 (TCP) and 2 (WebSocket), TCP (1 MiB, hash-checked, in both directions
+//! at once) and UDP (two users at once, each must get only its own replies).
 //!
 //! The binaries are looked for in `PORTHOLE_NODEPASS_DIR`, then `../shared/nodepass/`
 //! beside the repository. Without them the tests skip with a banner, unless
@@ -75,10 +75,13 @@ struct Case {
     tls: u8,
     /// Forward flow (`+`, server mode=2): users connect to the client. Else reverse.
     forward: bool,
+    /// Pool type (`type=`): 0 TCP, 2 WebSocket.
+    pool: u8,
 }
 
 /// tls=2 material: a CA (trusted through `SSL_CERT_FILE` by Go and by porthole) and a
-/// certificate for `localhost` (the clients' `sni`).
+/// certificate for `localhost` (the clients' `sni`) and 127.0.0.1 (the tunnel's host,
+/// which Go's WebSocket pool verifies instead).
 struct Certs {
     dir: tempfile::TempDir,
 }
@@ -86,7 +89,8 @@ struct Certs {
 impl Certs {
     fn new() -> Self {
         let dir = tempfile::tempdir().unwrap();
-        let certs = porthole_relay::certs::generate(&["localhost".into()]).unwrap();
+        let certs =
+            porthole_relay::certs::generate(&["localhost".into(), "127.0.0.1".into()]).unwrap();
         std::fs::write(dir.path().join("crt.pem"), &certs.cert_pem).unwrap();
         std::fs::write(dir.path().join("key.pem"), &certs.key_pem).unwrap();
         std::fs::write(dir.path().join("ca.pem"), &certs.ca_pem).unwrap();
@@ -127,8 +131,10 @@ async fn start(dir: &std::path::Path, case: Case) -> Tunnel {
     } else {
         (user, target.port(), 1)
     };
-    let server_url =
-        format!("server://secret@127.0.0.1:{tunnel}/127.0.0.1:{server_target}?{tls}&mode={mode}");
+    let server_url = format!(
+        "server://secret@127.0.0.1:{tunnel}/127.0.0.1:{server_target}?{tls}&mode={mode}&type={}",
+        case.pool
+    );
     let client_url =
         format!("client://secret@127.0.0.1:{tunnel}/127.0.0.1:{client_target}?min=8&mode=2{sni}");
     let real = |url: &str| {
@@ -265,18 +271,21 @@ async fn matrix(version: Version, porthole: Porthole) {
     crate::support::init_tracing();
     let Some(dir) = nodepass_dir() else { return };
     let mut cases = Vec::new();
-    for tls in 0..=2 {
-        for forward in [false, true] {
-            let case = Case {
-                version,
-                porthole,
-                tls,
-                forward,
-            };
-            if upstream_broken(case) {
-                continue;
+    for pool in [0, 2] {
+        for tls in 0..=2 {
+            for forward in [false, true] {
+                let case = Case {
+                    version,
+                    porthole,
+                    tls,
+                    forward,
+                    pool,
+                };
+                if upstream_broken(case) {
+                    continue;
+                }
+                cases.push(case);
             }
-            cases.push(case);
         }
     }
     let mut runs = tokio::task::JoinSet::new();

@@ -192,21 +192,40 @@ impl Drop for Proc {
     }
 }
 
-/// A free loopback UDP port (racy in theory, fine for tests).
+/// A free loopback UDP port (and TCP: both protocols, for services on one port).
 pub fn free_udp_port() -> u16 {
-    std::net::UdpSocket::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
 }
 
+/// A free loopback TCP port (and UDP).
 pub fn free_tcp_port() -> u16 {
-    std::net::TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    free_port()
+}
+
+/// Ports handed out below the kernel's ephemeral range (32768 and up), each once per
+/// test process: a port the kernel picked for `:0` can be picked again at once for an
+/// outgoing connection (tests open hundreds: NodePass pools), and a process bound to
+/// it a moment later fails with "address in use".
+fn free_port() -> u16 {
+    use std::sync::atomic::{AtomicU16, Ordering};
+    const FIRST: u16 = 12_000;
+    const LAST: u16 = 32_000;
+    static NEXT: AtomicU16 = AtomicU16::new(0);
+    let _ = NEXT.compare_exchange(
+        0,
+        FIRST + (std::process::id() % 50) as u16 * 200,
+        Ordering::Relaxed,
+        Ordering::Relaxed,
+    );
+    loop {
+        let port = NEXT.fetch_add(1, Ordering::Relaxed);
+        assert!(port < LAST, "the tests ran out of ports below 32000");
+        let tcp = std::net::TcpListener::bind(("127.0.0.1", port));
+        let udp = std::net::UdpSocket::bind(("127.0.0.1", port));
+        if tcp.is_ok() && udp.is_ok() {
+            return port;
+        }
+    }
 }
 
 /// The real binary as a server or client on loopback that needs nothing outside the

@@ -64,6 +64,9 @@ pub struct Request {
     pub path: String,
     pub host: Option<String>,
     pub bearer: Option<String>,
+    /// `Sec-WebSocket-Key` of a WebSocket upgrade (`Upgrade: websocket`): a pool
+    /// connection of pool type 2, not a handshake.
+    pub websocket_key: Option<String>,
 }
 
 pub fn parse_request(head: &[u8]) -> Result<Request, HttpError> {
@@ -84,6 +87,8 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HttpError> {
     let path = target.split('?').next().unwrap_or_default().to_string();
     let mut host = None;
     let mut bearer = None;
+    let mut upgrade = false;
+    let mut ws_key = None;
     for line in lines.take_while(|l| !l.is_empty()) {
         let Some((name, value)) = line.split_once(':') else {
             return Err(HttpError::Malformed("header without ':'"));
@@ -91,6 +96,10 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HttpError> {
         let value = value.trim();
         if name.eq_ignore_ascii_case("host") {
             host = Some(value.to_string());
+        } else if name.eq_ignore_ascii_case("upgrade") {
+            upgrade = value.eq_ignore_ascii_case("websocket");
+        } else if name.eq_ignore_ascii_case("sec-websocket-key") {
+            ws_key = Some(value.to_string());
         } else if name.eq_ignore_ascii_case("authorization") {
             bearer = value
                 .strip_prefix("Bearer ")
@@ -103,6 +112,7 @@ pub fn parse_request(head: &[u8]) -> Result<Request, HttpError> {
         path,
         host,
         bearer,
+        websocket_key: ws_key.filter(|_| upgrade),
     })
 }
 
@@ -152,6 +162,18 @@ pub fn response(verdict: Verdict, reply: Option<&Reply>) -> String {
     )
 }
 
+/// The server's answer to a WebSocket upgrade with `key` (RFC 6455 section 4.2.2).
+pub fn websocket_accept(key: &str) -> String {
+    use base64::Engine as _;
+    let mut sha = sha1_smol::Sha1::new();
+    sha.update(key.trim().as_bytes());
+    sha.update(b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11");
+    let accept = base64::engine::general_purpose::STANDARD.encode(sha.digest().bytes());
+    format!(
+        "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Accept: {accept}\r\n\r\n"
+    )
+}
+
 /// Parses a server's response: the status and, for 200, the reply.
 pub fn parse_response(bytes: &[u8]) -> Result<(u16, Option<Reply>), HttpError> {
     let end = head_end(bytes).ok_or(HttpError::Malformed("incomplete response head"))?;
@@ -190,6 +212,20 @@ pub fn parse_response(bytes: &[u8]) -> Result<(u16, Option<Reply>), HttpError> {
 mod tests {
     use super::*;
     use proptest::prelude::*;
+
+    #[test]
+    fn websocket_upgrades_are_told_from_handshakes() {
+        // RFC 6455's example key and answer.
+        let head = "GET / HTTP/1.1\r\nHost: server.example.com\r\nUpgrade: websocket\r\nConnection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n";
+        let req = parse_request(head.as_bytes()).unwrap();
+        let key = req.websocket_key.unwrap();
+        assert!(
+            websocket_accept(&key)
+                .contains("Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n")
+        );
+        let plain = parse_request(request("none", "k").as_bytes()).unwrap();
+        assert_eq!(plain.websocket_key, None);
+    }
 
     fn reply() -> Reply {
         Reply {

@@ -88,6 +88,33 @@ impl TlsMode {
     }
 }
 
+/// What pool connections are (`type=`): the server chooses and tells the client.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum PoolType {
+    /// 0: TCP connections (TLS under tls=1/2).
+    Tcp,
+    /// 2: WebSockets over them.
+    WebSocket,
+}
+
+impl PoolType {
+    pub fn code(self) -> &'static str {
+        match self {
+            PoolType::Tcp => "0",
+            PoolType::WebSocket => "2",
+        }
+    }
+
+    /// `None` for the types porthole does not speak (1 QUIC, 3 HTTP/2) and anything else.
+    pub fn from_code(s: &str) -> Option<Self> {
+        match s {
+            "0" => Some(PoolType::Tcp),
+            "2" => Some(PoolType::WebSocket),
+            _ => None,
+        }
+    }
+}
+
 /// How a client makes its handshake (`handshake=`, a porthole parameter).
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum HandshakeChoice {
@@ -133,6 +160,8 @@ pub struct Params {
     /// Target selection (`lbs=`): 0 round robin, 1 lowest connect latency (probed every
     /// 5 s), 2 the first target, with fallback to the next for 5 minutes.
     pub lbs: u8,
+    /// Server: what pool connections are (`type=`).
+    pub pool: PoolType,
     /// Client: how to make the handshake (porthole's own parameter).
     pub handshake: HandshakeChoice,
     /// Length-prefixed UDP datagrams on pool connections: `None` (auto) follows the
@@ -161,6 +190,7 @@ impl Default for Params {
             dns: DEFAULT_DNS_TTL,
             block: BlockSet::default(),
             lbs: 0,
+            pool: PoolType::Tcp,
             handshake: HandshakeChoice::Auto,
             udpframe: None,
         }
@@ -444,14 +474,13 @@ impl std::str::FromStr for NodepassUrl {
                         });
                     }
                 }
-                "type" if v != "0" => {
-                    return Err(UrlError::Param {
+                "type" => {
+                    params.pool = PoolType::from_code(&v).ok_or(UrlError::Param {
                         param: k.into(),
                         value: v,
-                        expected: "0: porthole speaks the TCP pool only (type=1 QUIC, 2 WebSocket and 3 HTTP/2 are not supported yet)",
-                    });
+                        expected: "0 (TCP) or 2 (WebSocket); porthole does not speak 1 (QUIC) or 3 (HTTP/2) yet",
+                    })?
                 }
-                "type" => {}
                 other => unknown.push(other.to_string()),
             }
         }
