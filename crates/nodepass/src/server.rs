@@ -423,6 +423,8 @@ fn unreachable_end() -> (ChannelEnd, Option<Pending>) {
 
 /// How long a new tunnel-port connection may take to show a restarted client's request.
 const RESTART_PEEK: Duration = Duration::from_millis(10);
+/// ...and only while at least this many pool connections are idle.
+const RESTART_PEEK_MIN_IDLE: usize = 8;
 
 enum Admitted {
     Conn(PoolConn),
@@ -444,11 +446,13 @@ async fn admit(
 ) -> Admitted {
     let _ = socket2::SockRef::from(&stream)
         .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
-    // A pool client writes nothing (tls=0) or a TLS ClientHello; a restarted client writes
-    // "GET " right behind the TCP handshake, so it is there within a few ms. Under tls=0 the
-    // wait delays the connection's ID: skip it when the pool is empty and users may be
-    // waiting (bytes already there are still seen).
-    let wait = if pool.is_empty() {
+    // A pool client writes nothing (tls=0) or a TLS ClientHello and then nothing; a
+    // restarted client writes its request right behind the TCP (and TLS) handshake, so it
+    // is there within a few ms. The wait delays the connection's ID, so it is made only
+    // while the pool is well stocked: a client that vanished without closing leaves its
+    // pool behind (full), while a short pool means users are waiting for connections
+    // (bytes already there are still seen).
+    let wait = if pool.len() < RESTART_PEEK_MIN_IDLE {
         Duration::ZERO
     } else {
         RESTART_PEEK

@@ -200,3 +200,48 @@ async fn shutdown_ends_open_sessions_before_run_returns() {
         );
     }
 }
+
+/// A client that vanishes without closing anything (stopped here, as a machine that
+/// lost power would be): its replacement's handshake, plain or HTTPS, on plain or TLS
+/// pool ports, is noticed at once, not after the 15 s of missing pings NodePass waits.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_vanished_clients_replacement_is_served_at_once() {
+    use crate::support::process::{Proc, bin};
+    init_tracing();
+    for (tls, handshake) in [(0, "http"), (0, "https"), (1, "http"), (1, "https")] {
+        let target = tcp_echo().await;
+        let tunnel = free_tcp_port();
+        let user = free_tcp_port();
+        let user_addr = SocketAddr::from(([127, 0, 0, 1], user));
+        let stop = CancellationToken::new();
+        spawn_server(
+            &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&tls={tls}"),
+            stop.clone(),
+        );
+        let client_url = format!(
+            "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=16&mode=2&handshake={handshake}",
+            target.port()
+        );
+        let mut old = bin();
+        old.args(["nodepass", &client_url]);
+        let old = Proc::spawn("np-old-client", old);
+        eventually_tcp(user_addr, Duration::from_secs(20)).await;
+        // Let the pool fill up, then freeze the client: its sockets stay open.
+        tokio::time::sleep(Duration::from_millis(500)).await;
+        old.signal("STOP");
+        let started = std::time::Instant::now();
+        let new = spawn_client(&client_url, vec![], stop.clone());
+        // A user let in before the restart would get one of the frozen client's pool
+        // connections and wait out its own timeout.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        eventually_tcp(user_addr, Duration::from_secs(20)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(8),
+            "tls={tls} handshake={handshake}: the replacement waited {:?}",
+            started.elapsed()
+        );
+        old.signal("CONT");
+        stop.cancel();
+        let _ = new.await;
+    }
+}
