@@ -20,10 +20,9 @@ const OUTAGE: Duration = Duration::from_secs(30);
 /// interactive line goes every 200 ms)...
 const RECOVERY: Duration = Duration::from_secs(6);
 /// ...and on a relayed one, where the client's relay connection must be re-established
-/// first: iroh redials its relay with exponential backoff, jittered, which vendor/iroh
-/// caps at 2 s, and staggers a fresh attempt every 2 s beside a dial stuck on SYN
-/// retransmits (measured 0.9-1.7 s, once 11.3 s before the staggering; with upstream's
-/// 16 s cap 4-9 s).
+/// first: iroh redials its relay (each dial gives up after 1.5 s) with exponential
+/// backoff, jittered, which vendor/iroh caps at 2 s (measured 0.9-7.2 s; with a 4 s cap
+/// once 11.3 s; with upstream's 16 s cap 4-9 s).
 const RELAYED_RECOVERY: Duration = Duration::from_secs(10);
 /// ...and in manual mode (plain quinn), whose only prober is QUIC's loss-probe timer: it
 /// backs off exponentially while nothing is acknowledged and nothing caps it, so after a

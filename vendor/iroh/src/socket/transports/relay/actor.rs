@@ -86,11 +86,6 @@ const SEND_DATAGRAM_BATCH_SIZE: usize = 20;
 /// handshake.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
-/// porthole: a further dial attempt starts this long after the previous one while none
-/// has connected (see `dial_relay`), up to this many at once.
-const DIAL_STAGGER: Duration = Duration::from_secs(2);
-const MAX_DIAL_ATTEMPTS: usize = 5;
-
 /// Time after which the [`ActiveRelayActor`] will drop undeliverable datagrams.
 ///
 /// When the [`ActiveRelayActor`] is not connected it can not deliver datagrams.  However it
@@ -546,37 +541,12 @@ impl ActiveRelayActor {
     fn dial_relay(&self) -> impl Future<Output = Result<Client, DialError>> + use<> {
         let client_builder = self.relay_client_builder.clone();
         async move {
-            // porthole: a dial whose TCP SYN left while the path was down waits for the
-            // kernel's SYN retransmits (1, 3, 7 s after it) once the path is back, and one
-            // that left after the last of them for the timeout and a backoff: a relay-only
-            // tunnel came back up to ~10 s after an outage ended. A fresh attempt every
-            // DIAL_STAGGER beside the pending ones keeps a SYN on the wire about every
-            // second; the first attempt to connect wins, the others are dropped.
-            let attempt = |b: relay::client::ClientBuilder| async move { b.connect().await };
-            let mut attempts = FuturesUnorderedBounded::new(MAX_DIAL_ATTEMPTS);
-            attempts.push(attempt(client_builder.clone()));
-            let deadline = time::sleep(CONNECT_TIMEOUT);
-            tokio::pin!(deadline);
-            let mut stagger = time::interval_at(Instant::now() + DIAL_STAGGER, DIAL_STAGGER);
-            loop {
-                tokio::select! {
-                    r = attempts.next() => match r {
-                        Some(Ok(client)) => return Ok(client),
-                        Some(Err(err)) if attempts.is_empty() => {
-                            return Err(e!(DialError::Connect, err));
-                        }
-                        Some(Err(_)) => {}
-                        None => {}
-                    },
-                    _ = stagger.tick(), if attempts.len() < MAX_DIAL_ATTEMPTS => {
-                        attempts.push(attempt(client_builder.clone()));
-                    }
-                    _ = &mut deadline => {
-                        return Err(e!(DialError::Timeout {
-                            timeout: CONNECT_TIMEOUT
-                        }));
-                    }
-                }
+            match time::timeout(CONNECT_TIMEOUT, client_builder.connect()).await {
+                Ok(Ok(client)) => Ok(client),
+                Ok(Err(err)) => Err(e!(DialError::Connect, err)),
+                Err(_) => Err(e!(DialError::Timeout {
+                    timeout: CONNECT_TIMEOUT
+                })),
             }
         }
     }
