@@ -30,6 +30,10 @@ pub struct Pool {
     /// Wakes the refilling side as soon as a connection is used, rather than at its next
     /// periodic check: a burst of user connections otherwise drains the pool and waits.
     taken: Notify,
+    /// The most connections ever idle at once (about the client's `min`).
+    most: std::sync::atomic::AtomicUsize,
+    /// When a connection was last taken.
+    last_take: Mutex<Option<std::time::Instant>>,
 }
 
 impl Pool {
@@ -50,8 +54,22 @@ impl Pool {
     }
 
     pub fn push(&self, conn: PoolConn) {
-        self.lock().push_back(conn);
+        let len = {
+            let mut q = self.lock();
+            q.push_back(conn);
+            q.len()
+        };
+        self.most
+            .fetch_max(len, std::sync::atomic::Ordering::Relaxed);
         self.added.notify_waiters();
+    }
+
+    /// Whether the pool is (nearly) as full as it has ever been and no connection was
+    /// taken for `quiet`: nobody is using it just now.
+    pub fn at_rest(&self, quiet: std::time::Duration) -> bool {
+        let most = self.most.load(std::sync::atomic::Ordering::Relaxed);
+        let last = *self.last_take.lock().unwrap_or_else(|e| e.into_inner());
+        self.len() + 1 >= most && last.is_none_or(|t| t.elapsed() >= quiet)
     }
 
     pub fn take_oldest(&self) -> Option<PoolConn> {
@@ -74,6 +92,8 @@ impl Pool {
 
     fn on_take(&self, c: Option<PoolConn>) -> Option<PoolConn> {
         if c.is_some() {
+            *self.last_take.lock().unwrap_or_else(|e| e.into_inner()) =
+                Some(std::time::Instant::now());
             self.taken.notify_one();
         }
         c
