@@ -367,7 +367,8 @@ fn name(g: Generation) -> &'static str {
 
 /// Why one handshake attempt failed.
 enum Attempt {
-    /// The TLS handshake itself failed: the server may speak plain HTTP.
+    /// The server answered the ClientHello with something that is not TLS: it may
+    /// speak plain HTTP.
     NotTls(std::io::Error),
     /// Anything else (connect, timeouts, early EOF, a garbled reply): retried.
     Io(std::io::Error),
@@ -399,7 +400,12 @@ async fn try_handshake(
             let tls = tokio::time::timeout(Duration::from_secs(10), connector.connect(name, s))
                 .await
                 .map_err(|_| Attempt::Io(timed_out("TLS handshake timed out")))?
-                .map_err(Attempt::NotTls)?;
+                // Bytes that are no TLS (a plain server's 400) say the server does not
+                // speak it; a reset or EOF (a server restarting its tunnel) says nothing.
+                .map_err(|e| match e.kind() {
+                    std::io::ErrorKind::InvalidData => Attempt::NotTls(e),
+                    _ => Attempt::Io(e),
+                })?;
             PoolStream::Client(Box::new(tls))
         }
     };
