@@ -258,12 +258,18 @@ async fn lbs_primary_and_lowest_latency_pick_one_target() {
             }
             v
         };
-        assert!(
-            answers.iter().all(|&c| c == answers[0]) && answers[0] != '-',
-            "lbs={lbs}: {answers:?}"
-        );
+        assert!(!answers.contains(&'-'), "lbs={lbs}: {answers:?}");
         if lbs == 2 {
-            assert_eq!(answers[0], 'A', "lbs=2 starts at the first target");
+            assert!(
+                answers.iter().all(|&c| c == 'A'),
+                "lbs=2 dials the first target while it answers: {answers:?}"
+            );
+        } else {
+            // Two loopback targets are about as fast: a probe (every 5 s) may move the
+            // choice once while the answers come (~2.5 s), never back and forth as
+            // round robin does.
+            let switches = answers.windows(2).filter(|w| w[0] != w[1]).count();
+            assert!(switches <= 1, "lbs=1: {answers:?}");
         }
         stop.cancel();
     }
