@@ -86,8 +86,11 @@ fn assert_shared(lab: &Lab, host: &str) {
     let probes = json_list(&out, "probe_ms");
     assert_eq!(echoed.len(), STREAMS, "{out}");
     let (min, max) = (echoed.iter().min().unwrap(), echoed.iter().max().unwrap());
+    // The bug this guards against left later connections at zero. Over 1 % loss the
+    // shares spread (manual mode, measured: up to 4.05x between the slowest and the
+    // fastest of six, all moving tens of MB), so the spread allowed is 5x.
     assert!(
-        *min > 0 && min * 4 >= *max,
+        *min > 0 && min * 5 >= *max,
         "bulk connections did not share the path (echoed bytes per connection {echoed:?})"
     );
     assert!(!probes.is_empty(), "{out}");
