@@ -289,21 +289,18 @@ impl QuicTable {
 #[derive(Debug, Default, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct DirectPathsTable {
-    #[serde(default, deserialize_with = "rules")]
+    #[serde(default, deserialize_with = "exclude_rules")]
     pub exclude: Vec<AddrRule>,
-    #[serde(default, deserialize_with = "rules")]
+    #[serde(default, deserialize_with = "pin_rules")]
     pub pin: Vec<AddrRule>,
 }
 
-/// A list of address rules, each parsed with its `FromStr` (the error names the entry).
-fn rules<'de, D>(d: D) -> Result<Vec<AddrRule>, D::Error>
-where
-    D: serde::Deserializer<'de>,
-{
-    Vec::<String>::deserialize(d)?
-        .iter()
-        .map(|s| s.parse().map_err(serde::de::Error::custom))
-        .collect()
+fn exclude_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AddrRule>, D::Error> {
+    indexed(d, "direct_paths.exclude")
+}
+
+fn pin_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AddrRule>, D::Error> {
+    indexed(d, "direct_paths.pin")
 }
 
 /// An optional value written as a string and parsed with its `FromStr` (the parse error

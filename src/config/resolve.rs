@@ -45,6 +45,7 @@ pub struct ManualSettings {
 }
 
 /// What a config file says about manual mode.
+#[derive(Default)]
 struct ManualFile<'a> {
     stun: Option<&'a Stun>,
     offer_file: Option<&'a PathBuf>,
@@ -242,6 +243,7 @@ fn list<T: Clone>(cli: &[T], file: &[T]) -> Vec<T> {
 }
 
 /// What a config file says about iroh mode.
+#[derive(Default)]
 struct IrohFile<'a> {
     relays: Option<&'a RelaySetting>,
     relay_ca: Option<&'a PathBuf>,
@@ -249,6 +251,41 @@ struct IrohFile<'a> {
     bind: &'a [SocketAddr],
     portmap: Option<bool>,
 }
+
+/// What server and client files say alike about the two transports (their keys are the
+/// same; the structs stay apart for `deny_unknown_fields`).
+trait TransportFile {
+    fn iroh(&self) -> IrohFile<'_>;
+    fn manual(&self) -> ManualFile<'_>;
+}
+
+macro_rules! transport_file {
+    ($($file:ty),*) => {$(
+        impl TransportFile for $file {
+            fn iroh(&self) -> IrohFile<'_> {
+                IrohFile {
+                    relays: self.relays.as_ref(),
+                    relay_ca: self.relay_ca.as_ref(),
+                    dns_server: self.dns_server.as_ref(),
+                    bind: &self.bind,
+                    portmap: self.portmap,
+                }
+            }
+
+            fn manual(&self) -> ManualFile<'_> {
+                ManualFile {
+                    stun: self.stun.as_ref(),
+                    offer_file: self.offer_file.as_ref(),
+                    answer_file: self.answer_file.as_ref(),
+                    punch_timeout: self.punch_timeout,
+                    bind: &self.bind,
+                }
+            }
+        }
+    )*};
+}
+
+transport_file!(ServerFile, ClientFile);
 
 /// Iroh options: the command line over the file; relays default to `fallback` (a
 /// ticket's), then iroh's public ones.
@@ -363,33 +400,16 @@ fn server_settings(
     }
     // One set of rules for whichever transport runs.
     let rules = direct_paths(&args.direct_paths, f.map(|f| &f.direct_paths));
-    let bind = f.map(|f| f.bind.as_slice()).unwrap_or_default();
     let transport = match mode {
         Mode::Manual => ServerTransport::Manual(manual_settings(
             &args.manual,
             &args.iroh.bind,
-            ManualFile {
-                stun: f.and_then(|f| f.stun.as_ref()),
-                offer_file: f.and_then(|f| f.offer_file.as_ref()),
-                answer_file: f.and_then(|f| f.answer_file.as_ref()),
-                punch_timeout: f.and_then(|f| f.punch_timeout),
-                bind,
-            },
+            f.map(TransportFile::manual).unwrap_or_default(),
             rules,
         )?),
         _ => {
-            let mut iroh = iroh_options(
-                &args.iroh,
-                IrohFile {
-                    relays: f.and_then(|f| f.relays.as_ref()),
-                    relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
-                    dns_server: f.and_then(|f| f.dns_server.as_ref()),
-                    bind,
-                    portmap: f.and_then(|f| f.portmap),
-                },
-                None,
-                rules,
-            )?;
+            let file = f.map(TransportFile::iroh).unwrap_or_default();
+            let mut iroh = iroh_options(&args.iroh, file, None, rules)?;
             iroh.secret = secret.clone();
             iroh.accept = true;
             ServerTransport::Iroh(iroh)
@@ -511,18 +531,11 @@ fn client_settings(
     };
 
     let rules = direct_paths(&args.direct_paths, f.map(|f| &f.direct_paths));
-    let bind = f.map(|f| f.bind.as_slice()).unwrap_or_default();
     let transport = match mode {
         Mode::Manual => ClientTransport::Manual(manual_settings(
             &args.manual,
             &args.iroh.bind,
-            ManualFile {
-                stun: f.and_then(|f| f.stun.as_ref()),
-                offer_file: f.and_then(|f| f.offer_file.as_ref()),
-                answer_file: f.and_then(|f| f.answer_file.as_ref()),
-                punch_timeout: f.and_then(|f| f.punch_timeout),
-                bind,
-            },
+            f.map(TransportFile::manual).unwrap_or_default(),
             rules,
         )?),
         _ => ClientTransport::Iroh(iroh_client(args, f, rules)?),
@@ -575,18 +588,8 @@ fn iroh_client(args: &ClientArgs, f: Option<&ClientFile>, rules: PathRules) -> R
         Some(t) => relay_setting("--ticket relays", &t.relay_urls)?,
         None => None,
     };
-    let options = iroh_options(
-        &args.iroh,
-        IrohFile {
-            relays: f.and_then(|f| f.relays.as_ref()),
-            relay_ca: f.and_then(|f| f.relay_ca.as_ref()),
-            dns_server: f.and_then(|f| f.dns_server.as_ref()),
-            bind: f.map(|f| f.bind.as_slice()).unwrap_or_default(),
-            portmap: f.and_then(|f| f.portmap),
-        },
-        ticket_relays,
-        rules,
-    )?;
+    let file = f.map(TransportFile::iroh).unwrap_or_default();
+    let options = iroh_options(&args.iroh, file, ticket_relays, rules)?;
     Ok(IrohClient {
         server,
         server_addrs,
