@@ -120,8 +120,7 @@ async fn single_end(
         let limits = limits.clone();
         let block = p.block;
         tasks.spawn(async move {
-            if let Some(protocol) = session::blocked(&user, block).await {
-                warn!("{from}: {protocol} is blocked (block=): closing");
+            if session::blocked(&user, from, block).await {
                 return;
             }
             match dialer.tcp().await {

@@ -223,11 +223,11 @@ pub type Tunnels = watch::Receiver<Option<Arc<TunnelHandle>>>;
 /// what arrived by then decides.
 pub const BLOCK_PEEK_WAIT: Duration = Duration::from_millis(500);
 
-/// The protocol a user connection starts that `block` refuses, if any. Reads nothing:
-/// the bytes stay for the session.
-pub async fn blocked(user: &TcpStream, block: BlockSet) -> Option<&'static str> {
+/// Whether `block` refuses the protocol the user connection from `from` starts (said in
+/// the log). Reads nothing: the bytes stay for the session.
+pub async fn blocked(user: &TcpStream, from: SocketAddr, block: BlockSet) -> bool {
     if block.is_empty() {
-        return None;
+        return false;
     }
     let deadline = tokio::time::Instant::now() + BLOCK_PEEK_WAIT;
     let mut first = [0u8; block::PEEK];
@@ -239,7 +239,11 @@ pub async fn blocked(user: &TcpStream, block: BlockSet) -> Option<&'static str> 
         }
         tokio::time::sleep(Duration::from_millis(5)).await;
     }
-    block.check(&first[..n])
+    let Some(protocol) = block.check(&first[..n]) else {
+        return false;
+    };
+    warn!("{from}: {protocol} is blocked (block=): closing");
+    true
 }
 
 /// Accepting side, TCP: each user connection rides a pool connection.
@@ -267,8 +271,7 @@ pub async fn accept_tcp(
                 debug!("no tunnel: closing user connection from {from}");
                 return;
             };
-            if let Some(protocol) = blocked(&user, block).await {
-                warn!("{from}: {protocol} is blocked (block=): closing");
+            if blocked(&user, from, block).await {
                 return;
             }
             let _slot = match &limits.slots {

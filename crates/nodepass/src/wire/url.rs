@@ -306,6 +306,18 @@ fn flag(param: &str, v: &str) -> Result<bool, UrlError> {
     }
 }
 
+/// A small number from 0 to `max`; anything else names the choices.
+fn choice(param: &str, v: &str, max: u8, expected: &'static str) -> Result<u8, UrlError> {
+    v.parse::<u8>()
+        .ok()
+        .filter(|n| *n <= max)
+        .ok_or_else(|| UrlError::Param {
+            param: param.into(),
+            value: v.into(),
+            expected,
+        })
+}
+
 fn number<T: std::str::FromStr>(param: &str, v: &str) -> Result<T, UrlError> {
     v.parse().map_err(|_| UrlError::Param {
         param: param.into(),
@@ -378,16 +390,7 @@ impl std::str::FromStr for NodepassUrl {
                 "sni" => params.sni = Some(v),
                 "min" => params.min = number(k, &v)?,
                 "max" => params.max = number(k, &v)?,
-                "mode" => {
-                    params.mode = number(k, &v)?;
-                    if params.mode > 2 {
-                        return Err(UrlError::Param {
-                            param: k.into(),
-                            value: v,
-                            expected: "0, 1 or 2",
-                        });
-                    }
-                }
+                "mode" => params.mode = choice(k, &v, 2, "0, 1 or 2")?,
                 "log" => {
                     if !["none", "debug", "info", "warn", "error", "event"].contains(&v.as_str()) {
                         return Err(UrlError::Param {
@@ -465,14 +468,12 @@ impl std::str::FromStr for NodepassUrl {
                     })?
                 }
                 "lbs" => {
-                    params.lbs = number(k, &v)?;
-                    if params.lbs > 2 {
-                        return Err(UrlError::Param {
-                            param: k.into(),
-                            value: v,
-                            expected: "0 (round robin), 1 (lowest latency) or 2 (primary with fallback)",
-                        });
-                    }
+                    params.lbs = choice(
+                        k,
+                        &v,
+                        2,
+                        "0 (round robin), 1 (lowest latency) or 2 (primary with fallback)",
+                    )?
                 }
                 "type" => {
                     params.pool = PoolType::from_code(&v).ok_or(UrlError::Param {
