@@ -215,9 +215,18 @@ Examples:\n  \
 porthole nodepass 'server://0.0.0.0:10101/0.0.0.0:8080?tls=1'      # users connect to :8080 here\n  \
 porthole nodepass 'client://server.example.com:10101/127.0.0.1:8080' # traffic goes to 127.0.0.1:8080\n  \
 porthole nodepass 'client://127.0.0.1:2222/10.0.0.5:22?mode=1'     # single-end: a local forwarder\n\n\
-Query parameters: tls=0|1|2 (crt=, key= for 2), sni=, min= (client pool, 64), max= (server pool, 1024),\n\
-mode=0 auto|1|2, log=none|debug|info|warn|error|event, slot= (sessions), rate= (Mbit/s), read= (idle\n\
-timeout, e.g. 30s), proxy=1 (PROXY v1 to the target), notcp=1, noudp=1, dial= (source IP).\n\
+Query parameters (defaults in brackets):\n  \
+tls=0|1|2 [0]          0 plain, 1 self-signed, 2 crt= and key= files; sni= for clients\n  \
+type=0|1|2|3 [0]       server's pool: TCP, QUIC, WebSocket, HTTP/2 (clients follow)\n  \
+min= [64], max= [1024] client / server pool size\n  \
+mode=0|1|2 [0]         0 auto, 1 reverse / single-end, 2 forward / dual-end\n  \
+slot=, rate=, read=    sessions, Mbit/s, idle timeout (e.g. 30s)\n  \
+proxy=1, dial=         PROXY v1 to the target, source IP for dialing\n  \
+notcp=1, noudp=1       disable TCP / UDP\n  \
+dns= [5m], lbs=0|1|2   target name cache; round robin, fastest, primary with fallback\n  \
+block=1|2|3            refuse users that start SOCKS, HTTP, TLS (digits combine)\n  \
+handshake=, udpframe=  auto|https|http, auto|0|1: for peers of other NodePass versions\n  \
+log=none|debug|info|warn|error|event\n\n\
 The tunnel key is the URL's user part; without one both ends derive it from the tunnel port.\n\
 tls=2 clients trust the system roots and SSL_CERT_FILE.\n\
 See docs/NODEPASS.md."
@@ -240,7 +249,7 @@ pub enum Mode {
     Iroh,
     /// Plain QUIC + STUN with a copy-paste offer and answer (no iroh infrastructure).
     Manual,
-    /// NodePass v1.14 compatible TLS pool (direct links).
+    /// NodePass v1.14-v2.0 compatible pool tunnels (direct links).
     Nodepass,
 }
 

@@ -28,13 +28,15 @@ pub enum ClientError {
     #[error("{0}")]
     WrongHandshake(&'static str),
     #[error(
-        "the server runs pool type={0} (1 QUIC, 3 HTTP/2); porthole speaks type=0 (TCP) and type=2 (WebSocket): run the server with one of those"
+        "the server runs pool type={0}, which porthole does not know (it speaks 0 TCP, 1 QUIC, 2 WebSocket and 3 HTTP/2)"
     )]
     PoolType(String),
     #[error("cannot listen on {0} for users: {1}")]
     Bind(String, std::io::Error),
     #[error(transparent)]
     Tls(#[from] crate::tls::TlsError),
+    #[error("pool connections: {0}")]
+    Streams(std::io::Error),
 }
 
 /// Tunables that are not URL parameters.
@@ -228,10 +230,16 @@ async fn dual_end(
         };
         let pool = Arc::new(Pool::default());
         let tunnel_cancel = shutdown.child_token();
+        let streams = match pool_type {
+            PoolType::Http2 => Some(Streams::Http2(h2_client(&url, connector.as_ref())?)),
+            PoolType::Quic => Some(Streams::Quic(quic_client(&url, connector.as_ref())?)),
+            _ => None,
+        };
         let dialing = PoolDialer {
             url: url.clone(),
             connector,
             pool_type,
+            streams,
             pool: pool.clone(),
             min: p.min.min(reply.max as usize).max(1),
         };
@@ -291,8 +299,9 @@ async fn dual_end(
     result
 }
 
-/// Handshake, retried on early EOF or connection errors (v1.14 servers may close before
-/// their reply is flushed); a refusal (401/404/405) is final. `handshake=auto` tries
+/// Handshake, retried on early EOF or connection errors (servers may close before their
+/// reply is flushed) and while the port answers for a running tunnel (426, 5xx); a
+/// refusal (401/404/405) is final. `handshake=auto` tries
 /// HTTPS (v1.15 and later) first, then plain HTTP (v1.14), starting with what worked
 /// last (`worked`); the generation that answered is returned with the reply.
 async fn handshake(
@@ -310,21 +319,35 @@ async fn handshake(
     let auto = order.len() > 1;
     let mut delay = Duration::from_secs(1);
     loop {
-        let mut last = String::new();
+        let mut failures: Vec<String> = Vec::new();
+        let mut not_tls_seen = false;
         for &generation in order {
+            // A server that answered HTTPS before and now fails it for another reason than
+            // not speaking TLS (a reset, a timeout: it is restarting its tunnel) is asked
+            // again over HTTPS; a plain request would only earn a 400.
+            if generation == V1 && *worked == Some(V2) && !not_tls_seen {
+                break;
+            }
             match try_handshake(url, key, generation).await {
                 Ok(Ok(reply)) => {
                     *worked = Some(generation);
                     return Ok((reply, generation));
                 }
                 // A plain request to an HTTPS server: Go answers 400.
-                Ok(Err(400)) if auto => last = "400 to a plain-HTTP handshake".into(),
+                Ok(Err(400)) if auto => failures.push("400 to a plain-HTTP handshake".into()),
                 Ok(Err(400)) if generation == V1 => {
                     return Err(ClientError::WrongHandshake(
                         "the server answered the plain-HTTP handshake with 400: it speaks \
                          HTTPS (NodePass v1.15 or later); set handshake=https or handshake=auto",
                     ));
                 }
+                // The port serves a WebSocket pool (426, "upgrade required") or the server
+                // is in trouble (5xx): it still runs a tunnel whose reply never reached us
+                // (Go may close the handshake connection before flushing it) and restarts
+                // the tunnel when no control connection comes.
+                Ok(Err(code)) if code == 426 || code >= 500 => failures.push(format!(
+                    "{code} from the tunnel port: the server is not taking handshakes yet"
+                )),
                 Ok(Err(code)) => {
                     let why = match code {
                         401 => {
@@ -343,14 +366,19 @@ async fn handshake(
                          older); set handshake=http or handshake=auto",
                     ));
                 }
-                Err(Attempt::NotTls(e) | Attempt::Io(e)) => {
-                    last = format!("{} handshake: {e}", name(generation))
+                Err(Attempt::NotTls(e)) => {
+                    not_tls_seen = true;
+                    failures.push(format!("{} handshake: {e}", name(generation)))
+                }
+                Err(Attempt::Io(e)) => {
+                    failures.push(format!("{} handshake: {e}", name(generation)))
                 }
             }
         }
         warn!(
-            "handshake with {} failed ({last}); retrying in {delay:?}",
-            url.tunnel.dial()
+            "handshake with {} failed ({}); retrying in {delay:?}",
+            url.tunnel.dial(),
+            failures.join("; ")
         );
         tokio::time::sleep(delay).await;
         delay = (delay * 2).min(Duration::from_secs(3));
@@ -451,17 +479,73 @@ async fn try_handshake(
     }
 }
 
+/// Pool types whose pool connections are streams of shared connections.
+enum Streams {
+    Http2(crate::h2pool::H2Client),
+    Quic(crate::quicpool::QuicClient),
+}
+
+/// The TLS side of HTTP/2 and QUIC pools: always on (NodePass checks the certificate
+/// only at tls=2), named by `sni=` or the tunnel host.
+fn stream_tls(
+    url: &NodepassUrl,
+    connector: Option<&tokio_rustls::TlsConnector>,
+) -> Result<(tokio_rustls::TlsConnector, String), ClientError> {
+    let connector = match connector {
+        Some(c) => c.clone(),
+        None => crate::tls::client_unverified()?,
+    };
+    let name = if url.sni() == "none" {
+        url.tunnel.host.trim_matches(['[', ']']).to_string()
+    } else {
+        url.sni()
+    };
+    Ok((connector, name))
+}
+
+fn h2_client(
+    url: &NodepassUrl,
+    connector: Option<&tokio_rustls::TlsConnector>,
+) -> Result<crate::h2pool::H2Client, ClientError> {
+    let (connector, _) = stream_tls(url, connector)?;
+    let name = crate::tls::server_name(&url.sni(), &url.tunnel.host)?;
+    let host = if url.sni() == "none" {
+        url.tunnel.dial()
+    } else {
+        url.sni()
+    };
+    crate::h2pool::H2Client::new(&connector, name, url.tunnel.dial(), &host)
+        .map_err(ClientError::Streams)
+}
+
+fn quic_client(
+    url: &NodepassUrl,
+    connector: Option<&tokio_rustls::TlsConnector>,
+) -> Result<crate::quicpool::QuicClient, ClientError> {
+    let (connector, name) = stream_tls(url, connector)?;
+    crate::quicpool::QuicClient::new(&connector, url.tunnel.dial(), name)
+        .map_err(ClientError::Streams)
+}
+
 struct PoolDialer {
     url: NodepassUrl,
     connector: Option<tokio_rustls::TlsConnector>,
     pool_type: PoolType,
+    /// Pool types 1 and 3: the connections pool streams are opened on.
+    streams: Option<Streams>,
     pool: Arc<Pool>,
     min: usize,
 }
 
 impl PoolDialer {
-    /// One pool connection: connect, TLS if asked, read the 4-byte ID.
+    /// One pool connection: connect, TLS if asked, read the 4-byte ID (HTTP/2 and QUIC:
+    /// a new stream on a shared connection).
     async fn dial_one(&self) -> std::io::Result<PoolConn> {
+        match &self.streams {
+            Some(Streams::Http2(c)) => return c.open().await,
+            Some(Streams::Quic(c)) => return c.open().await,
+            None => {}
+        }
         let tcp = TcpStream::connect(self.url.tunnel.dial()).await?;
         let _ = tcp.set_nodelay(true);
         let _ = socket2::SockRef::from(&tcp)
@@ -510,18 +594,25 @@ impl PoolDialer {
     }
 
     /// The control connection: [`dial_one`](Self::dial_one), retried every 50 ms for up
-    /// to 5 s while the server refuses (not yet listening for the pool).
+    /// to 5 s while it fails. The server may not listen for the pool yet (refused), or
+    /// its handshake listener may still hold the port for a moment (a WebSocket upgrade
+    /// or TLS answered by the wrong server): any failure is worth another try, since
+    /// without this connection the whole handshake is redone.
     async fn dial_first(&self) -> std::io::Result<PoolConn> {
         let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
         loop {
-            match self.dial_one().await {
-                Err(e)
-                    if e.kind() == std::io::ErrorKind::ConnectionRefused
-                        && tokio::time::Instant::now() < deadline =>
-                {
+            match tokio::time::timeout_at(deadline, self.dial_one()).await {
+                Ok(Err(e)) if tokio::time::Instant::now() < deadline => {
+                    debug!("first pool connection: {e}; retrying");
                     tokio::time::sleep(Duration::from_millis(50)).await
                 }
-                r => return r,
+                Ok(r) => return r,
+                Err(_) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::TimedOut,
+                        "no pool connection within 5 s",
+                    ));
+                }
             }
         }
     }

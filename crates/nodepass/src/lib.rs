@@ -1,5 +1,5 @@
-//! NodePass v1.14 compatible tunnels: porthole can stand in for either end of a
-//! NodePass TCP-pool (`type=0`) tunnel and talk to the real NodePass on the wire.
+//! NodePass v1.14 to v2.0 compatible tunnels: porthole can stand in for either end of a
+//! NodePass tunnel, any pool type, and talk to the real NodePass on the wire.
 //!
 //! - [`wire`]: the protocol as data (no I/O), tested on the documented byte examples.
 //! - [`tls`]: tls=0/1/2 server and client configurations.
@@ -12,10 +12,14 @@
 //! - [`targets`]: the dialing side's targets (`dns=` cache, `lbs=` selection, failover).
 //! - [`tasks`]: every task a tunnel starts, ended and awaited at shutdown.
 //! - [`ws`]: pool type 2, pool connections as WebSockets.
+//! - [`quicpool`]: pool type 1, pool connections as streams of QUIC connections.
+//! - [`h2pool`]: pool type 3, pool connections as streams of one HTTP/2 connection.
 
 pub mod channel;
 pub mod client;
+pub mod h2pool;
 pub mod pool;
+pub mod quicpool;
 pub mod server;
 pub mod session;
 pub mod stream;

@@ -23,6 +23,60 @@ impl std::fmt::Debug for PoolConn {
     }
 }
 
+/// Where a server's multiplexed pool (HTTP/2 streams, QUIC streams) puts new pool
+/// connections: the tunnel's first becomes the control channel, the rest join the pool
+/// while it holds fewer than `max`.
+#[derive(Clone)]
+pub struct Intake {
+    pub pool: std::sync::Arc<Pool>,
+    pub control: std::sync::Arc<Mutex<Option<tokio::sync::oneshot::Sender<PoolConn>>>>,
+    pub max: usize,
+    /// A fresh pool ID (never the control channel's); `None` if there is none to give.
+    pub new_id: fn() -> Option<PoolId>,
+}
+
+/// A place taken in an [`Intake`]: the ID to send, then [`Intake::deliver`].
+pub struct Claim {
+    pub id: PoolId,
+    control: Option<tokio::sync::oneshot::Sender<PoolConn>>,
+}
+
+impl Intake {
+    /// The next connection's place: the control channel's if it is still open, else a
+    /// fresh ID; `None` while the pool is full.
+    pub fn claim(&self) -> Option<Claim> {
+        if let Some(tx) = self.control.lock().ok().and_then(|mut c| c.take()) {
+            return Some(Claim {
+                id: crate::wire::CONTROL_ID,
+                control: Some(tx),
+            });
+        }
+        if self.pool.len() >= self.max {
+            return None;
+        }
+        Some(Claim {
+            id: (self.new_id)()?,
+            control: None,
+        })
+    }
+
+    /// Hands a connection whose ID was sent to the control channel or the pool.
+    pub fn deliver(&self, claim: Claim, io: crate::stream::PoolStream) {
+        let conn = PoolConn {
+            id: claim.id,
+            io,
+            seen_fp: None,
+            since: Instant::now(),
+        };
+        match claim.control {
+            Some(tx) => {
+                let _ = tx.send(conn);
+            }
+            None => self.pool.push(conn),
+        }
+    }
+}
+
 #[derive(Debug, Default)]
 pub struct Pool {
     idle: Mutex<VecDeque<PoolConn>>,

@@ -12,7 +12,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use crate::channel::{self, ChannelCtx, ChannelEnd, TunnelHandle};
-use crate::pool::{Pool, PoolConn};
+use crate::pool::{Intake, Pool, PoolConn};
 use crate::session::{self, Limits};
 use crate::stream::{PoolStream, UdpFraming};
 use crate::targets::Dialer;
@@ -72,9 +72,31 @@ pub async fn run(
         Some(t) if p.tls == TlsMode::Verified => t.clone(),
         _ => ServerTls::self_signed()?,
     };
+    // HTTP/2 pools are TLS always (self-signed at tls=0, as NodePass); ALPN h2 marks a
+    // pool connection, anything else on TLS is a restarted client's handshake.
+    let h2_tls = (p.pool == PoolType::Http2).then(|| {
+        tls.as_ref()
+            .unwrap_or(&handshake_tls)
+            .with_alpn(&[crate::h2pool::ALPN, b"http/1.1"])
+    });
     let listener = porthole_engine::net::listen_tcp_str(&url.tunnel.listen())
         .await
         .map_err(|e| ServerError::Bind(url.tunnel.listen(), e))?;
+    // QUIC pools: the tunnel port's UDP side, for the server's whole life (the TLS as
+    // for HTTP/2 pools).
+    let quic = match p.pool {
+        PoolType::Quic => {
+            let bind = async {
+                let addr = listener.local_addr()?;
+                crate::quicpool::bind(addr, tls.as_ref().unwrap_or(&handshake_tls))
+            };
+            Some(
+                bind.await
+                    .map_err(|e| ServerError::Bind(format!("{} (UDP)", url.tunnel.listen()), e))?,
+            )
+        }
+        _ => None,
+    };
     info!(
         "NodePass server on {} (tls={})",
         listener
@@ -155,6 +177,8 @@ pub async fn run(
             listener: &listener,
             client_ip,
             tls: tls.clone(),
+            h2_tls: h2_tls.clone(),
+            quic: quic.as_ref(),
             pool_type: p.pool,
             max: p.max,
             pool: pool.clone(),
@@ -328,6 +352,10 @@ struct TunnelSession<'a> {
     listener: &'a TcpListener,
     client_ip: IpAddr,
     tls: Option<ServerTls>,
+    /// Pool type 3: the TLS side of the HTTP/2 connection.
+    h2_tls: Option<ServerTls>,
+    /// Pool type 1: the QUIC endpoint pool streams come in on.
+    quic: Option<&'a quinn::Endpoint>,
     pool_type: PoolType,
     max: usize,
     pool: Arc<Pool>,
@@ -344,9 +372,25 @@ impl TunnelSession<'_> {
         shutdown: &CancellationToken,
     ) -> (ChannelEnd, Option<Pending>) {
         let (control_tx, control_rx) = tokio::sync::oneshot::channel::<PoolConn>();
-        let mut control_tx = Some(control_tx);
+        let control_slot = Arc::new(std::sync::Mutex::new(Some(control_tx)));
         let (rehandshake_tx, mut rehandshake_rx) = tokio::sync::mpsc::channel::<Pending>(1);
         let tunnel_cancel = shutdown.child_token();
+        // HTTP/2 pool connections live until the tunnel ends, however it ends.
+        let _end_tunnel = tunnel_cancel.clone().drop_guard();
+        let intake = Intake {
+            pool: self.pool.clone(),
+            control: control_slot.clone(),
+            max: self.max,
+            new_id: || random_id().ok(),
+        };
+        // Runs until the tunnel ends (never ends it).
+        let quic_pool = async {
+            if let Some(e) = self.quic {
+                crate::quicpool::serve(e, self.client_ip, intake.clone(), tunnel_cancel.clone())
+                    .await;
+            }
+            std::future::pending::<()>().await
+        };
         let accept = async {
             let mut first = true;
             loop {
@@ -356,6 +400,22 @@ impl TunnelSession<'_> {
                 };
                 if peer.ip() != self.client_ip {
                     debug!("refusing a pool connection from {peer}: not the authenticated client");
+                    continue;
+                }
+                if self.quic.is_some() {
+                    // Pool connections come over QUIC: on TCP, only a restarted client.
+                    let _ = rehandshake_tx.send(Pending::Raw(stream)).await;
+                    continue;
+                }
+                if let Some(tls) = &self.h2_tls {
+                    let to = intake.clone();
+                    let (tls, cancel) = (tls.clone(), tunnel_cancel.clone());
+                    let rehandshake = rehandshake_tx.clone();
+                    self.tasks.spawn(async move {
+                        if let Some(p) = admit_h2(stream, tls, to, cancel).await {
+                            let _ = rehandshake.send(p).await;
+                        }
+                    });
                     continue;
                 }
                 // Under TLS, records go out as they come (no Nagle delay on small writes).
@@ -380,7 +440,11 @@ impl TunnelSession<'_> {
                 let pool = self.pool.clone();
                 let max = self.max;
                 let pool_type = self.pool_type;
-                let control = if is_first { control_tx.take() } else { None };
+                let control = if is_first {
+                    control_slot.lock().ok().and_then(|mut c| c.take())
+                } else {
+                    None
+                };
                 let rehandshake = rehandshake_tx.clone();
                 self.tasks.spawn(async move {
                     match admit(stream, id, tls, pool_type, &pool, max).await {
@@ -408,6 +472,7 @@ impl TunnelSession<'_> {
         };
         tokio::select! {
             _ = accept => unreachable_end(),
+            _ = quic_pool => unreachable_end(),
             end = control => (end, None),
             s = rehandshake_rx.recv() => {
                 tunnel_cancel.cancel();
@@ -516,6 +581,36 @@ async fn admit(
         seen_fp: None,
         since: std::time::Instant::now(),
     })
+}
+
+/// A new connection on the tunnel port of an HTTP/2 pool: the client's pool connection
+/// (TLS with ALPN h2), served until the tunnel ends, or a restarted client's handshake
+/// (a plain `GET`, or TLS without h2), handed back.
+async fn admit_h2(
+    stream: TcpStream,
+    tls: ServerTls,
+    to: Intake,
+    cancel: CancellationToken,
+) -> Option<Pending> {
+    let _ = stream.set_nodelay(true);
+    let _ = socket2::SockRef::from(&stream)
+        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+    let mut first = [0u8; 1];
+    match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
+        Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}
+        Ok(Ok(1)) => return Some(Pending::Raw(stream)),
+        _ => return None,
+    }
+    let s = match tokio::time::timeout(HANDSHAKE_TIMEOUT, tls.acceptor.accept(stream)).await {
+        Ok(Ok(s)) => s,
+        _ => return None,
+    };
+    if s.get_ref().1.alpn_protocol() != Some(crate::h2pool::ALPN) {
+        return Some(Pending::Read(PoolStream::Server(Box::new(s)), Vec::new()));
+    }
+    debug!("HTTP/2 pool connection");
+    crate::h2pool::serve(s, to, cancel).await;
+    None
 }
 
 /// An HTTP request head, up to its blank line (bounded). A WebSocket client waits for

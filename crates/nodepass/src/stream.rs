@@ -29,6 +29,10 @@ pub enum PoolStream {
     Client(Box<tokio_rustls::client::TlsStream<TcpStream>>),
     /// Pool type 2: a WebSocket over one of the above.
     Ws(Box<crate::ws::WsConn>),
+    /// Pool type 3: a stream of the tunnel's one HTTP/2 connection.
+    H2(Box<crate::h2pool::H2Stream>),
+    /// Pool type 1: a stream of one of the tunnel's QUIC connections.
+    Quic(Box<crate::quicpool::QuicStream>),
 }
 
 impl AsyncRead for PoolStream {
@@ -42,6 +46,8 @@ impl AsyncRead for PoolStream {
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
             PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PoolStream::H2(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+            PoolStream::Quic(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
         }
     }
 }
@@ -57,6 +63,8 @@ impl AsyncWrite for PoolStream {
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
             PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PoolStream::H2(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+            PoolStream::Quic(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
         }
     }
 
@@ -66,6 +74,8 @@ impl AsyncWrite for PoolStream {
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_flush(cx),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_flush(cx),
             PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PoolStream::H2(s) => Pin::new(s.as_mut()).poll_flush(cx),
+            PoolStream::Quic(s) => Pin::new(s.as_mut()).poll_flush(cx),
         }
     }
 
@@ -75,6 +85,8 @@ impl AsyncWrite for PoolStream {
             PoolStream::Server(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             PoolStream::Client(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
             PoolStream::Ws(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PoolStream::H2(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+            PoolStream::Quic(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
     }
 }
@@ -226,10 +238,14 @@ impl DatagramStream {
     }
 }
 
-/// Reads of one TLS record or WebSocket message at a time (one read under plain TCP),
-/// writes of one record or message.
+/// Reads of one TLS record, WebSocket message or HTTP/2 DATA frame at a time (one read
+/// under plain TCP), writes of one record or message.
 enum RecordStream {
     Messages(Box<crate::ws::WsConn>),
+    /// HTTP/2 DATA frames: a read returns at most one.
+    Frames(Box<crate::h2pool::H2Stream>),
+    /// A QUIC stream: bytes, no boundaries (as plain TCP).
+    Quic(Box<crate::quicpool::QuicStream>),
     Plain(TcpStream),
     Tls {
         tcp: TcpStream,
@@ -243,6 +259,8 @@ impl RecordStream {
         match s {
             PoolStream::Plain(t) => RecordStream::Plain(t),
             PoolStream::Ws(w) => RecordStream::Messages(w),
+            PoolStream::H2(h) => RecordStream::Frames(h),
+            PoolStream::Quic(q) => RecordStream::Quic(q),
             PoolStream::Server(t) => {
                 let (tcp, conn) = t.into_inner();
                 RecordStream::Tls {
@@ -264,7 +282,7 @@ impl RecordStream {
 
     /// Whether each read is one write of the peer's (a TLS record, a message).
     fn keeps_boundaries(&self) -> bool {
-        !matches!(self, RecordStream::Plain(_))
+        !matches!(self, RecordStream::Plain(_) | RecordStream::Quic(_))
     }
 
     /// The plaintext of the next record (`Ok(0)` at the end of the stream). Cancel-safe:
@@ -273,6 +291,8 @@ impl RecordStream {
         match self {
             RecordStream::Plain(t) => t.read(out).await,
             RecordStream::Messages(w) => w.recv_message(out).await,
+            RecordStream::Frames(h) => h.read(out).await,
+            RecordStream::Quic(q) => q.read(out).await,
             RecordStream::Tls { tcp, conn, inbuf } => loop {
                 // One record's plaintext: rustls keeps each record as a chunk, and more
                 // than one may be waiting (records that arrived with the pool ID were
@@ -326,6 +346,8 @@ impl RecordStream {
                 w.write_all(data).await?;
                 w.flush().await
             }
+            RecordStream::Frames(h) => h.write_all(data).await,
+            RecordStream::Quic(q) => q.write_all(data).await,
             RecordStream::Tls { tcp, conn, .. } => {
                 conn.writer().write_all(data)?;
                 flush_tls(tcp, conn).await

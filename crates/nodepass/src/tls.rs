@@ -76,6 +76,16 @@ impl ServerTls {
         Self::from_parts(chain, key_der)
     }
 
+    /// The same certificate, offering these ALPN protocols.
+    pub fn with_alpn(&self, protocols: &[&[u8]]) -> Self {
+        let mut config = (**self.acceptor.config()).clone();
+        config.alpn_protocols = protocols.iter().map(|p| p.to_vec()).collect();
+        Self {
+            acceptor: tokio_rustls::TlsAcceptor::from(Arc::new(config)),
+            fingerprint: self.fingerprint,
+        }
+    }
+
     fn from_parts(
         chain: Vec<CertificateDer<'static>>,
         key: PrivateKeyDer<'static>,

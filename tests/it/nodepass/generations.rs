@@ -140,3 +140,51 @@ async fn explicit_handshake_against_the_other_generation_names_the_parameter() {
         assert!(stderr.contains(fix), "handshake={choice}: {stderr}");
     }
 }
+
+/// A tunnel port that answers for a tunnel the server still runs (a WebSocket pool's
+/// 426, as a real v2 server does when the reply to a handshake was lost on the way) is
+/// asked again until the server takes handshakes, not given up on.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_tunnel_port_busy_with_a_pool_is_asked_again() {
+    init_tracing();
+    let target = tcp_echo().await;
+    let (tunnel, user) = (free_tcp_port(), free_tcp_port());
+    let stop = CancellationToken::new();
+    spawn_server(
+        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&tls=0"),
+        stop.clone(),
+    );
+    // In front of the server: the first connection gets 426, the rest pass through.
+    let front = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let front_port = front.local_addr().unwrap().port();
+    tokio::spawn(async move {
+        let mut first = true;
+        while let Ok((mut s, _)) = front.accept().await {
+            let busy = std::mem::take(&mut first);
+            tokio::spawn(async move {
+                if busy {
+                    let mut b = [0u8; 1024];
+                    let _ = s.read(&mut b).await;
+                    let _ = s
+                        .write_all(b"HTTP/1.1 426 Upgrade Required\r\nConnection: close\r\n\r\n")
+                        .await;
+                    return;
+                }
+                if let Ok(mut up) = TcpStream::connect(("127.0.0.1", tunnel)).await {
+                    let _ = tokio::io::copy_bidirectional(&mut s, &mut up).await;
+                }
+            });
+        }
+    });
+    spawn_client(
+        &format!("client://k@127.0.0.1:{front_port}/{target}?min=4&mode=2&handshake=http"),
+        vec![],
+        stop.clone(),
+    );
+    eventually_tcp(
+        SocketAddr::from(([127, 0, 0, 1], user)),
+        Duration::from_secs(20),
+    )
+    .await;
+    stop.cancel();
+}

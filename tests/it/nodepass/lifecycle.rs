@@ -4,13 +4,21 @@ use super::*;
 
 // ---- restarts ----
 
+/// A server that restarts is met again by its client, for every pool type (QUIC pools:
+/// the tunnel port's UDP side is bound again at once).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn server_restart_mid_use_recovers() {
     init_tracing();
+    for pool in [0, 1, 2, 3] {
+        server_restart_round(pool).await;
+    }
+}
+
+async fn server_restart_round(pool: u8) {
     let target = tcp_echo().await;
     let tunnel = free_tcp_port();
     let user = free_tcp_port();
-    let server_url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1");
+    let server_url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&type={pool}");
     let client_url = format!(
         "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=4&mode=2",
         target.port()
@@ -22,7 +30,7 @@ async fn server_restart_mid_use_recovers() {
         let stop = CancellationToken::new();
         let server = spawn_server(&server_url, stop.clone());
         eventually_tcp(user_addr, Duration::from_secs(20)).await;
-        tracing::info!("round {round}: tunnel works; stopping the server");
+        tracing::info!("type={pool} round {round}: tunnel works; stopping the server");
         stop.cancel();
         let _ = server.await;
         tokio::time::sleep(Duration::from_millis(300)).await;
@@ -31,15 +39,25 @@ async fn server_restart_mid_use_recovers() {
 }
 
 /// A client that restarts gets the tunnel back within seconds, whether its new handshake
-/// is a plain `GET` or HTTPS, on plain or TLS pool ports.
+/// is a plain `GET` or HTTPS, on plain or TLS pool ports, TCP, QUIC or HTTP/2 pools.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn client_restart_mid_use_recovers() {
     init_tracing();
-    for (tls, handshake) in [(0, "http"), (0, "https"), (1, "http"), (1, "https")] {
+    for (tls, handshake, pool) in [
+        (0, "http", 0),
+        (0, "https", 0),
+        (1, "http", 0),
+        (1, "https", 0),
+        (0, "http", 1),
+        (1, "https", 1),
+        (0, "https", 3),
+        (1, "http", 3),
+    ] {
         let target = tcp_echo().await;
         let tunnel = free_tcp_port();
         let user = free_tcp_port();
-        let server_url = format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&tls={tls}");
+        let server_url =
+            format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&tls={tls}&type={pool}");
         let client_url = format!(
             "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=4&mode=2&handshake={handshake}",
             target.port()
@@ -55,7 +73,7 @@ async fn client_restart_mid_use_recovers() {
             if round == 1 {
                 assert!(
                     started.elapsed() < Duration::from_secs(10),
-                    "tls={tls} handshake={handshake}: the restarted client waited {:?}",
+                    "tls={tls} handshake={handshake} type={pool}: the restarted client waited {:?}",
                     started.elapsed()
                 );
             }

@@ -280,8 +280,9 @@ async fn both_protocols(forward: bool, tls: u8, pool: u8) {
         }
     }
     udp_roundtrip(p.user).await;
-    if tls > 0 {
-        // Plain TCP (tls=0) has no boundaries on NodePass' wire either.
+    if tls > 0 || pool == 3 {
+        // Plain TCP (tls=0) has no boundaries on NodePass' wire either; HTTP/2 pools are
+        // TLS always, one DATA frame per datagram.
         udp_burst_keeps_boundaries(p.user).await;
     }
     p.shutdown.cancel();
@@ -321,6 +322,30 @@ async fn websocket_pool_both_flows_every_tls() {
     for forward in [false, true] {
         for tls in 0..=2 {
             both_protocols(forward, tls, 2).await;
+        }
+    }
+}
+
+/// Pool type 1: every pool connection a stream of a QUIC connection, both flows and
+/// every tls mode, TCP and UDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn quic_pool_both_flows_every_tls() {
+    for forward in [false, true] {
+        for tls in 0..=2 {
+            eprintln!("forward={forward} tls={tls}");
+            both_protocols(forward, tls, 1).await;
+        }
+    }
+}
+
+/// Pool type 3: every pool connection a stream of one HTTP/2 connection (TLS always),
+/// both flows and every tls mode, TCP and UDP.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn http2_pool_both_flows_every_tls() {
+    for forward in [false, true] {
+        for tls in 0..=2 {
+            eprintln!("forward={forward} tls={tls}");
+            both_protocols(forward, tls, 3).await;
         }
     }
 }

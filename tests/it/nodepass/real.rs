@@ -75,7 +75,7 @@ struct Case {
     tls: u8,
     /// Forward flow (`+`, server mode=2): users connect to the client. Else reverse.
     forward: bool,
-    /// Pool type (`type=`): 0 TCP, 2 WebSocket.
+    /// Pool type (`type=`): 0 TCP, 1 QUIC, 2 WebSocket, 3 HTTP/2.
     pool: u8,
 }
 
@@ -271,7 +271,7 @@ async fn matrix(version: Version, porthole: Porthole) {
     crate::support::init_tracing();
     let Some(dir) = nodepass_dir() else { return };
     let mut cases = Vec::new();
-    for pool in [0, 2] {
+    for pool in [0, 1, 2, 3] {
         for tls in 0..=2 {
             for forward in [false, true] {
                 let case = Case {

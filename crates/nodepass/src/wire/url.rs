@@ -93,23 +93,32 @@ impl TlsMode {
 pub enum PoolType {
     /// 0: TCP connections (TLS under tls=1/2).
     Tcp,
+    /// 1: streams of QUIC connections on the tunnel port's UDP side (TLS 1.3 always,
+    /// self-signed at tls=0).
+    Quic,
     /// 2: WebSockets over them.
     WebSocket,
+    /// 3: streams of one HTTP/2 connection over TLS (always TLS, self-signed at tls=0).
+    Http2,
 }
 
 impl PoolType {
     pub fn code(self) -> &'static str {
         match self {
             PoolType::Tcp => "0",
+            PoolType::Quic => "1",
             PoolType::WebSocket => "2",
+            PoolType::Http2 => "3",
         }
     }
 
-    /// `None` for the types porthole does not speak (1 QUIC, 3 HTTP/2) and anything else.
+    /// `None` for anything but 0-3.
     pub fn from_code(s: &str) -> Option<Self> {
         match s {
             "0" => Some(PoolType::Tcp),
+            "1" => Some(PoolType::Quic),
             "2" => Some(PoolType::WebSocket),
+            "3" => Some(PoolType::Http2),
             _ => None,
         }
     }
@@ -479,7 +488,7 @@ impl std::str::FromStr for NodepassUrl {
                     params.pool = PoolType::from_code(&v).ok_or(UrlError::Param {
                         param: k.into(),
                         value: v,
-                        expected: "0 (TCP) or 2 (WebSocket); porthole does not speak 1 (QUIC) or 3 (HTTP/2) yet",
+                        expected: "0 (TCP), 1 (QUIC), 2 (WebSocket) or 3 (HTTP/2)",
                     })?
                 }
                 other => unknown.push(other.to_string()),
