@@ -13,6 +13,8 @@ command -v wg >/dev/null 2>&1 || need_pkgs+=(wireguard-tools)
 command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
 # The status page rendered by a real browser (tests/it/observe.rs).
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
+# PROXY protocol headers read by a real nginx (tests/it/proxy_protocol.rs).
+command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need_pkgs[*]}" >&2

@@ -417,6 +417,10 @@ pub struct ClientArgs {
     #[command(flatten)]
     pub server: ServerChoiceArgs,
     /// What to reach on the server's side: tcp://HOST:PORT or udp://HOST:PORT (pairs with --listen).
+    /// TCP options after `?`: proxy_protocol=v1|v2 sends the target a PROXY header naming the
+    /// user's address (nginx `listen ... proxy_protocol`); accept_proxy_protocol=1 reads one
+    /// from each local connection (porthole behind a load balancer), e.g.
+    /// 'tcp://127.0.0.1:80?proxy_protocol=v2'.
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
     /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source;

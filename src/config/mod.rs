@@ -223,7 +223,7 @@ mod tests {
         )
         .unwrap();
         assert_eq!(new.forwards, old.forwards);
-        assert_eq!(new.forwards[0].1, "127.0.0.1:2222".parse().unwrap());
+        assert_eq!(new.forwards[0].listen, "127.0.0.1:2222".parse().unwrap());
     }
 
     #[test]

@@ -9,12 +9,13 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
+use porthole_engine::client::{ForwardSpec, ProxyProtocol};
 use porthole_engine::direct_paths::AddrRule;
 use porthole_engine::policy::AllowRule;
 use porthole_engine::quic_params::{Congestion, QuicParams};
 use porthole_nodepass::NodepassUrl;
 use porthole_proto::key::EndpointId;
-use porthole_proto::source::Source;
+use porthole_proto::source::{Protocol, Source};
 use porthole_proto::ticket::Ticket;
 use porthole_proto::token::AuthToken;
 use porthole_transport_iroh::{DnsSetting, RelaySetting, RelaySpec};
@@ -364,7 +365,7 @@ pub struct ClientFile {
     forward_entries: Vec<ForwardEntry>,
     /// The forwards (the shorthand or `[[forwards]]`), parsed by `finish`.
     #[serde(skip)]
-    pub forwards: Vec<(Source, SocketAddr)>,
+    pub forwards: Vec<ForwardSpec>,
     /// SOCKS5 proxies (dynamic forwarding), e.g. ["127.0.0.1:1080"].
     #[serde(default)]
     pub socks: Vec<SocketAddr>,
@@ -569,13 +570,42 @@ impl ClientFile {
     }
 }
 
-/// Parses a forward pair; used for the file and the command line alike.
-pub fn check_forward(key: &str, source: &str, listen: &str) -> Result<(Source, SocketAddr)> {
-    let s: Source = source.parse().with_context(|| format!("{key}: source"))?;
+/// Parses a forward pair; used for the file and the command line alike. The source may
+/// carry options after `?` (PROXY protocol), which stay on this side.
+pub fn check_forward(key: &str, source: &str, listen: &str) -> Result<ForwardSpec> {
+    let (address, options) = match source.split_once('?') {
+        Some((a, o)) => (a, Some(o)),
+        None => (source, None),
+    };
+    let s: Source = address.parse().with_context(|| format!("{key}: source"))?;
     let t: SocketAddr = listen.parse().map_err(|_| {
         anyhow::anyhow!(
             "{key}: listen address {listen:?} is not a local address: write IP:PORT, e.g. 127.0.0.1:2222 or [::1]:2222"
         )
     })?;
-    Ok((s, t))
+    let mut spec = ForwardSpec::new(s, t);
+    for pair in options.into_iter().flat_map(|o| o.split('&')) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "proxy_protocol" => {
+                spec.proxy.send = Some(v.parse().with_context(|| format!("{key}: source"))?)
+            }
+            "accept_proxy_protocol" => {
+                spec.proxy.accept = match v {
+                    "" | "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => bail!("{key}: accept_proxy_protocol={v:?}: write 1 or 0"),
+                }
+            }
+            _ => bail!(
+                "{key}: unknown source option {k:?}: the options are proxy_protocol=v1|v2 \
+                 (send a PROXY header to the target) and accept_proxy_protocol=1 (read one from \
+                 each local connection)"
+            ),
+        }
+    }
+    if spec.proxy != ProxyProtocol::default() && spec.source.protocol != Protocol::Tcp {
+        bail!("{key}: PROXY protocol options apply to tcp:// sources only");
+    }
+    Ok(spec)
 }

@@ -714,7 +714,7 @@ fn client_forwards(
             args.listens.len()
         );
     }
-    let pairs: Vec<(porthole_proto::source::Source, SocketAddr)> = if !args.sources.is_empty() {
+    let pairs: Vec<ForwardSpec> = if !args.sources.is_empty() {
         args.sources
             .iter()
             .zip(&args.listens)
@@ -731,18 +731,18 @@ fn client_forwards(
         );
     }
     let mut out = Vec::with_capacity(pairs.len());
-    for (i, (source, listen)) in pairs.into_iter().enumerate() {
-        if out
-            .iter()
-            .any(|o: &ForwardSpec| o.listen == listen && o.source.protocol == source.protocol)
-        {
+    for (i, spec) in pairs.into_iter().enumerate() {
+        if out.iter().any(|o: &ForwardSpec| {
+            o.listen == spec.listen && o.source.protocol == spec.source.protocol
+        }) {
             bail!(
-                "forward #{}: {listen} is used twice for {}",
+                "forward #{}: {} is used twice for {}",
                 i + 1,
-                source.protocol
+                spec.listen,
+                spec.source.protocol
             );
         }
-        out.push(ForwardSpec { source, listen });
+        out.push(spec);
     }
     Ok(out)
 }

@@ -15,6 +15,7 @@ mod nodepass;
 mod observe;
 mod process;
 mod proxy;
+mod proxy_protocol;
 mod secrets;
 mod support;
 mod tunnel;

@@ -40,14 +40,14 @@ async fn manual_tunnel_tcp_and_udp_over_loopback() {
 
     // Client: listeners first, then the offer, which travels as text.
     let forwards = vec![
-        ForwardSpec {
-            source: format!("tcp://{tcp_target}").parse().unwrap(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
-        ForwardSpec {
-            source: format!("udp://{udp_target}").parse().unwrap(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-        },
+        ForwardSpec::new(
+            format!("tcp://{tcp_target}").parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ),
+        ForwardSpec::new(
+            format!("udp://{udp_target}").parse().unwrap(),
+            "127.0.0.1:0".parse().unwrap(),
+        ),
     ];
     let client = Client::bind(ClientConfig::new(token(TOKEN), forwards))
         .await

@@ -24,6 +24,7 @@ pub mod frame;
 pub mod key;
 pub mod message;
 pub mod probe;
+pub mod proxy_header;
 pub mod socks;
 pub mod source;
 pub mod ticket;

@@ -334,10 +334,7 @@ pub async fn start_client(setup: ClientSetup) -> TestClient {
     let forwards = setup
         .forwards
         .iter()
-        .map(|s| ForwardSpec {
-            source: s.parse().unwrap(),
-            listen: "127.0.0.1:0".parse().unwrap(),
-        })
+        .map(|s| ForwardSpec::new(s.parse().unwrap(), "127.0.0.1:0".parse().unwrap()))
         .collect();
     let mut config = ClientConfig::new(setup.token, forwards);
     config.backoff_max = Duration::from_secs(2);

@@ -32,6 +32,30 @@ use crate::transport::{Connection, ConnectionEnd, Connector};
 pub struct ForwardSpec {
     pub source: Source,
     pub listen: SocketAddr,
+    /// PROXY protocol headers on this forward's TCP connections.
+    pub proxy: ProxyProtocol,
+}
+
+impl ForwardSpec {
+    pub fn new(source: Source, listen: SocketAddr) -> Self {
+        Self {
+            source,
+            listen,
+            proxy: ProxyProtocol::default(),
+        }
+    }
+}
+
+/// PROXY protocol on a TCP forward (`?proxy_protocol=v1|v2&accept_proxy_protocol=1`).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub struct ProxyProtocol {
+    /// Write this header ahead of each connection's bytes, so the target sees the user's
+    /// address (the one the listener saw, or the one an accepted header named).
+    pub send: Option<porthole_proto::proxy_header::Version>,
+    /// Each local connection starts with a PROXY header (v1 or v2) from a load balancer:
+    /// it is read off and its address taken as the user's; a connection without one is
+    /// refused.
+    pub accept: bool,
 }
 
 #[derive(Debug, Clone)]
@@ -311,7 +335,10 @@ impl Client {
                     tasks.spawn(
                         tcp::accept_loop(
                             listener,
-                            index,
+                            tcp::TcpForward {
+                                index,
+                                proxy: spec.proxy,
+                            },
                             session_rx.clone(),
                             config.session_wait,
                             live,

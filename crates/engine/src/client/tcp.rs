@@ -5,19 +5,28 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use porthole_proto::message::StreamHeader;
+use porthole_proto::proxy_header::{self, Parsed};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
 
-use super::Sessions;
+use super::{ProxyProtocol, Sessions};
 use crate::control::write_frame;
 use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{ForwardLive, Side, StreamMeter};
 use crate::transport::Connection;
 
+/// Which forward a listener serves (its index in the config) and its PROXY protocol.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct TcpForward {
+    pub index: usize,
+    pub proxy: ProxyProtocol,
+}
+
 pub(crate) async fn accept_loop<C: Connection>(
     listener: TcpListener,
-    index: usize,
+    forward: TcpForward,
     sessions: Sessions<C>,
     wait: Duration,
     live: Arc<ForwardLive>,
@@ -35,7 +44,7 @@ pub(crate) async fn accept_loop<C: Connection>(
                 // Counted from here: time to first byte includes waiting for the tunnel.
                 let meter = live.stream(Side::Client, first_byte.clone());
                 tokio::spawn(
-                    handle(tcp, from, index, sessions.clone(), wait, meter).instrument(span),
+                    handle(tcp, from, forward, sessions.clone(), wait, meter).instrument(span),
                 );
             }
             Err(e) => {
@@ -48,13 +57,27 @@ pub(crate) async fn accept_loop<C: Connection>(
 }
 
 async fn handle<C: Connection>(
-    tcp: TcpStream,
+    mut tcp: TcpStream,
     from: SocketAddr,
-    index: usize,
+    TcpForward { index, proxy }: TcpForward,
     mut sessions: Sessions<C>,
     wait: Duration,
     meter: StreamMeter,
 ) {
+    // Behind a load balancer: the user is who its header names; bytes read past the
+    // header go to the target first.
+    let (user, early) = if proxy.accept {
+        match read_proxy_header(&mut tcp).await {
+            Ok((source, early)) => (source.unwrap_or(from), early),
+            Err(e) => {
+                warn!("refusing the connection from {from}: {e}");
+                abort_tcp(&tcp);
+                return;
+            }
+        }
+    } else {
+        (from, Vec::new())
+    };
     let Some(session) = super::wait_for_session(&mut sessions, wait).await else {
         warn!("tunnel not up within {wait:?}: resetting connection from {from}");
         abort_tcp(&tcp);
@@ -78,6 +101,18 @@ async fn handle<C: Connection>(
         abort_tcp(&tcp);
         return;
     }
+    let mut ahead = match (proxy.send, tcp.local_addr()) {
+        (Some(version), Ok(local)) => proxy_header::encode(version, user, local),
+        _ => Vec::new(),
+    };
+    ahead.extend_from_slice(&early);
+    if !ahead.is_empty()
+        && let Err(e) = send.write_all(&ahead).await
+    {
+        warn!("cannot start stream: {e}");
+        abort_tcp(&tcp);
+        return;
+    }
     tune_tcp(&tcp);
     match splice(tcp, send, recv, Controls::meter(&meter)).await {
         SpliceEnd::Clean { up, down } => debug!(sent = up, received = down, "closed"),
@@ -85,4 +120,42 @@ async fn handle<C: Connection>(
             debug!(sent = up, received = down, "aborted: {error}")
         }
     }
+}
+
+/// How long a connection behind a load balancer may take to send its PROXY header.
+const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the PROXY header (v1 or v2) a connection starts with: the user's address it
+/// names (`None` for a health check's UNKNOWN / LOCAL) and any bytes read past it.
+/// Bounded in bytes ([`proxy_header::MAX_HEADER`]) and time.
+async fn read_proxy_header(tcp: &mut TcpStream) -> std::io::Result<(Option<SocketAddr>, Vec<u8>)> {
+    let read = async {
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 512];
+        loop {
+            match proxy_header::parse(&buf) {
+                Parsed::Header { len, source } => return Ok((source, buf.split_off(len))),
+                Parsed::Invalid(why) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("no PROXY protocol header ({why}); accept_proxy_protocol is set"),
+                    ));
+                }
+                Parsed::Incomplete => {}
+            }
+            let n = tcp.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(PROXY_HEADER_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}"),
+            )
+        })?
 }
