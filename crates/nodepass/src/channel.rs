@@ -100,6 +100,8 @@ pub async fn run(
     let (end_tx, mut end_rx) = mpsc::channel::<ChannelEnd>(4);
     // The style the peer wrote its own `verify` in, once one arrived.
     let (peer_style_tx, peer_style_rx) = watch::channel::<Option<FpStyle>>(None);
+    // Whether the peer sent a `verify` at all: a peer that does also acts on ours.
+    let peer_verifies = Arc::new(std::sync::atomic::AtomicBool::new(false));
 
     // Our own `verify`: under tls=1 both sides send one; under tls=2 only a server
     // facing a v1.14 client (v1.14.0 waits for it, later versions ignore it).
@@ -115,6 +117,8 @@ pub async fn run(
             ctx.generation,
             peer_style_rx,
             ctx.verify_after,
+            ctx.tls == TlsMode::Verified,
+            peer_verifies.clone(),
         ));
     }
 
@@ -192,6 +196,7 @@ pub async fn run(
                 let Some(id) = parse_id(&signal.id) else {
                     continue;
                 };
+                peer_verifies.store(true, std::sync::atomic::Ordering::Release);
                 let peer = Fingerprint::parse(&signal.fp);
                 if let Some((_, style)) = peer {
                     let _ = peer_style_tx.send(Some(style));
@@ -243,9 +248,13 @@ pub async fn run(
 
 /// Sends our `verify` on the NEWEST idle connection (v1.14 picks the oldest on both
 /// sides, which can collide on small pools), in the style the peer writes its own when
-/// that arrives in time, else the one its generation uses. A peer that checks closes
-/// the connection; one that ignores `verify` (tls=2 from v1.14.1 on) leaves it open,
-/// and it goes back to the pool so that the peer's launches on it still find it.
+/// that arrives in time, else the one its generation uses. A peer that acts on `verify`
+/// takes the named connection out of its pool (and may keep it open: v2 at tls=1,
+/// v1.14.0 at tls=2), so it is not ours to use again: reusing it sent users into a
+/// connection the peer no longer knew. Only under tls=2 (`may_be_ignored`), where a
+/// peer from v1.14.1 on ignores `verify`, does a connection the peer left open go back
+/// to the pool, and only if the peer sent no `verify` of its own (`peer_verifies`: one
+/// that sends them acts on them).
 async fn send_verify(
     pool: Arc<Pool>,
     tx: mpsc::Sender<Signal>,
@@ -253,6 +262,8 @@ async fn send_verify(
     generation: Generation,
     mut peer_style: watch::Receiver<Option<FpStyle>>,
     after: Duration,
+    may_be_ignored: bool,
+    peer_verifies: Arc<std::sync::atomic::AtomicBool>,
 ) {
     tokio::time::sleep(after).await;
     let _ = tokio::time::timeout(after / 5, peer_style.wait_for(Option::is_some)).await;
@@ -284,10 +295,13 @@ async fn send_verify(
         return;
     }
     debug!("sent verify for {}", id_hex(id));
+    // Held open while the peer checks it (it reads the TLS state of its end).
     let mut byte = [0u8; 1];
     if tokio::time::timeout(VERIFY_CLOSE_WAIT, conn.io.read(&mut byte))
         .await
         .is_err()
+        && may_be_ignored
+        && !peer_verifies.load(std::sync::atomic::Ordering::Acquire)
     {
         debug!("the peer kept {} open: back to the pool", id_hex(id));
         pool.push(conn);
