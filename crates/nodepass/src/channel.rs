@@ -117,8 +117,7 @@ pub async fn run(
             ctx.generation,
             peer_style_rx,
             ctx.verify_after,
-            ctx.tls == TlsMode::Verified,
-            peer_verifies.clone(),
+            (ctx.tls == TlsMode::Verified).then(|| peer_verifies.clone()),
         ));
     }
 
@@ -251,10 +250,10 @@ pub async fn run(
 /// that arrives in time, else the one its generation uses. A peer that acts on `verify`
 /// takes the named connection out of its pool (and may keep it open: v2 at tls=1,
 /// v1.14.0 at tls=2), so it is not ours to use again: reusing it sent users into a
-/// connection the peer no longer knew. Only under tls=2 (`may_be_ignored`), where a
-/// peer from v1.14.1 on ignores `verify`, does a connection the peer left open go back
-/// to the pool, and only if the peer sent no `verify` of its own (`peer_verifies`: one
-/// that sends them acts on them).
+/// connection the peer no longer knew. Only under tls=2 (`may_be_ignored` is set), where
+/// a peer from v1.14.1 on ignores `verify`, does a connection the peer left open go back
+/// to the pool, and only if the peer sent no `verify` of its own (what the flag says:
+/// one that sends them acts on them).
 async fn send_verify(
     pool: Arc<Pool>,
     tx: mpsc::Sender<Signal>,
@@ -262,8 +261,7 @@ async fn send_verify(
     generation: Generation,
     mut peer_style: watch::Receiver<Option<FpStyle>>,
     after: Duration,
-    may_be_ignored: bool,
-    peer_verifies: Arc<std::sync::atomic::AtomicBool>,
+    may_be_ignored: Option<Arc<std::sync::atomic::AtomicBool>>,
 ) {
     tokio::time::sleep(after).await;
     let _ = tokio::time::timeout(after / 5, peer_style.wait_for(Option::is_some)).await;
@@ -301,7 +299,7 @@ async fn send_verify(
         .await
         .is_err()
         && may_be_ignored
-        && !peer_verifies.load(std::sync::atomic::Ordering::Acquire)
+            .is_some_and(|peer_verifies| !peer_verifies.load(std::sync::atomic::Ordering::Acquire))
     {
         debug!("the peer kept {} open: back to the pool", id_hex(id));
         pool.push(conn);
