@@ -142,12 +142,16 @@ struct Pump {
 
 impl Pump {
     fn start(port: u16) -> Pump {
+        Self::over(TcpStream::connect(("127.0.0.1", port)).unwrap())
+    }
+
+    /// Pumps over a connection already made (e.g. through a SOCKS proxy).
+    fn over(mut conn: TcpStream) -> Pump {
         let stop = Arc::new(AtomicBool::new(false));
         let moved = Arc::new(AtomicU64::new(0));
         let failed_at = Arc::new(std::sync::Mutex::new(None));
         let (s, m, f) = (stop.clone(), moved.clone(), failed_at.clone());
         let thread = std::thread::spawn(move || {
-            let mut conn = TcpStream::connect(("127.0.0.1", port)).unwrap();
             conn.set_read_timeout(Some(Duration::from_secs(10)))
                 .unwrap();
             let mut n: u8 = 0;
@@ -405,6 +409,53 @@ fn narrowing_a_clients_rules_closes_only_the_forwards_no_longer_allowed() {
         s.read_exact(&mut buf).is_err(),
         "a closed forward carried data"
     );
+}
+
+/// A SOCKS5 CONNECT to 127.0.0.1:`target` through the proxy on `socks` (no auth).
+fn socks_connect(socks: u16, target: u16) -> TcpStream {
+    let mut s = TcpStream::connect(("127.0.0.1", socks)).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    s.write_all(&[5, 1, 0]).unwrap();
+    let mut method = [0u8; 2];
+    s.read_exact(&mut method).unwrap();
+    assert_eq!(method, [5, 0], "the proxy wants authentication");
+    let mut request = vec![5, 1, 0, 1, 127, 0, 0, 1];
+    request.extend_from_slice(&target.to_be_bytes());
+    s.write_all(&request).unwrap();
+    let mut reply = [0u8; 10];
+    s.read_exact(&mut reply).unwrap();
+    assert_eq!(reply[1], 0, "SOCKS CONNECT to {target} refused: {reply:?}");
+    s
+}
+
+/// What a reload narrows applies to SOCKS (dynamic) streams already open, as to fixed
+/// forwards: the one to a destination no longer allowed ends, the other carries on.
+#[test]
+fn narrowing_a_clients_rules_closes_the_dynamic_streams_no_longer_allowed() {
+    let lab = Lab::new();
+    lab.write_access(&[lab.echo_a, lab.echo_b], &[lab.echo_b], "");
+    let (server, id, port) = lab.server();
+    let socks = free_tcp_port();
+    let alice = lab
+        .client("alice", &id, port, &[])
+        .args(&["--socks", &format!("127.0.0.1:{socks}")])
+        .spawn("alice");
+    alice.wait_line("tunnel up", LONG);
+    let pa = Pump::over(socks_connect(socks, lab.echo_a));
+    let pb = Pump::over(socks_connect(socks, lab.echo_b));
+    let narrowed = Instant::now();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    while pb.failed().is_none() {
+        assert!(
+            narrowed.elapsed() < Duration::from_secs(5),
+            "the SOCKS stream to b is still open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pb.failed().unwrap() - narrowed < Duration::from_secs(1));
+    pa.wait_moving();
+    assert!(pa.finish() > 0, "the SOCKS stream to a was left alone");
+    server.wait_line("no longer allowed for client alice", LONG);
 }
 
 #[test]

@@ -10,6 +10,7 @@ use porthole_proto::message::StreamHeader;
 use porthole_proto::source::Protocol;
 use tokio::io::AsyncWriteExt;
 use tokio::net::TcpStream;
+use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
 use porthole_proto::message::{DYNAMIC_FORWARD, DynamicReply, DynamicTarget, Unreachable};
@@ -208,14 +209,44 @@ async fn dynamic<S: SendStream, R: RecvStream>(mut send: S, mut recv: R, ctx: &S
         .dynamic
         .get_or_init(|| ctx.session.forward(DYNAMIC_FORWARD.into(), "dynamic"));
     let meter = live.stream(Side::Server, None);
+    // Rules that change while the stream runs are checked as for fixed forwards: a
+    // destination they no longer allow ends the stream.
+    let stop = CancellationToken::new();
+    let watcher = tokio::spawn(close_when_disallowed(
+        ctx.rule.clone(),
+        resolved.addrs.clone(),
+        source.clone(),
+        stop.clone(),
+    ));
     let ctl = Controls {
         meter: &meter,
-        stop: None,
+        stop: Some(&stop),
         from_tcp: Some(&ctx.client.caps.down),
         to_tcp: Some(&ctx.client.caps.up),
     };
     if let SpliceEnd::Aborted { error, .. } = splice(tcp, send, recv, ctl).await {
         debug!("dynamic {source}: aborted: {error}");
+    }
+    watcher.abort();
+}
+
+/// Cancels `stop` once the client's rules in force no longer allow `addrs`.
+async fn close_when_disallowed(
+    mut rule: watch::Receiver<Arc<ClientRule>>,
+    addrs: Vec<SocketAddr>,
+    source: Source,
+    stop: CancellationToken,
+) {
+    while rule.changed().await.is_ok() {
+        let current = rule.borrow_and_update().clone();
+        if !current.allows(Protocol::Tcp, &addrs) {
+            warn!(
+                "dynamic {source} closed: no longer allowed for client {}",
+                current.name
+            );
+            stop.cancel();
+            return;
+        }
     }
 }
 
