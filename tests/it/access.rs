@@ -559,6 +559,71 @@ fn a_clients_bandwidth_cap_holds_and_its_stream_limit_too() {
     server.wait_line("max_streams", LONG);
 }
 
+/// A UDP echo on loopback (a thread), for the flow limit.
+fn udp_echo_blocking() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}
+
+/// Whether a datagram from `sock` to `port` comes back within a few tries.
+fn udp_answered(sock: &std::net::UdpSocket, port: u16) -> bool {
+    sock.set_read_timeout(Some(Duration::from_millis(500)))
+        .unwrap();
+    let mut buf = [0u8; 64];
+    (0..6).any(|i| {
+        let msg = format!("datagram {i}");
+        sock.send_to(msg.as_bytes(), ("127.0.0.1", port)).unwrap();
+        matches!(sock.recv(&mut buf), Ok(n) if &buf[..n] == msg.as_bytes())
+    })
+}
+
+/// A client's `max_udp_flows`: two users' flows are carried, a third user's is not
+/// (while the first two go on), and the server says which limit it hit.
+#[test]
+fn a_clients_udp_flow_limit_holds() {
+    let lab = Lab::new();
+    let echo = udp_echo_blocking();
+    lab.write_file(
+        "access.toml",
+        &format!(
+            "[[client]]\nname = \"alice\"\ntokens = [\"{}\"]\nallowed_udp = [\"127.0.0.1/32:{echo}\"]\nmax_udp_flows = 2\n",
+            lab.alice
+        ),
+    );
+    let (server, id, port) = lab.server();
+    let listen = free_udp_port();
+    let alice = lab
+        .client(
+            "alice",
+            &id,
+            port,
+            &[(format!("udp://127.0.0.1:{echo}"), listen)],
+        )
+        .spawn("alice");
+    alice.wait_line("tunnel up", LONG);
+    let users: Vec<std::net::UdpSocket> = (0..3)
+        .map(|_| std::net::UdpSocket::bind("127.0.0.1:0").unwrap())
+        .collect();
+    assert!(
+        udp_answered(&users[0], listen),
+        "the first flow was not carried"
+    );
+    assert!(
+        udp_answered(&users[1], listen),
+        "the second flow was not carried"
+    );
+    assert!(!udp_answered(&users[2], listen), "a third flow was carried");
+    assert!(udp_answered(&users[0], listen), "the first flow stopped");
+    server.wait_line("max_udp_flows", LONG);
+}
+
 #[test]
 fn a_client_key_gets_in_a_wrong_key_does_not_and_rekeying_disconnects() {
     let lab = Lab::new();
