@@ -250,6 +250,11 @@ pub async fn serve(
     to: Intake,
     cancel: CancellationToken,
 ) {
+    // As many connections as NodePass's client opens for a pool of `max` (its shards),
+    // and one to spare for a replacement while an old one closes.
+    let conns = Arc::new(tokio::sync::Semaphore::new(
+        to.max.div_ceil(STREAMS_PER_CONN).clamp(1, 64) + 1,
+    ));
     loop {
         let incoming = tokio::select! {
             _ = cancel.cancelled() => return,
@@ -266,8 +271,17 @@ pub async fn serve(
             incoming.refuse();
             continue;
         }
+        let Ok(permit) = conns.clone().try_acquire_owned() else {
+            debug!(
+                "refusing a QUIC pool connection from {}: the tunnel has as many as its pool needs",
+                incoming.remote_address()
+            );
+            incoming.refuse();
+            continue;
+        };
         let (to, cancel) = (to.clone(), cancel.clone());
         tokio::spawn(async move {
+            let _permit = permit;
             let conn = match tokio::time::timeout(CONNECT_TIMEOUT, incoming).await {
                 Ok(Ok(c)) => c,
                 Ok(Err(e)) => return debug!("QUIC pool connection: {e}"),

@@ -377,6 +377,8 @@ impl TunnelSession<'_> {
         let tunnel_cancel = shutdown.child_token();
         // HTTP/2 pool connections live until the tunnel ends, however it ends.
         let _end_tunnel = tunnel_cancel.clone().drop_guard();
+        // NodePass's client keeps one HTTP/2 connection; a few more cover replacements.
+        let h2_conns = Arc::new(tokio::sync::Semaphore::new(H2_MAX_CONNS));
         let intake = Intake {
             pool: self.pool.clone(),
             control: control_slot.clone(),
@@ -408,10 +410,15 @@ impl TunnelSession<'_> {
                     continue;
                 }
                 if let Some(tls) = &self.h2_tls {
+                    let Ok(permit) = h2_conns.clone().try_acquire_owned() else {
+                        debug!("refusing an HTTP/2 pool connection: {H2_MAX_CONNS} already open");
+                        continue;
+                    };
                     let to = intake.clone();
                     let (tls, cancel) = (tls.clone(), tunnel_cancel.clone());
                     let rehandshake = rehandshake_tx.clone();
                     self.tasks.spawn(async move {
+                        let _permit = permit;
                         if let Some(p) = admit_h2(stream, tls, to, cancel).await {
                             let _ = rehandshake.send(p).await;
                         }
@@ -485,6 +492,10 @@ impl TunnelSession<'_> {
 fn unreachable_end() -> (ChannelEnd, Option<Pending>) {
     (ChannelEnd::Error("accept loop ended".into()), None)
 }
+
+/// HTTP/2 pool connections one tunnel serves at once (a restarted client's handshake
+/// passes through one of them too).
+const H2_MAX_CONNS: usize = 4;
 
 /// How long a new tunnel-port connection may take to show a restarted client's request.
 const RESTART_PEEK: Duration = Duration::from_millis(10);
