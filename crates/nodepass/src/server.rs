@@ -88,7 +88,17 @@ pub async fn run(
         PoolType::Quic => {
             let bind = async {
                 let addr = listener.local_addr()?;
-                crate::quicpool::bind(addr, tls.as_ref().unwrap_or(&handshake_tls))
+                // A server that just stopped on this port may still be draining it.
+                let mut tries = 0;
+                loop {
+                    match crate::quicpool::bind(addr, tls.as_ref().unwrap_or(&handshake_tls)) {
+                        Err(e) if e.kind() == std::io::ErrorKind::AddrInUse && tries < 20 => {
+                            tries += 1;
+                            tokio::time::sleep(Duration::from_millis(100)).await;
+                        }
+                        r => break r,
+                    }
+                }
             };
             Some(
                 bind.await
@@ -219,6 +229,12 @@ pub async fn run(
     }
     user_cancel.cancel();
     tasks.finish().await;
+    // The QUIC pool's UDP socket is released once its connections have drained: a server
+    // started again on the same port right away (a restart) can bind it.
+    if let Some(e) = quic {
+        e.close(0u32.into(), b"server stopped");
+        let _ = tokio::time::timeout(Duration::from_secs(2), e.wait_idle()).await;
+    }
     Ok(())
 }
 
@@ -405,8 +421,19 @@ impl TunnelSession<'_> {
                     continue;
                 }
                 if self.quic.is_some() {
-                    // Pool connections come over QUIC: on TCP, only a restarted client.
-                    let _ = rehandshake_tx.send(Pending::Raw(stream)).await;
+                    // Pool connections come over QUIC: on TCP, only a restarted client's
+                    // handshake (a plain `GET` or a ClientHello, at once); anything else
+                    // from that address does not end the tunnel.
+                    let rehandshake = rehandshake_tx.clone();
+                    self.tasks.spawn(async move {
+                        let mut first = [0u8; 1];
+                        let peek = tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first));
+                        if let Ok(Ok(1)) = peek.await
+                            && (first[0] == b'G' || first[0] == TLS_HANDSHAKE)
+                        {
+                            let _ = rehandshake.send(Pending::Raw(stream)).await;
+                        }
+                    });
                     continue;
                 }
                 if let Some(tls) = &self.h2_tls {

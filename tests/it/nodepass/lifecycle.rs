@@ -263,3 +263,50 @@ async fn a_vanished_clients_replacement_is_served_at_once() {
         let _ = new.await;
     }
 }
+
+/// With QUIC pools the tunnel port's TCP side carries only handshakes: a connection from
+/// the client's address that is no handshake (a probe, garbage) leaves the tunnel alone,
+/// while one that is (a restarted client) is served.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_quic_pool_tunnel_ignores_tcp_that_is_no_handshake() {
+    init_tracing();
+    let target = tcp_echo().await;
+    let tunnel = free_tcp_port();
+    let user = free_tcp_port();
+    let user_addr = SocketAddr::from(([127, 0, 0, 1], user));
+    let stop = CancellationToken::new();
+    spawn_server(
+        &format!("server://k@127.0.0.1:{tunnel}/127.0.0.1:{user}?mode=1&type=1"),
+        stop.clone(),
+    );
+    let client_url = format!(
+        "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=4&mode=2",
+        target.port()
+    );
+    let client_stop = CancellationToken::new();
+    spawn_client(&client_url, vec![], client_stop.clone());
+    eventually_tcp(user_addr, Duration::from_secs(20)).await;
+    // Garbage on the tunnel port, held open: the tunnel goes on.
+    let mut junk = TcpStream::connect(("127.0.0.1", tunnel)).await.unwrap();
+    junk.write_all(b"\x00\x01 not a handshake").await.unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    for _ in 0..5 {
+        tcp_roundtrip(user_addr, 10_000)
+            .await
+            .expect("the tunnel broke after a stray TCP connection");
+    }
+    drop(junk);
+    // A restarted client is still recognised.
+    client_stop.cancel();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let started = std::time::Instant::now();
+    let client = spawn_client(&client_url, vec![], stop.clone());
+    eventually_tcp(user_addr, Duration::from_secs(20)).await;
+    assert!(
+        started.elapsed() < Duration::from_secs(10),
+        "the restarted client waited {:?}",
+        started.elapsed()
+    );
+    stop.cancel();
+    let _ = client.await;
+}
