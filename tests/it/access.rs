@@ -369,6 +369,23 @@ fn removing_a_token_from_the_tokens_file_revokes_it() {
     );
 }
 
+/// Narrows alice's rules to echo a while `pa` (to a) and `pb` (to b) run: `pb` must end
+/// within a second, `pa` carry on. `what` names them in the messages.
+fn narrow_alice_to_a(lab: &Lab, pa: Pump, pb: Pump, what: &str) {
+    let narrowed = Instant::now();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    while pb.failed().is_none() {
+        assert!(
+            narrowed.elapsed() < Duration::from_secs(5),
+            "{what} b is still open"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    assert!(pb.failed().unwrap() - narrowed < Duration::from_secs(1));
+    pa.wait_moving();
+    assert!(pa.finish() > 0, "{what} a was not left alone");
+}
+
 #[test]
 fn narrowing_a_clients_rules_closes_only_the_forwards_no_longer_allowed() {
     let lab = Lab::new();
@@ -386,18 +403,7 @@ fn narrowing_a_clients_rules_closes_only_the_forwards_no_longer_allowed() {
     alice.wait_line("tunnel up", LONG);
     let pa = Pump::start(la);
     let pb = Pump::start(lb);
-    let narrowed = Instant::now();
-    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
-    while pb.failed().is_none() {
-        assert!(
-            narrowed.elapsed() < Duration::from_secs(5),
-            "forward b still open"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(pb.failed().unwrap() - narrowed < Duration::from_secs(1));
-    pa.wait_moving();
-    assert!(pa.finish() > 0, "forward a was left alone");
+    narrow_alice_to_a(&lab, pa, pb, "forward");
     assert!(alice.is_running(), "the session lives on");
     server.wait_line("no longer allowed for client alice", LONG);
     // A new connection to the closed forward is refused (reset), not carried.
@@ -443,18 +449,7 @@ fn narrowing_a_clients_rules_closes_the_dynamic_streams_no_longer_allowed() {
     alice.wait_line("tunnel up", LONG);
     let pa = Pump::over(socks_connect(socks, lab.echo_a));
     let pb = Pump::over(socks_connect(socks, lab.echo_b));
-    let narrowed = Instant::now();
-    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
-    while pb.failed().is_none() {
-        assert!(
-            narrowed.elapsed() < Duration::from_secs(5),
-            "the SOCKS stream to b is still open"
-        );
-        std::thread::sleep(Duration::from_millis(10));
-    }
-    assert!(pb.failed().unwrap() - narrowed < Duration::from_secs(1));
-    pa.wait_moving();
-    assert!(pa.finish() > 0, "the SOCKS stream to a was left alone");
+    narrow_alice_to_a(&lab, pa, pb, "the SOCKS stream to");
     server.wait_line("no longer allowed for client alice", LONG);
 }
 

@@ -486,45 +486,46 @@ enum Streams {
 }
 
 /// The TLS side of HTTP/2 and QUIC pools: always on (NodePass checks the certificate
-/// only at tls=2), named by `sni=` or the tunnel host.
-fn stream_tls(
-    url: &NodepassUrl,
+/// only at tls=2, so tls=0 gets an unchecked connector as tls=1 does).
+fn stream_connector(
     connector: Option<&tokio_rustls::TlsConnector>,
-) -> Result<(tokio_rustls::TlsConnector, String), ClientError> {
-    let connector = match connector {
-        Some(c) => c.clone(),
-        None => crate::tls::client_unverified()?,
-    };
-    let name = if url.sni() == "none" {
-        url.tunnel.host.trim_matches(['[', ']']).to_string()
-    } else {
-        url.sni()
-    };
-    Ok((connector, name))
+) -> Result<tokio_rustls::TlsConnector, ClientError> {
+    match connector {
+        Some(c) => Ok(c.clone()),
+        None => Ok(crate::tls::client_unverified()?),
+    }
 }
 
 fn h2_client(
     url: &NodepassUrl,
     connector: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<crate::h2pool::H2Client, ClientError> {
-    let (connector, _) = stream_tls(url, connector)?;
     let name = crate::tls::server_name(&url.sni(), &url.tunnel.host)?;
     let host = if url.sni() == "none" {
         url.tunnel.dial()
     } else {
         url.sni()
     };
-    crate::h2pool::H2Client::new(&connector, name, url.tunnel.dial(), &host)
-        .map_err(ClientError::Streams)
+    crate::h2pool::H2Client::new(
+        &stream_connector(connector)?,
+        name,
+        url.tunnel.dial(),
+        &host,
+    )
+    .map_err(ClientError::Streams)
 }
 
 fn quic_client(
     url: &NodepassUrl,
     connector: Option<&tokio_rustls::TlsConnector>,
 ) -> Result<crate::quicpool::QuicClient, ClientError> {
-    let (connector, name) = stream_tls(url, connector)?;
-    crate::quicpool::QuicClient::new(&connector, url.tunnel.dial(), name)
-        .map_err(ClientError::Streams)
+    let name = crate::tls::server_name(&url.sni(), &url.tunnel.host)?;
+    crate::quicpool::QuicClient::new(
+        &stream_connector(connector)?,
+        url.tunnel.dial(),
+        name.to_str().into_owned(),
+    )
+    .map_err(ClientError::Streams)
 }
 
 struct PoolDialer {
@@ -548,8 +549,7 @@ impl PoolDialer {
         }
         let tcp = TcpStream::connect(self.url.tunnel.dial()).await?;
         let _ = tcp.set_nodelay(true);
-        let _ = socket2::SockRef::from(&tcp)
-            .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+        crate::stream::pool_keepalive(&tcp);
         let (mut io, seen_fp): (PoolStream, Option<Fingerprint>) = match &self.connector {
             None => (PoolStream::Plain(tcp), None),
             Some(c) => {
@@ -560,12 +560,7 @@ impl PoolDialer {
                     .map_err(|_| {
                         std::io::Error::new(std::io::ErrorKind::TimedOut, "TLS handshake timed out")
                     })??;
-                let fp = tls
-                    .get_ref()
-                    .1
-                    .peer_certificates()
-                    .and_then(|c| c.first())
-                    .map(|c| Fingerprint::of(c));
+                let fp = crate::tls::server_fingerprint(&tls);
                 (PoolStream::Client(Box::new(tls)), fp)
             }
         };
@@ -582,7 +577,7 @@ impl PoolDialer {
             io = PoolStream::Ws(Box::new(ws));
         }
         let mut id: PoolId = [0; 4];
-        tokio::time::timeout(Duration::from_secs(60), io.read_exact(&mut id))
+        tokio::time::timeout(crate::wire::ID_TIMEOUT, io.read_exact(&mut id))
             .await
             .map_err(|_| std::io::Error::new(std::io::ErrorKind::TimedOut, "no pool ID"))??;
         Ok(PoolConn {

@@ -28,12 +28,10 @@ use tracing::debug;
 use crate::pool::{Intake, PoolConn};
 use crate::stream::PoolStream;
 use crate::wire::Fingerprint;
-use crate::wire::{PoolId, id_hex};
+use crate::wire::{ID_TIMEOUT, PoolId, STREAM_HELLO, id_hex};
 
 /// The ALPN protocol both ends insist on.
 pub const ALPN: &[u8] = b"h2";
-/// What a client writes first on a new stream.
-const HELLO: u8 = 0x00;
 /// Flow-control windows. h2's default of 64 KiB per stream would hold a pool connection
 /// to 64 KiB per round trip; these match the TCP pool's socket buffers in spirit: a
 /// stream may fill a WAN path, and one connection holds many busy streams.
@@ -41,8 +39,6 @@ const STREAM_WINDOW: u32 = 4 << 20;
 const CONN_WINDOW: u32 = 32 << 20;
 /// The most one write hands to h2 before it waits for the peer's window.
 const MAX_WRITE: usize = 256 << 10;
-/// How long a new stream may take to get its pool ID (NodePass waits a minute).
-const ID_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long the TLS and HTTP/2 handshakes of the shared connection may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -227,8 +223,7 @@ impl H2Client {
         let connect = async {
             let tcp = TcpStream::connect(&self.addr).await?;
             let _ = tcp.set_nodelay(true);
-            let _ = socket2::SockRef::from(&tcp)
-                .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+            crate::stream::pool_keepalive(&tcp);
             let tls = self.connector.connect(self.name.clone(), tcp).await?;
             if tls.get_ref().1.alpn_protocol() != Some(ALPN) {
                 return Err(io::Error::new(
@@ -236,12 +231,7 @@ impl H2Client {
                     "the server's tunnel port does not speak HTTP/2 (no ALPN h2): is its pool type 3?",
                 ));
             }
-            let fp = tls
-                .get_ref()
-                .1
-                .peer_certificates()
-                .and_then(|c| c.first())
-                .map(|c| Fingerprint::of(c));
+            let fp = crate::tls::server_fingerprint(&tls);
             let (send, conn) = h2::client::Builder::new()
                 .initial_window_size(STREAM_WINDOW)
                 .initial_connection_window_size(CONN_WINDOW)
@@ -285,7 +275,7 @@ impl H2Client {
             .body(())
             .map_err(io::Error::other)?;
         let (response, mut body) = send.send_request(request, false).map_err(io_err)?;
-        body.send_data(Bytes::from_static(&[HELLO]), false)
+        body.send_data(Bytes::from_static(&[STREAM_HELLO]), false)
             .map_err(io_err)?;
         let get_id = async {
             let response = response.await.map_err(io_err)?;

@@ -26,19 +26,15 @@ use tracing::debug;
 use crate::pool::{Intake, PoolConn};
 use crate::stream::PoolStream;
 use crate::tls::ServerTls;
-use crate::wire::{Fingerprint, PoolId, id_hex};
+use crate::wire::{Fingerprint, ID_TIMEOUT, PoolId, STREAM_HELLO, id_hex};
 
 /// The ALPN protocol both ends insist on.
 pub const ALPN: &[u8] = b"np-quic";
 /// Streams one connection carries at once (NodePass's server limit).
 const STREAMS_PER_CONN: usize = 128;
-/// What a client writes first on a new stream.
-const HELLO: u8 = 0x00;
 /// Per-stream receive window: a pool connection may fill a WAN path (quinn's default,
 /// ~1.25 MB, is a fraction of the TCP pool's socket buffers).
 const STREAM_WINDOW: u32 = 4 << 20;
-/// How long a new stream may take to get its pool ID (NodePass waits a minute).
-const ID_TIMEOUT: Duration = Duration::from_secs(60);
 /// How long a QUIC handshake may take.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
@@ -210,7 +206,7 @@ impl QuicClient {
         let (conn, place) = self.place().await?;
         let get = async {
             let (mut send, mut recv) = conn.open_bi().await.map_err(io::Error::other)?;
-            AsyncWriteExt::write_all(&mut send, &[HELLO]).await?;
+            AsyncWriteExt::write_all(&mut send, &[STREAM_HELLO]).await?;
             let mut id: PoolId = [0; 4];
             AsyncReadExt::read_exact(&mut recv, &mut id).await?;
             Ok::<_, io::Error>((send, recv, id))

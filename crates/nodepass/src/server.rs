@@ -549,8 +549,7 @@ async fn admit(
     pool: &Pool,
     max: usize,
 ) -> Admitted {
-    let _ = socket2::SockRef::from(&stream)
-        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+    crate::stream::pool_keepalive(&stream);
     // A pool client writes nothing (tls=0) or a TLS ClientHello and then nothing; a
     // restarted client writes its request right behind the TCP (and TLS) handshake, so it
     // is there within a few ms. The wait delays the connection's ID, so it is made only
@@ -631,8 +630,7 @@ async fn admit_h2(
     cancel: CancellationToken,
 ) -> Option<Pending> {
     let _ = stream.set_nodelay(true);
-    let _ = socket2::SockRef::from(&stream)
-        .set_tcp_keepalive(&socket2::TcpKeepalive::new().with_time(Duration::from_secs(5)));
+    crate::stream::pool_keepalive(&stream);
     let mut first = [0u8; 1];
     match tokio::time::timeout(HANDSHAKE_TIMEOUT, stream.peek(&mut first)).await {
         Ok(Ok(1)) if first[0] == TLS_HANDSHAKE => {}

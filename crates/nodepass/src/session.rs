@@ -8,6 +8,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use porthole_proto::proxy_header;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
 use tokio::sync::{Semaphore, mpsc, watch};
@@ -20,7 +21,6 @@ use crate::targets::Dialer;
 use crate::tasks::Tasks;
 use crate::tunnel::TunnelHandle;
 use crate::wire::block::{self, BlockSet};
-use crate::wire::proxy;
 use crate::wire::url::{HostPort, Params};
 
 /// UDP sessions end after this much silence.
@@ -177,7 +177,7 @@ pub async fn dial_tcp(
     if dialer.proxy
         && let Some(src) = remote
         && target
-            .write_all(proxy::v1_line(src, addr).as_bytes())
+            .write_all(&proxy_header::encode(proxy_header::Version::V1, src, addr))
             .await
             .is_err()
     {

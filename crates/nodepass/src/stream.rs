@@ -22,6 +22,13 @@ use tracing::warn;
 use crate::wire::Generation;
 use crate::wire::udp_frame::{self, Decoder};
 
+/// TCP keep-alive on a pool socket (either side): a peer that vanished is noticed even
+/// while the connection sits idle in a pool.
+pub fn pool_keepalive(tcp: &TcpStream) {
+    let keepalive = socket2::TcpKeepalive::new().with_time(std::time::Duration::from_secs(5));
+    let _ = socket2::SockRef::from(tcp).set_tcp_keepalive(&keepalive);
+}
+
 /// A pool connection's byte stream.
 pub enum PoolStream {
     Plain(TcpStream),

@@ -134,6 +134,14 @@ pub fn client_verified(
     Ok(tokio_rustls::TlsConnector::from(Arc::new(config)))
 }
 
+/// The fingerprint of the certificate a server presented on this connection.
+pub fn server_fingerprint(
+    tls: &tokio_rustls::client::TlsStream<tokio::net::TcpStream>,
+) -> Option<Fingerprint> {
+    let certs = tls.get_ref().1.peer_certificates()?;
+    certs.first().map(|c| Fingerprint::of(c))
+}
+
 /// The TLS name for `sni` (an IP when the name is `none` or an address).
 pub fn server_name(sni: &str, host: &str) -> Result<ServerName<'static>, TlsError> {
     let name = if sni == "none" { host } else { sni };

@@ -315,37 +315,33 @@ async fn forward_tls2() {
     both_protocols(true, 2, 0).await;
 }
 
+/// [`both_protocols`] over pool type `pool`, both flows and every tls mode.
+async fn both_flows_every_tls(pool: u8) {
+    for forward in [false, true] {
+        for tls in 0..=2 {
+            eprintln!("type={pool} forward={forward} tls={tls}");
+            both_protocols(forward, tls, pool).await;
+        }
+    }
+}
+
 /// Pool type 2: every pool connection a WebSocket (ws:// or wss://), both flows and
 /// every tls mode, TCP and UDP (bursts keep their boundaries: one message each).
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn websocket_pool_both_flows_every_tls() {
-    for forward in [false, true] {
-        for tls in 0..=2 {
-            both_protocols(forward, tls, 2).await;
-        }
-    }
+    both_flows_every_tls(2).await;
 }
 
 /// Pool type 1: every pool connection a stream of a QUIC connection, both flows and
 /// every tls mode, TCP and UDP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn quic_pool_both_flows_every_tls() {
-    for forward in [false, true] {
-        for tls in 0..=2 {
-            eprintln!("forward={forward} tls={tls}");
-            both_protocols(forward, tls, 1).await;
-        }
-    }
+    both_flows_every_tls(1).await;
 }
 
 /// Pool type 3: every pool connection a stream of one HTTP/2 connection (TLS always),
 /// both flows and every tls mode, TCP and UDP.
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn http2_pool_both_flows_every_tls() {
-    for forward in [false, true] {
-        for tls in 0..=2 {
-            eprintln!("forward={forward} tls={tls}");
-            both_protocols(forward, tls, 3).await;
-        }
-    }
+    both_flows_every_tls(3).await;
 }

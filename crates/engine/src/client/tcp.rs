@@ -101,9 +101,13 @@ async fn handle<C: Connection>(
         abort_tcp(&tcp);
         return;
     }
-    let mut ahead = match (proxy.send, tcp.local_addr()) {
-        (Some(version), Ok(local)) => proxy_header::encode(version, user, local),
-        _ => Vec::new(),
+    // Only forwards with PROXY protocol pay for the header (and the local_addr call).
+    let mut ahead = match proxy.send {
+        Some(version) => tcp
+            .local_addr()
+            .map(|local| proxy_header::encode(version, user, local))
+            .unwrap_or_default(),
+        None => Vec::new(),
     };
     ahead.extend_from_slice(&early);
     if !ahead.is_empty()

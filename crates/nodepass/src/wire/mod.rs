@@ -1,13 +1,13 @@
 //! NodePass's wire (v1.14 to v2.0), free of I/O: URL grammar, tunnel key and bearer
-//! token, the HTTP(S) handshake, control-channel signals, PROXY v1 lines, certificate
-//! fingerprints and UDP framing. Every byte example of docs/NODEPASS.md ("The wire") is a unit test here.
+//! token, the HTTP(S) handshake, control-channel signals, certificate fingerprints and
+//! UDP framing (`proxy=1`'s PROXY v1 line is porthole_proto's `proxy_header`, shared
+//! with porthole's own forwards). Every byte example of docs/NODEPASS.md ("The wire") is a unit test here.
 
 #[doc(hidden)]
 pub mod block;
 pub mod exercise;
 pub mod http;
 pub mod key;
-pub mod proxy;
 pub mod signal;
 pub mod udp_frame;
 pub mod url;
@@ -17,6 +17,14 @@ pub type PoolId = [u8; 4];
 
 /// The control channel's pool ID.
 pub const CONTROL_ID: PoolId = [0; 4];
+
+/// What a client writes first on a new pool stream of an HTTP/2 or QUIC pool; the server
+/// answers with the stream's ID.
+pub const STREAM_HELLO: u8 = 0x00;
+
+/// How long a new pool connection (or stream) may take to get its ID (NodePass waits a
+/// minute).
+pub const ID_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
 pub fn id_hex(id: PoolId) -> String {
     id.iter().map(|b| format!("{b:02x}")).collect()
