@@ -15,6 +15,8 @@ command -v ping >/dev/null 2>&1 || need_pkgs+=(iputils-ping)
 command -v chromium >/dev/null 2>&1 || need_pkgs+=(chromium)
 # PROXY protocol headers read by a real nginx (tests/it/proxy_protocol.rs).
 command -v nginx >/dev/null 2>&1 || need_pkgs+=(nginx)
+# Published services: curl verifies the TLS backends behind a shared port (tests/it/publish.rs).
+command -v curl >/dev/null 2>&1 || need_pkgs+=(curl)
 if [ ${#need_pkgs[@]} -gt 0 ]; then
   if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null 2>&1; then
     echo "test.sh: installing ${need_pkgs[*]}" >&2

@@ -160,6 +160,7 @@ impl PingArgs {
             config: self.config,
             server: self.server,
             sources: Vec::new(),
+            publish: Vec::new(),
             listens: Vec::new(),
             socks: Vec::new(),
             http_proxy: Vec::new(),
@@ -374,6 +375,30 @@ pub struct ServerArgs {
     /// Allowed UDP destinations, same syntax (repeatable). Empty = UDP refused.
     #[arg(long = "allowed-udp", value_name = "CIDR")]
     pub allowed_udp: Vec<porthole_engine::policy::AllowRule>,
+    /// Where clients may publish services with --publish (repeatable): CIDR with
+    /// ports, e.g. 0.0.0.0/32:8000-8999 (the address the client asks the server to
+    /// listen on). Empty = no client may publish anything.
+    #[arg(
+        long = "allowed-bind-tcp",
+        value_name = "CIDR:PORTS",
+        help_heading = "Published services"
+    )]
+    pub allowed_bind_tcp: Vec<porthole_engine::policy::AllowRule>,
+    /// Where clients may publish UDP services, same syntax (repeatable).
+    #[arg(
+        long = "allowed-bind-udp",
+        value_name = "CIDR:PORTS",
+        help_heading = "Published services"
+    )]
+    pub allowed_bind_udp: Vec<porthole_engine::policy::AllowRule>,
+    /// Names clients may publish on a shared TCP port (routed by TLS SNI or HTTP
+    /// Host): app.example.com or *.example.com (repeatable). Empty = no names.
+    #[arg(
+        long = "allowed-bind-name",
+        value_name = "NAME",
+        help_heading = "Published services"
+    )]
+    pub allowed_bind_names: Vec<crate::config::raw::BindName>,
     /// Accepted auth token (repeatable). Visible to other local users in the process
     /// list: prefer --auth-tokens-file.
     #[arg(long = "auth-tokens", value_name = "TOKEN")]
@@ -409,8 +434,10 @@ porthole client --server-node-id <ID> --source udp://10.0.0.1:51820 --listen 127
 --source tcp://127.0.0.1:5432 --listen 127.0.0.1:5432   # several forwards: repeat the pair\n  \
 porthole client --mode manual --source tcp://127.0.0.1:22 --listen 127.0.0.1:2222 --auth-token-file token.txt\n    \
 # prints an offer for the server, then reads the server's answer\n\n\
+porthole client --ticket pt1... --publish tcp://0.0.0.0:8443=127.0.0.1:443 --auth-token-file token.txt\n    \
+# visitors of the server's port 8443 reach 127.0.0.1:443 on this machine\n\n\
 Exit codes: 0 stopped, 1 error, 2 usage/config, 3 token refused, 4 source refused, 5 version mismatch,\n\
-6 access revoked or expired.")]
+6 access revoked or expired, 7 publish refused.")]
 pub struct ClientArgs {
     #[command(flatten)]
     pub config: ConfigArgs,
@@ -423,6 +450,15 @@ pub struct ClientArgs {
     /// 'tcp://127.0.0.1:80?proxy_protocol=v2'.
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
+    /// Publish a service of this side on the server (a reverse forward, repeatable):
+    /// SERVER_SIDE=CLIENT_SIDE, e.g. tcp://0.0.0.0:8443=127.0.0.1:443 makes the server
+    /// listen on its port 8443 and carry each visitor to 127.0.0.1:443 here; also
+    /// udp://. Options after `?`: name=app.example.com shares the server's port with
+    /// other services by TLS SNI / HTTP Host; proxy_protocol=v1|v2 tells the target the
+    /// visitor's address; accept_proxy_protocol=1 when a load balancer fronts the
+    /// server. The server must allow it (--allowed-bind-tcp/udp, --allowed-bind-name).
+    #[arg(long = "publish", value_name = "URL")]
+    pub publish: Vec<String>,
     /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source;
     /// `--target` is the older name).
     #[arg(long = "listen", visible_alias = "target", value_name = "ADDR")]

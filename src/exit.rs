@@ -11,6 +11,7 @@ pub const AUTH_REJECTED: u8 = 3;
 pub const SOURCE_REFUSED: u8 = 4;
 pub const VERSION_MISMATCH: u8 = 5;
 pub const ACCESS_REVOKED: u8 = 6;
+pub const PUBLISH_REFUSED: u8 = 7;
 
 /// An error with the exit code it deserves.
 #[derive(Debug)]
@@ -32,6 +33,7 @@ impl From<anyhow::Error> for Exit {
             Some(ClientError::SourceRefused { .. }) => SOURCE_REFUSED,
             Some(ClientError::Version(_)) => VERSION_MISMATCH,
             Some(ClientError::AccessRevoked) => ACCESS_REVOKED,
+            Some(ClientError::PublishRefused { .. }) => PUBLISH_REFUSED,
             Some(
                 ClientError::Bind { .. } | ClientError::BindProxy { .. } | ClientError::NoForwards,
             ) => USAGE,
@@ -51,6 +53,11 @@ fn hint(error: &anyhow::Error) -> Option<&'static str> {
         ),
         ClientError::NoForwards => Some("give at least one --source/--listen pair"),
         ClientError::Version(_) => Some("run the same porthole version on both sides"),
+        ClientError::PublishRefused { .. } => Some(
+            "the server's operator decides where clients may publish (--allowed-bind-tcp, \
+             --allowed-bind-udp, --allowed-bind-name); an address another client holds is \
+             free again when that client stops",
+        ),
         ClientError::AccessRevoked => Some(
             "ask the server's operator: this client was removed from its access file, its \
              token from the tokens file, or its access expired",

@@ -213,6 +213,32 @@ mod tests {
     }
 
     #[test]
+    fn publishes_and_bind_rules_are_typed_at_parse() {
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/config/valid");
+        let c = parse_client(&std::fs::read_to_string(dir.join("client-publish.toml")).unwrap())
+            .unwrap();
+        let shown: Vec<String> = c.publishes.iter().map(|p| p.to_string()).collect();
+        assert_eq!(
+            shown,
+            [
+                "tcp://0.0.0.0:8443 -> 127.0.0.1:443",
+                "tcp://0.0.0.0:443 (photos.home.example.com) -> localhost:8080",
+                "udp://[::]:27015 -> 127.0.0.1:27015",
+            ]
+        );
+        assert_eq!(
+            c.publishes[1].proxy.send,
+            Some(porthole_proto::proxy_header::Version::V2)
+        );
+        let s = parse_server(&std::fs::read_to_string(dir.join("server-publish.toml")).unwrap())
+            .unwrap();
+        let b = &s.allowed_binds;
+        assert_eq!(b.tcp.len(), 2);
+        assert_eq!(b.udp[0].to_string(), "::/128:27015");
+        assert_eq!(b.names[0].0, "*.home.example.com");
+    }
+
+    #[test]
     fn listen_is_also_spelled_target() {
         let new = parse_client(
             "role = \"client\"\n[[forwards]]\nsource = \"tcp://127.0.0.1:22\"\nlisten = \"127.0.0.1:2222\"\n",

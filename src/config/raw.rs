@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
-use porthole_engine::client::{ForwardSpec, ProxyProtocol};
+use porthole_engine::client::{ForwardSpec, ProxyProtocol, PublishSpec};
 use porthole_engine::direct_paths::AddrRule;
 use porthole_engine::policy::AllowRule;
 use porthole_engine::quic_params::{Congestion, QuicParams};
@@ -47,6 +47,52 @@ pub struct AllowedSources {
     pub tcp: Vec<AllowRule>,
     #[serde(default, deserialize_with = "udp_rules")]
     pub udp: Vec<AllowRule>,
+}
+
+/// The server's `[allowed_binds]` table: where clients may publish.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AllowedBinds {
+    #[serde(default, deserialize_with = "bind_tcp_rules")]
+    pub tcp: Vec<AllowRule>,
+    #[serde(default, deserialize_with = "bind_udp_rules")]
+    pub udp: Vec<AllowRule>,
+    #[serde(default, deserialize_with = "bind_names")]
+    pub names: Vec<BindName>,
+}
+
+fn bind_tcp_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AllowRule>, D::Error> {
+    indexed(d, "allowed_binds.tcp")
+}
+
+fn bind_udp_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AllowRule>, D::Error> {
+    indexed(d, "allowed_binds.udp")
+}
+
+fn bind_names<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<BindName>, D::Error> {
+    indexed(d, "allowed_binds.names")
+}
+
+/// A name clients may publish on a shared port: `app.example.com` or `*.example.com`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BindName(pub String);
+
+impl std::str::FromStr for BindName {
+    type Err = anyhow::Error;
+
+    fn from_str(s: &str) -> Result<Self> {
+        let (wild, rest) = match s.strip_prefix("*.") {
+            Some(rest) => ("*.", rest),
+            None => ("", s),
+        };
+        match porthole_proto::sniff::normalize_name(rest) {
+            Some(n) if !n.contains('*') => Ok(Self(format!("{wild}{n}"))),
+            _ => bail!(
+                "{s:?} is not a host name or a wildcard like *.example.com (letters, digits, \
+                 '-', '.')"
+            ),
+        }
+    }
 }
 
 fn tcp_rules<'de, D: serde::Deserializer<'de>>(d: D) -> Result<Vec<AllowRule>, D::Error> {
@@ -219,6 +265,9 @@ pub struct ServerFile {
     pub max_sessions: Option<usize>,
     #[serde(default)]
     pub allowed_sources: AllowedSources,
+    /// Where clients may publish services (reverse forwards).
+    #[serde(default)]
+    pub allowed_binds: AllowedBinds,
     #[serde(default, rename = "relay_urls", deserialize_with = "relays")]
     pub relays: Option<RelaySetting>,
     pub relay_ca: Option<PathBuf>,
@@ -366,6 +415,11 @@ pub struct ClientFile {
     /// The forwards (the shorthand or `[[forwards]]`), parsed by `finish`.
     #[serde(skip)]
     pub forwards: Vec<ForwardSpec>,
+    /// Published services as written (`--publish`'s syntax), parsed by `finish`.
+    #[serde(default, rename = "publish")]
+    publish_texts: Vec<String>,
+    #[serde(skip)]
+    pub publishes: Vec<PublishSpec>,
     /// SOCKS5 proxies (dynamic forwarding), e.g. ["127.0.0.1:1080"].
     #[serde(default)]
     pub socks: Vec<SocketAddr>,
@@ -554,6 +608,12 @@ impl ClientFile {
                 .map(|(i, f)| check_forward(&format!("forwards[{i}]"), &f.source, &f.listen))
                 .collect::<Result<_>>()?,
         };
+        self.publishes = self
+            .publish_texts
+            .iter()
+            .enumerate()
+            .map(|(i, p)| check_publish(&format!("publish[{i}]"), p))
+            .collect::<Result<_>>()?;
         self.quic.validate()?;
         self.nodepass_url = nodepass_url(self.mode, self.nodepass.as_ref(), "client")?;
         Ok(())
@@ -608,4 +668,70 @@ pub fn check_forward(key: &str, source: &str, listen: &str) -> Result<ForwardSpe
         bail!("{key}: PROXY protocol options apply to tcp:// sources only");
     }
     Ok(spec)
+}
+
+/// Parses a publish (`--publish` and the client file's `publish` list alike):
+/// `tcp://BIND_IP:PORT=TARGET_HOST:PORT?name=...&proxy_protocol=v1|v2&accept_proxy_protocol=1`.
+pub fn check_publish(key: &str, text: &str) -> Result<PublishSpec> {
+    let (spec, options) = match text.split_once('?') {
+        Some((a, o)) => (a, Some(o)),
+        None => (text, None),
+    };
+    let Some((bind, target)) = spec.split_once('=') else {
+        bail!(
+            "{key}: write SERVER_SIDE=CLIENT_SIDE, e.g. tcp://0.0.0.0:8443=127.0.0.1:443 \
+             (listen on the server's port 8443, carry visitors to 127.0.0.1:443 here)"
+        );
+    };
+    let bind: Source = bind
+        .parse()
+        .with_context(|| format!("{key}: the server's side"))?;
+    if !matches!(bind.host, porthole_proto::source::Host::Ip(_)) {
+        bail!(
+            "{key}: the server listens on an IP address (0.0.0.0 for all), not {}",
+            bind.host
+        );
+    }
+    let target: Source = format!("{}://{target}", bind.protocol)
+        .parse()
+        .with_context(|| format!("{key}: the client's side (HOST:PORT)"))?;
+    let mut out = PublishSpec {
+        bind,
+        name: None,
+        target,
+        proxy: ProxyProtocol::default(),
+    };
+    for pair in options.into_iter().flat_map(|o| o.split('&')) {
+        let (k, v) = pair.split_once('=').unwrap_or((pair, ""));
+        match k {
+            "name" => {
+                out.name = Some(
+                    porthole_proto::sniff::normalize_name(v)
+                        .with_context(|| format!("{key}: name={v:?} is not a host name"))?,
+                )
+            }
+            "proxy_protocol" => {
+                out.proxy.send = Some(v.parse().with_context(|| format!("{key}: publish"))?)
+            }
+            "accept_proxy_protocol" => {
+                out.proxy.accept = match v {
+                    "" | "1" | "true" => true,
+                    "0" | "false" => false,
+                    _ => bail!("{key}: accept_proxy_protocol={v:?}: write 1 or 0"),
+                }
+            }
+            _ => bail!(
+                "{key}: unknown publish option {k:?}: the options are name=HOST (share the \
+                 server's port by TLS SNI / HTTP Host), proxy_protocol=v1|v2 (send the target a \
+                 PROXY header naming the visitor) and accept_proxy_protocol=1 (visitors come \
+                 through a load balancer that sends one)"
+            ),
+        }
+    }
+    if out.bind.protocol != Protocol::Tcp
+        && (out.name.is_some() || out.proxy != ProxyProtocol::default())
+    {
+        bail!("{key}: name= and PROXY protocol options apply to tcp:// publishes only");
+    }
+    Ok(out)
 }

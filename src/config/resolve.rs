@@ -6,7 +6,7 @@ use std::time::Duration;
 
 use anyhow::{Context, Result, bail};
 use porthole_engine::client::proxy::{ProxyAuth, ProxyKind, ProxySpec};
-use porthole_engine::client::{ClientConfig, ForwardSpec};
+use porthole_engine::client::{ClientConfig, ForwardSpec, PublishSpec};
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
@@ -19,7 +19,7 @@ use tracing::warn;
 
 use super::raw::{
     ClientFile, DirectPathsTable, QuicTable, ServerFile, StatusTable, Stun, check_forward,
-    relay_setting,
+    check_publish, relay_setting,
 };
 use super::{Role, read_client, read_server};
 use crate::cli::{
@@ -110,6 +110,8 @@ pub struct ServerSettings {
     pub access_sources: super::access::AccessSources,
     pub access: porthole_engine::access::Access,
     pub policy: Policy,
+    /// Where clients may publish.
+    pub binds: porthole_engine::server::publish::BindRules,
     pub max_sessions: usize,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
@@ -183,6 +185,7 @@ pub struct ClientSettings {
     pub proxy_auth: Option<ProxyAuth>,
     pub key: Option<SecretKey>,
     pub forwards: Vec<ForwardSpec>,
+    pub publishes: Vec<PublishSpec>,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
     pub udp_idle_timeout: Duration,
@@ -198,6 +201,7 @@ impl ServerSettings {
         c.max_sessions = self.max_sessions;
         c.max_streams = self.quic.max_streams;
         c.udp_idle_timeout = self.udp_idle_timeout;
+        c.binds = self.binds.clone();
         c
     }
 }
@@ -211,6 +215,7 @@ impl ClientSettings {
             self.forwards.clone(),
         );
         c.proxies = self.proxies.clone();
+        c.publishes = self.publishes.clone();
         c.proxy_auth = self.proxy_auth.clone();
         c.udp_idle_timeout = self.udp_idle_timeout;
         c.silent_after = self.quic.silent_after();
@@ -383,6 +388,24 @@ fn server_settings(
         );
     }
 
+    let file_binds = f.map(|f| &f.allowed_binds);
+    let binds = porthole_engine::server::publish::BindRules {
+        tcp: AllowList(list(
+            &args.allowed_bind_tcp,
+            file_binds.map(|b| b.tcp.as_slice()).unwrap_or_default(),
+        )),
+        udp: AllowList(list(
+            &args.allowed_bind_udp,
+            file_binds.map(|b| b.udp.as_slice()).unwrap_or_default(),
+        )),
+        names: list(
+            &args.allowed_bind_names,
+            file_binds.map(|b| b.names.as_slice()).unwrap_or_default(),
+        )
+        .into_iter()
+        .map(|n| n.0)
+        .collect(),
+    };
     let access_sources = server_access(args, f, &policy)?;
     let access = access_sources.load()?;
     let secret_file = args
@@ -421,6 +444,7 @@ fn server_settings(
         access_sources,
         access,
         policy,
+        binds,
         max_sessions,
         quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
         udp_idle_timeout: args
@@ -509,8 +533,13 @@ fn client_settings(
     need_forwards: bool,
 ) -> Result<ClientSettings> {
     let (proxies, proxy_auth) = client_proxies(args, f)?;
+    let publishes = if need_forwards {
+        client_publishes(args, f)?
+    } else {
+        Vec::new()
+    };
     let forwards = if need_forwards {
-        client_forwards(args, f, !proxies.is_empty())?
+        client_forwards(args, f, !proxies.is_empty() || !publishes.is_empty())?
     } else {
         Vec::new()
     };
@@ -545,6 +574,7 @@ fn client_settings(
         token,
         key,
         forwards,
+        publishes,
         proxies,
         proxy_auth,
         quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
@@ -702,6 +732,28 @@ fn client_proxies(
     Ok((proxies, auth))
 }
 
+/// The client's published services: the command line's, else the file's.
+fn client_publishes(args: &ClientArgs, f: Option<&ClientFile>) -> Result<Vec<PublishSpec>> {
+    let publishes: Vec<PublishSpec> = if !args.publish.is_empty() {
+        args.publish
+            .iter()
+            .enumerate()
+            .map(|(i, p)| check_publish(&format!("--publish #{}", i + 1), p))
+            .collect::<Result<_>>()?
+    } else {
+        f.map(|f| f.publishes.clone()).unwrap_or_default()
+    };
+    for (i, p) in publishes.iter().enumerate() {
+        if publishes[..i]
+            .iter()
+            .any(|o| o.bind == p.bind && o.name == p.name)
+        {
+            bail!("publish #{}: {} is published twice", i + 1, p.bind);
+        }
+    }
+    Ok(publishes)
+}
+
 fn client_forwards(
     args: &ClientArgs,
     f: Option<&ClientFile>,
@@ -727,7 +779,8 @@ fn client_forwards(
     if pairs.is_empty() && !have_proxies {
         bail!(
             "nothing to forward: give --source tcp://HOST:PORT --listen 127.0.0.1:PORT (repeatable), \
-             or a proxy: --socks 127.0.0.1:1080 / --http-proxy 127.0.0.1:3128"
+             a proxy: --socks 127.0.0.1:1080 / --http-proxy 127.0.0.1:3128, or a service to \
+             publish: --publish tcp://0.0.0.0:8443=127.0.0.1:443"
         );
     }
     let mut out = Vec::with_capacity(pairs.len());

@@ -16,6 +16,7 @@ mod observe;
 mod process;
 mod proxy;
 mod proxy_protocol;
+mod publish;
 mod secrets;
 mod support;
 mod tunnel;

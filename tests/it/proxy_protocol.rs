@@ -52,7 +52,7 @@ impl Server {
 
 /// A target that sends back, per connection, everything it read once it ends with `end`
 /// (or the peer closed), and reports it.
-fn recording_target(end: &[u8]) -> (u16, mpsc::Receiver<Vec<u8>>) {
+pub(crate) fn recording_target(end: &[u8]) -> (u16, mpsc::Receiver<Vec<u8>>) {
     let end = end.to_vec();
     let l = TcpListener::bind("127.0.0.1:0").unwrap();
     let port = l.local_addr().unwrap().port();
@@ -81,7 +81,7 @@ fn recording_target(end: &[u8]) -> (u16, mpsc::Receiver<Vec<u8>>) {
 
 /// Connects to `listen` until the tunnel answers: `send` goes out, as many bytes come
 /// back; returns them and the user's own address.
-fn through(listen: u16, send: &[u8]) -> (Vec<u8>, SocketAddr) {
+pub(crate) fn through(listen: u16, send: &[u8]) -> (Vec<u8>, SocketAddr) {
     let deadline = Instant::now() + LONG;
     loop {
         let attempt = (|| {
@@ -181,10 +181,10 @@ fn an_accepted_header_names_the_user_and_a_missing_one_is_refused() {
 
 /// nginx in its own prefix directory, listening with `proxy_protocol` and logging
 /// `$proxy_protocol_addr:$proxy_protocol_port`.
-struct Nginx {
+pub(crate) struct Nginx {
     child: std::process::Child,
-    log: std::path::PathBuf,
-    _dir: tempfile::TempDir,
+    pub log: std::path::PathBuf,
+    pub dir: tempfile::TempDir,
 }
 
 impl Drop for Nginx {
@@ -195,26 +195,40 @@ impl Drop for Nginx {
 }
 
 fn nginx(port: u16) -> Option<Nginx> {
+    nginx_serving(
+        &format!(
+            "server {{ listen 127.0.0.1:{port} proxy_protocol;\n\
+             location / {{ return 200 \"visitor $proxy_protocol_addr\\n\"; }} }}\n"
+        ),
+        port,
+        |_| {},
+    )
+}
+
+/// nginx with these `server` blocks (`files` writes what they need into its directory,
+/// which `{DIR}` in the blocks names), once `port` answers; `None` (with a banner) when
+/// nginx is not installed and not required.
+pub(crate) fn nginx_serving(servers: &str, port: u16, files: impl FnOnce(&Path)) -> Option<Nginx> {
     if Command::new("nginx").arg("-v").output().is_err() {
         assert!(
             std::env::var("PORTHOLE_NGINX").as_deref() != Ok("required"),
             "nginx is missing and PORTHOLE_NGINX=required (install Debian's nginx)"
         );
         eprintln!(
-            "\n=== SKIPPED: PROXY protocol with nginx: nginx not installed (apt-get install nginx) ===\n"
+            "\n=== SKIPPED: a test with nginx: nginx not installed (apt-get install nginx) ===\n"
         );
         return None;
     }
     let dir = tempfile::tempdir().unwrap();
+    files(dir.path());
     let d = dir.path().display();
+    let servers = servers.replace("{DIR}", &d.to_string());
     let conf = format!(
         "pid {d}/nginx.pid;\nerror_log {d}/error.log;\nevents {{}}\nhttp {{\n\
          client_body_temp_path {d}/body; proxy_temp_path {d}/proxy;\n\
          fastcgi_temp_path {d}/fastcgi; uwsgi_temp_path {d}/uwsgi; scgi_temp_path {d}/scgi;\n\
          log_format pp '$proxy_protocol_addr:$proxy_protocol_port $remote_addr \"$request\"';\n\
-         access_log {d}/access.log pp;\n\
-         server {{ listen 127.0.0.1:{port} proxy_protocol;\n\
-         location / {{ return 200 \"visitor $proxy_protocol_addr\\n\"; }} }}\n}}\n"
+         access_log {d}/access.log pp;\n{servers}}}\n"
     );
     std::fs::write(dir.path().join("nginx.conf"), conf).unwrap();
     let child = Command::new("nginx")
@@ -237,7 +251,7 @@ fn nginx(port: u16) -> Option<Nginx> {
     Some(Nginx {
         child,
         log: dir.path().join("access.log"),
-        _dir: dir,
+        dir,
     })
 }
 

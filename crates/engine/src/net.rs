@@ -2,6 +2,11 @@
 
 use std::io;
 use std::net::SocketAddr;
+use std::time::Duration;
+
+use porthole_proto::proxy_header::{self, Parsed};
+use tokio::io::AsyncReadExt;
+use tokio::net::TcpStream;
 
 use tokio::net::{TcpListener, TcpSocket};
 
@@ -33,6 +38,64 @@ pub async fn listen_tcp_str(addr: &str) -> io::Result<TcpListener> {
         match listen_tcp(a) {
             Ok(l) => return Ok(l),
             Err(e) => last = e,
+        }
+    }
+    Err(last)
+}
+
+/// How long a connection behind a load balancer may take to send its PROXY header.
+pub(crate) const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Reads the PROXY header (v1 or v2) a connection starts with: the user's address it
+/// names (`None` for a health check's UNKNOWN / LOCAL) and any bytes read past it.
+/// Bounded in bytes ([`proxy_header::MAX_HEADER`]) and time.
+pub(crate) async fn read_proxy_header(
+    tcp: &mut TcpStream,
+) -> std::io::Result<(Option<SocketAddr>, Vec<u8>)> {
+    let read = async {
+        let mut buf = Vec::with_capacity(256);
+        let mut chunk = [0u8; 512];
+        loop {
+            match proxy_header::parse(&buf) {
+                Parsed::Header { len, source } => return Ok((source, buf.split_off(len))),
+                Parsed::Invalid(why) => {
+                    return Err(std::io::Error::new(
+                        std::io::ErrorKind::InvalidData,
+                        format!("no PROXY protocol header ({why}); accept_proxy_protocol is set"),
+                    ));
+                }
+                Parsed::Incomplete => {}
+            }
+            let n = tcp.read(&mut chunk).await?;
+            if n == 0 {
+                return Err(std::io::ErrorKind::UnexpectedEof.into());
+            }
+            buf.extend_from_slice(&chunk[..n]);
+        }
+    };
+    tokio::time::timeout(PROXY_HEADER_TIMEOUT, read)
+        .await
+        .map_err(|_| {
+            std::io::Error::new(
+                std::io::ErrorKind::TimedOut,
+                format!("no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}"),
+            )
+        })?
+}
+
+/// Connects to the first address that answers, each attempt bounded by `timeout`.
+pub(crate) async fn dial(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
+    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to dial");
+    for addr in addrs {
+        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
+            Ok(Ok(s)) => return Ok(s),
+            Ok(Err(e)) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),
+            Err(_) => {
+                last = io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    format!("{addr}: connect timed out"),
+                )
+            }
         }
     }
     Err(last)

@@ -1,6 +1,8 @@
 //! UDP plumbing shared by both sides: sending payloads as (possibly fragmented)
 //! datagrams, sizing sockets, and counting what gets discarded.
 
+use std::collections::HashMap;
+use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::time::{Duration, Instant};
 
@@ -118,5 +120,100 @@ impl Default for Clock {
 impl Clock {
     pub fn now_ms(&self) -> u64 {
         self.0.elapsed().as_millis() as u64
+    }
+}
+
+/// UDP flows by peer address, for the side that listens (the client's forwards, the
+/// server's published ports): one flow id per peer, so replies reach exactly the peer
+/// that sent, and two peers never see each other's packets.
+#[derive(Default)]
+pub(crate) struct FlowTable {
+    pub by_peer: HashMap<SocketAddr, (u32, u64)>,
+    by_id: HashMap<u32, SocketAddr>,
+    next_id: u32,
+}
+
+impl FlowTable {
+    pub fn flow_for(&mut self, peer: SocketAddr, now_ms: u64, max: usize) -> Option<u32> {
+        if let Some(entry) = self.by_peer.get_mut(&peer) {
+            entry.1 = now_ms;
+            return Some(entry.0);
+        }
+        if self.by_peer.len() >= max {
+            return None;
+        }
+        let mut id = self.next_id;
+        while self.by_id.contains_key(&id) {
+            id = id.wrapping_add(1);
+        }
+        self.next_id = id.wrapping_add(1);
+        self.by_peer.insert(peer, (id, now_ms));
+        self.by_id.insert(id, peer);
+        Some(id)
+    }
+
+    pub fn peer_of(&mut self, id: u32, now_ms: u64) -> Option<SocketAddr> {
+        let peer = *self.by_id.get(&id)?;
+        if let Some(e) = self.by_peer.get_mut(&peer) {
+            e.1 = now_ms;
+        }
+        Some(peer)
+    }
+
+    pub fn expire(&mut self, now_ms: u64, idle_ms: u64) -> usize {
+        let stale: Vec<(SocketAddr, u32)> = self
+            .by_peer
+            .iter()
+            .filter(|(_, (_, last))| now_ms.saturating_sub(*last) >= idle_ms)
+            .map(|(p, (id, _))| (*p, *id))
+            .collect();
+        for (p, id) in &stale {
+            self.by_peer.remove(p);
+            self.by_id.remove(id);
+        }
+        stale.len()
+    }
+}
+
+/// A UDP socket of the target's family, connected to it so only its replies arrive.
+pub(crate) async fn connect_udp(target: SocketAddr) -> std::io::Result<UdpSocket> {
+    let bind: SocketAddr = match target {
+        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
+        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
+    };
+    let socket = UdpSocket::bind(bind).await?;
+    size_socket(&socket);
+    socket.connect(target).await?;
+    Ok(socket)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn flows_are_per_peer_and_expire() {
+        let mut t = FlowTable::default();
+        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
+        let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
+        let fa = t.flow_for(a, 0, 10).unwrap();
+        let fb = t.flow_for(b, 0, 10).unwrap();
+        assert_ne!(fa, fb);
+        assert_eq!(t.flow_for(a, 5, 10), Some(fa));
+        assert_eq!(t.peer_of(fb, 5), Some(b));
+        assert_eq!(t.expire(100, 50), 2);
+        assert_eq!(t.peer_of(fa, 100), None);
+    }
+
+    #[test]
+    fn flow_limit_holds() {
+        let mut t = FlowTable::default();
+        for p in 0..3u16 {
+            assert!(
+                t.flow_for(SocketAddr::from(([127, 0, 0, 1], 2000 + p)), 0, 3)
+                    .is_some()
+            );
+        }
+        assert!(t.flow_for("127.0.0.1:9".parse().unwrap(), 0, 3).is_none());
     }
 }

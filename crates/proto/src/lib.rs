@@ -12,6 +12,7 @@
 //! - [`datagram`]: the UDP datagram header, fragmentation and reassembly, and the
 //!   [`datagram::Receiver`] both ends' receive loops drive (bytes and time in, a flow's
 //!   payload or a typed drop reason out).
+//! - [`sniff`]: the name a visitor asks for on a shared port (TLS SNI, HTTP Host).
 //! - [`close`]: application close and stream error codes.
 //! - [`blob`] and [`probe`]: manual mode's copy-paste offer/answer blobs and hole-punching probes.
 
@@ -25,6 +26,7 @@ pub mod key;
 pub mod message;
 pub mod probe;
 pub mod proxy_header;
+pub mod sniff;
 pub mod socks;
 pub mod source;
 pub mod ticket;

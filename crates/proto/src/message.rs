@@ -105,6 +105,42 @@ pub enum ControlRequest {
     /// `source` travels as text (`tcp://host:port`) and is parsed by the server, so a
     /// malformed source is refused as that one forward, not as a broken connection.
     OpenForward { request_id: u32, source: String },
+    /// Reverse forward: listen on the server's side and carry each visitor back to the
+    /// client (streams the server opens, [`VisitorHeader`]; UDP flows as datagrams
+    /// under the publish id). Servers that predate it close with `ProtocolError`.
+    Publish {
+        request_id: u32,
+        publish: PublishRequest,
+    },
+}
+
+/// What a client asks the server to publish.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct PublishRequest {
+    /// `tcp://IP:PORT` or `udp://IP:PORT`: where the server listens (parsed by the
+    /// server, so a malformed one is refused as that one publish).
+    pub bind: String,
+    /// On a shared TCP port: the name this service answers to (TLS SNI, or the HTTP
+    /// Host header); `None` holds the whole address.
+    pub name: Option<String>,
+    /// Each visitor's connection starts with a PROXY protocol header (a load balancer
+    /// in front of the server), whose address is taken as the visitor's.
+    pub accept_proxy_protocol: bool,
+}
+
+/// Ids the server gives published services start here: forwards use the ids below, so
+/// a stream or datagram id alone says which of the two it belongs to.
+pub const FIRST_PUBLISH_ID: u16 = 0x8000;
+
+/// First frame on a stream the server opens for a visitor of a published service,
+/// immediately followed by the visitor's bytes.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct VisitorHeader {
+    pub publish_id: u16,
+    /// Who connected, as the server's listener saw it (or as a PROXY header named it).
+    pub visitor: std::net::SocketAddr,
+    /// The server's address the visitor connected to.
+    pub local: std::net::SocketAddr,
 }
 
 impl ControlRequest {
@@ -122,10 +158,15 @@ pub enum ControlResponse {
         request_id: u32,
         forward_id: u16,
     },
+    /// A forward or a publish refused.
     ForwardRejected {
         request_id: u32,
         reason: RejectReason,
         detail: String,
+    },
+    PublishAccepted {
+        request_id: u32,
+        publish_id: u16,
     },
 }
 
@@ -142,6 +183,14 @@ pub enum RejectReason {
     TooManyForwards,
     /// The source is not a valid `tcp://host:port` / `udp://host:port`.
     InvalidSource,
+    /// A publish outside the server's bind rules (`--allowed-bind-tcp/udp`).
+    BindNotAllowed,
+    /// A publish of a name outside the server's rules (`--allowed-bind-name`).
+    NameNotAllowed,
+    /// Another client holds that address (or that name on it).
+    AddressTaken,
+    /// The server could not listen there (in use by another program, no permission).
+    BindFailed,
 }
 
 impl fmt::Display for RejectReason {
@@ -152,6 +201,10 @@ impl fmt::Display for RejectReason {
             RejectReason::ResolveFailed => "host name did not resolve on the server",
             RejectReason::TooManyForwards => "too many forwards on one connection",
             RejectReason::InvalidSource => "invalid source",
+            RejectReason::BindNotAllowed => "address not in the server's bind rules",
+            RejectReason::NameNotAllowed => "name not in the server's bind rules",
+            RejectReason::AddressTaken => "another client publishes there",
+            RejectReason::BindFailed => "the server cannot listen there",
         })
     }
 }
@@ -243,6 +296,21 @@ mod tests {
         assert_eq!(round_trip(&p), p);
         let h = StreamHeader { forward_id: 3 };
         assert_eq!(round_trip(&h), h);
+        let q = ControlRequest::Publish {
+            request_id: 9,
+            publish: PublishRequest {
+                bind: "tcp://0.0.0.0:443".into(),
+                name: Some("app.example.com".into()),
+                accept_proxy_protocol: true,
+            },
+        };
+        assert_eq!(round_trip(&q), q);
+        let v = VisitorHeader {
+            publish_id: FIRST_PUBLISH_ID + 2,
+            visitor: "[2001:db8::7]:40000".parse().unwrap(),
+            local: "192.0.2.1:443".parse().unwrap(),
+        };
+        assert_eq!(round_trip(&v), v);
     }
 
     #[test]
@@ -274,6 +342,7 @@ mod tests {
             let _ = frame::decode::<ControlResponse>(&bytes);
             let _ = frame::decode::<AuthResponse>(&bytes);
             let _ = frame::decode::<StreamHeader>(&bytes);
+            let _ = frame::decode::<VisitorHeader>(&bytes);
             let _ = frame::decode_body::<ControlRequest>(&bytes);
         }
 

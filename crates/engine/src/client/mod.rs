@@ -3,6 +3,7 @@
 
 mod liveness;
 pub mod proxy;
+mod publish;
 mod session;
 mod tcp;
 mod udp;
@@ -22,6 +23,7 @@ use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
 use tracing::{Instrument, error, info, info_span, warn};
 
+pub use publish::PublishSpec;
 pub use session::Session;
 
 use crate::telemetry::{ForwardLive, Role, Telemetry, TunnelState};
@@ -65,6 +67,8 @@ pub struct ClientConfig {
     /// A client key, proved on every connection (the server's access file lists it).
     pub key: Option<porthole_proto::key::SecretKey>,
     pub forwards: Vec<ForwardSpec>,
+    /// Services published on the server's side (reverse forwards).
+    pub publishes: Vec<PublishSpec>,
     /// Transport connect deadline (hole punching or relay included).
     pub connect_timeout: Duration,
     /// From connection to the last forward answered.
@@ -101,6 +105,7 @@ impl ClientConfig {
             token,
             key,
             forwards,
+            publishes: Vec::new(),
             connect_timeout: Duration::from_secs(30),
             handshake_timeout: Duration::from_secs(15),
             session_wait: Duration::from_secs(20),
@@ -138,6 +143,12 @@ pub enum ClientError {
     #[error("the server refused forward {forward}: {reason}: {detail}")]
     SourceRefused {
         forward: Source,
+        reason: RejectReason,
+        detail: String,
+    },
+    #[error("the server refused to publish {publish}: {reason}: {detail}")]
+    PublishRefused {
+        publish: Box<PublishSpec>,
         reason: RejectReason,
         detail: String,
     },
@@ -225,6 +236,8 @@ pub enum CheckInError {
 pub struct Client {
     config: ClientConfig,
     locals: Vec<Local>,
+    /// Counters of each publish, in config order.
+    published: Vec<Arc<ForwardLive>>,
     proxies: Vec<proxy::Proxy>,
     status: watch::Sender<Status>,
 }
@@ -232,7 +245,7 @@ pub struct Client {
 impl Client {
     /// Binds every local listener first, so a port conflict is reported at once.
     pub async fn bind(config: ClientConfig) -> Result<Self, ClientError> {
-        if config.forwards.is_empty() && config.proxies.is_empty() {
+        if config.forwards.is_empty() && config.proxies.is_empty() && config.publishes.is_empty() {
             return Err(ClientError::NoForwards);
         }
         let mut proxies = Vec::with_capacity(config.proxies.len());
@@ -278,9 +291,23 @@ impl Client {
                 }
             });
         }
+        let published = config
+            .publishes
+            .iter()
+            .map(|p| {
+                let listen = match p.bind.host {
+                    porthole_proto::source::Host::Ip(ip) => SocketAddr::new(ip, p.bind.port),
+                    _ => SocketAddr::from(([0, 0, 0, 0], p.bind.port)),
+                };
+                config
+                    .telemetry
+                    .client_forward(&format!("publish {}", p.bind), listen)
+            })
+            .collect();
         Ok(Self {
             config,
             locals,
+            published,
             proxies,
             status: watch::channel(Status::Connecting).0,
         })
@@ -318,9 +345,11 @@ impl Client {
         let Client {
             config,
             locals,
+            published,
             proxies,
             status,
         } = self;
+        let published = Arc::new(published);
         let config = Arc::new(config);
         let (session_tx, session_rx) = watch::channel::<Option<Arc<Session<C::Conn>>>>(None);
         let tasks = TaskTracker::new();
@@ -367,12 +396,16 @@ impl Client {
         }
         let udp_forwards = Arc::new(udp_forwards);
         tasks.spawn(sample_rtt(config.telemetry.clone(), local_cancel.clone()));
+        let carried = Carried {
+            udp_forwards,
+            published,
+        };
         let result = connection_loop(
             &connector,
             &config,
             &session_tx,
             &status,
-            &udp_forwards,
+            &carried,
             &shutdown,
         )
         .await;
@@ -393,7 +426,7 @@ async fn connection_loop<C: Connector>(
     config: &Arc<ClientConfig>,
     sessions: &watch::Sender<Option<Arc<Session<C::Conn>>>>,
     status: &watch::Sender<Status>,
-    udp_forwards: &Arc<Vec<Option<Arc<udp::UdpForward>>>>,
+    carried: &Carried,
     shutdown: &CancellationToken,
 ) -> Result<(), ClientError> {
     let backoff_builder = ExponentialBuilder::default()
@@ -425,6 +458,9 @@ async fn connection_loop<C: Connector>(
                     for f in &config.forwards {
                         info!("forwarding {} -> {} (via {peer})", f.listen, f.source);
                     }
+                    for p in &config.publishes {
+                        info!("publishing {p} (on {peer})");
+                    }
                     announced = true;
                 }
                 let path_of = session.conn.clone();
@@ -435,7 +471,10 @@ async fn connection_loop<C: Connector>(
                 let session = Arc::new(session);
                 let _ = sessions.send(Some(session.clone()));
                 let rx = tokio::spawn(
-                    udp::datagram_loop(session.clone(), udp_forwards.clone()).in_current_span(),
+                    carried
+                        .clone()
+                        .carry(session.clone(), config.clone())
+                        .in_current_span(),
                 );
                 let end = tokio::select! {
                     end = session.conn.closed() => end,
@@ -504,6 +543,34 @@ async fn connection_loop<C: Connector>(
             _ = shutdown.cancelled() => return Ok(()),
             _ = tokio::time::sleep(delay) => {}
         }
+    }
+}
+
+/// What the client carries on every session besides its listeners' streams.
+#[derive(Clone)]
+struct Carried {
+    udp_forwards: Arc<Vec<Option<Arc<udp::UdpForward>>>>,
+    published: Arc<Vec<Arc<ForwardLive>>>,
+}
+
+impl Carried {
+    /// The session's datagrams, and the visitors of published services, until it ends
+    /// (the caller aborts it).
+    async fn carry<C: Connection>(self, session: Arc<Session<C>>, config: Arc<ClientConfig>) {
+        let cancel = CancellationToken::new();
+        let _ended = cancel.clone().drop_guard();
+        let reverse = if config.publishes.is_empty() {
+            None
+        } else {
+            let p = Arc::new(publish::Publishing {
+                config,
+                lives: self.published.clone(),
+                session: session.clone(),
+            });
+            tokio::spawn(publish::accept_visitors(p.clone()).in_current_span());
+            Some(Arc::new(publish::ReverseUdp::new(&p, cancel.clone()).await))
+        };
+        udp::datagram_loop(session, self.udp_forwards.clone(), reverse).await;
     }
 }
 

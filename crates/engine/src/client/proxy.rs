@@ -464,6 +464,11 @@ impl Proxy {
                 RejectReason::ResolveFailed => (Reply::HostUnreachable, "502 Bad Gateway"),
                 RejectReason::InvalidSource => (Reply::AddressTypeNotSupported, "400 Bad Request"),
                 RejectReason::TooManyForwards => (Reply::GeneralFailure, "503 Service Unavailable"),
+                // Answers to publishes, never to a dynamic stream.
+                RejectReason::BindNotAllowed
+                | RejectReason::NameNotAllowed
+                | RejectReason::AddressTaken
+                | RejectReason::BindFailed => (Reply::GeneralFailure, "502 Bad Gateway"),
             },
             Refused::Reply(DynamicReply::Unreachable { kind, .. }) => match kind {
                 Unreachable::Refused => (Reply::ConnectionRefused, "502 Bad Gateway"),

@@ -25,6 +25,8 @@ pub struct Session<C: Connection> {
     pub conn: C,
     /// Server-assigned forward id of each forward, in config order.
     pub forward_ids: Vec<u16>,
+    /// Server-assigned id of each publish, in config order.
+    pub publish_ids: Vec<u16>,
     /// Open for the life of the session: more forwards are asked for on it later (UDP
     /// destinations of the SOCKS proxy).
     control: Mutex<(C::Send, C::Recv)>,
@@ -42,11 +44,16 @@ struct DynamicUdp {
 }
 
 impl<C: Connection> Session<C> {
-    fn new(conn: C, forward_ids: Vec<u16>, control: (C::Send, C::Recv)) -> Self {
-        let next = forward_ids.len() as u32;
+    fn new(conn: C, ids: Ids, control: (C::Send, C::Recv)) -> Self {
+        let Ids {
+            forward_ids,
+            publish_ids,
+        } = ids;
+        let next = (forward_ids.len() + publish_ids.len()) as u32;
         Self {
             conn,
             forward_ids,
+            publish_ids,
             control: Mutex::new(control),
             next_request: AtomicU32::new(next),
             dynamic: Default::default(),
@@ -81,6 +88,7 @@ impl<C: Connection> Session<C> {
             Ok(ControlResponse::ForwardRejected { reason, detail, .. }) => {
                 Err(format!("refused by the server: {reason}: {detail}"))
             }
+            Ok(other) => Err(format!("unexpected answer: {other:?}")),
             Err(e) => Err(format!("control stream: {e}")),
         }
     }
@@ -126,7 +134,7 @@ pub(crate) async fn establish<K: Connector>(
         }
     };
     match tokio::time::timeout(config.handshake_timeout, handshake(&conn, config)).await {
-        Ok(Ok((forward_ids, control))) => Ok(Session::new(conn, forward_ids, control)),
+        Ok(Ok((ids, control))) => Ok(Session::new(conn, ids, control)),
         Ok(Err(HandshakeError::Refused(e))) => {
             conn.close(CloseCode::Normal.as_u32(), b"forward refused");
             Err(EstablishError::Fatal(e))
@@ -158,10 +166,16 @@ impl From<ControlError> for HandshakeError {
     }
 }
 
+/// What the server answered the handshake's requests with.
+struct Ids {
+    forward_ids: Vec<u16>,
+    publish_ids: Vec<u16>,
+}
+
 async fn handshake<C: Connection>(
     conn: &C,
     config: &ClientConfig,
-) -> Result<(Vec<u16>, (C::Send, C::Recv)), HandshakeError> {
+) -> Result<(Ids, (C::Send, C::Recv)), HandshakeError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(ControlError::Io)?;
     match &config.key {
         // A key proves itself on this connection (and the token stays home).
@@ -195,6 +209,14 @@ async fn handshake<C: Connection>(
         let req = ControlRequest::open_forward(i as u32, &f.source);
         write_frame(&mut send, &req).await?;
     }
+    let first_publish = config.forwards.len();
+    for (i, p) in config.publishes.iter().enumerate() {
+        let req = ControlRequest::Publish {
+            request_id: (first_publish + i) as u32,
+            publish: p.request(),
+        };
+        write_frame(&mut send, &req).await?;
+    }
     let AuthResponse::Accepted {
         version,
         max_streams,
@@ -225,6 +247,36 @@ async fn handshake<C: Connection>(
             }
         }
     }
+    let mut publish_ids = Vec::with_capacity(config.publishes.len());
+    for (i, p) in config.publishes.iter().enumerate() {
+        let want = (first_publish + i) as u32;
+        match read_frame::<ControlResponse, _>(&mut recv).await? {
+            ControlResponse::PublishAccepted {
+                request_id,
+                publish_id,
+            } if request_id == want => publish_ids.push(publish_id),
+            ControlResponse::ForwardRejected {
+                request_id,
+                reason,
+                detail,
+            } if request_id == want => {
+                return Err(HandshakeError::Refused(ClientError::PublishRefused {
+                    publish: Box::new(p.clone()),
+                    reason,
+                    detail,
+                }));
+            }
+            other => {
+                return Err(HandshakeError::Stream(ControlError::Io(
+                    std::io::Error::other(format!("unexpected answer to publish {i}: {other:?}")),
+                )));
+            }
+        }
+    }
+    let ids = Ids {
+        forward_ids: ids,
+        publish_ids,
+    };
     Ok((ids, (send, recv)))
 }
 

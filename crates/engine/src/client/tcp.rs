@@ -5,8 +5,8 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use porthole_proto::message::StreamHeader;
-use porthole_proto::proxy_header::{self, Parsed};
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use porthole_proto::proxy_header;
+use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span, warn};
@@ -67,7 +67,7 @@ async fn handle<C: Connection>(
     // Behind a load balancer: the user is who its header names; bytes read past the
     // header go to the target first.
     let (user, early) = if proxy.accept {
-        match read_proxy_header(&mut tcp).await {
+        match crate::net::read_proxy_header(&mut tcp).await {
             Ok((source, early)) => (source.unwrap_or(from), early),
             Err(e) => {
                 warn!("refusing the connection from {from}: {e}");
@@ -124,42 +124,4 @@ async fn handle<C: Connection>(
             debug!(sent = up, received = down, "aborted: {error}")
         }
     }
-}
-
-/// How long a connection behind a load balancer may take to send its PROXY header.
-const PROXY_HEADER_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Reads the PROXY header (v1 or v2) a connection starts with: the user's address it
-/// names (`None` for a health check's UNKNOWN / LOCAL) and any bytes read past it.
-/// Bounded in bytes ([`proxy_header::MAX_HEADER`]) and time.
-async fn read_proxy_header(tcp: &mut TcpStream) -> std::io::Result<(Option<SocketAddr>, Vec<u8>)> {
-    let read = async {
-        let mut buf = Vec::with_capacity(256);
-        let mut chunk = [0u8; 512];
-        loop {
-            match proxy_header::parse(&buf) {
-                Parsed::Header { len, source } => return Ok((source, buf.split_off(len))),
-                Parsed::Invalid(why) => {
-                    return Err(std::io::Error::new(
-                        std::io::ErrorKind::InvalidData,
-                        format!("no PROXY protocol header ({why}); accept_proxy_protocol is set"),
-                    ));
-                }
-                Parsed::Incomplete => {}
-            }
-            let n = tcp.read(&mut chunk).await?;
-            if n == 0 {
-                return Err(std::io::ErrorKind::UnexpectedEof.into());
-            }
-            buf.extend_from_slice(&chunk[..n]);
-        }
-    };
-    tokio::time::timeout(PROXY_HEADER_TIMEOUT, read)
-        .await
-        .map_err(|_| {
-            std::io::Error::new(
-                std::io::ErrorKind::TimedOut,
-                format!("no PROXY protocol header within {PROXY_HEADER_TIMEOUT:?}"),
-            )
-        })?
 }

@@ -3,7 +3,6 @@
 //! other's packets.
 
 use std::collections::HashMap;
-use std::net::SocketAddr;
 use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -18,56 +17,7 @@ use tracing::debug;
 use super::{ClientConfig, Session};
 use crate::telemetry::{Discard, ForwardLive, Telemetry};
 use crate::transport::Connection;
-use crate::udp::{Clock, DropCounter, UDP_BUF, send_payload};
-
-#[derive(Default)]
-struct FlowTable {
-    by_peer: HashMap<SocketAddr, (u32, u64)>,
-    by_id: HashMap<u32, SocketAddr>,
-    next_id: u32,
-}
-
-impl FlowTable {
-    fn flow_for(&mut self, peer: SocketAddr, now_ms: u64, max: usize) -> Option<u32> {
-        if let Some(entry) = self.by_peer.get_mut(&peer) {
-            entry.1 = now_ms;
-            return Some(entry.0);
-        }
-        if self.by_peer.len() >= max {
-            return None;
-        }
-        let mut id = self.next_id;
-        while self.by_id.contains_key(&id) {
-            id = id.wrapping_add(1);
-        }
-        self.next_id = id.wrapping_add(1);
-        self.by_peer.insert(peer, (id, now_ms));
-        self.by_id.insert(id, peer);
-        Some(id)
-    }
-
-    fn peer_of(&mut self, id: u32, now_ms: u64) -> Option<SocketAddr> {
-        let peer = *self.by_id.get(&id)?;
-        if let Some(e) = self.by_peer.get_mut(&peer) {
-            e.1 = now_ms;
-        }
-        Some(peer)
-    }
-
-    fn expire(&mut self, now_ms: u64, idle_ms: u64) -> usize {
-        let stale: Vec<(SocketAddr, u32)> = self
-            .by_peer
-            .iter()
-            .filter(|(_, (_, last))| now_ms.saturating_sub(*last) >= idle_ms)
-            .map(|(p, (id, _))| (*p, *id))
-            .collect();
-        for (p, id) in &stale {
-            self.by_peer.remove(p);
-            self.by_id.remove(id);
-        }
-        stale.len()
-    }
-}
+use crate::udp::{Clock, DropCounter, FlowTable, UDP_BUF, send_payload};
 
 pub(crate) struct UdpForward {
     socket: Arc<UdpSocket>,
@@ -199,6 +149,7 @@ impl UdpForward {
 pub(crate) async fn datagram_loop<C: Connection>(
     session: Arc<Session<C>>,
     forwards: Arc<Vec<Option<Arc<UdpForward>>>>,
+    published: Option<Arc<super::publish::ReverseUdp<C>>>,
 ) {
     let by_id: HashMap<u16, usize> = session
         .forward_ids
@@ -229,6 +180,12 @@ pub(crate) async fn datagram_loop<C: Connection>(
     };
     while let Ok(data) = session.conn.read_datagram().await {
         match rx.receive(&data, Instant::now()) {
+            Received::Payload(flow, payload) if session.publish_ids.contains(&flow.forward_id) => {
+                match &published {
+                    Some(p) => p.deliver(flow, &payload),
+                    None => unknown.add(1, &"datagram for an unknown publish"),
+                }
+            }
             Received::Payload(flow, payload) => route(flow, &payload),
             Received::Pending => {}
             Received::Dropped(why) => unknown.add(1, &why),
@@ -237,36 +194,5 @@ pub(crate) async fn datagram_loop<C: Connection>(
             rx.take_timed_out(),
             &"incomplete fragmented datagrams timed out",
         );
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    #[test]
-    fn flows_are_per_peer_and_expire() {
-        let mut t = FlowTable::default();
-        let a: SocketAddr = "127.0.0.1:1000".parse().unwrap();
-        let b: SocketAddr = "127.0.0.1:1001".parse().unwrap();
-        let fa = t.flow_for(a, 0, 10).unwrap();
-        let fb = t.flow_for(b, 0, 10).unwrap();
-        assert_ne!(fa, fb);
-        assert_eq!(t.flow_for(a, 5, 10), Some(fa));
-        assert_eq!(t.peer_of(fb, 5), Some(b));
-        assert_eq!(t.expire(100, 50), 2);
-        assert_eq!(t.peer_of(fa, 100), None);
-    }
-
-    #[test]
-    fn flow_limit_holds() {
-        let mut t = FlowTable::default();
-        for p in 0..3u16 {
-            assert!(
-                t.flow_for(SocketAddr::from(([127, 0, 0, 1], 2000 + p)), 0, 3)
-                    .is_some()
-            );
-        }
-        assert!(t.flow_for("127.0.0.1:9".parse().unwrap(), 0, 3).is_none());
     }
 }

@@ -17,6 +17,7 @@ use tokio_util::task::TaskTracker;
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::forwards::Forwards;
+use super::publish;
 use super::udp::ServerUdp;
 use super::{ClientShared, ServerConfig, Shared};
 use crate::access::{ClientRule, Credential, DEFAULT_CLIENT};
@@ -125,16 +126,34 @@ pub(crate) async fn serve<C: Connection>(
     let path_of = conn.clone();
     let session = config
         .telemetry
-        .session(client, peer, Box::new(move || path_of.path()));
+        .session(client.clone(), peer, Box::new(move || path_of.path()));
 
     let forwards = Arc::new(Forwards::default());
     let (rule_tx, rule_rx) = watch::channel(rule);
     let cancel = shutdown.child_token();
     let tasks = TaskTracker::new();
     let client_shared = client_slot.client.clone();
+    let (visitors_tx, visitors) = tokio::sync::mpsc::channel(publish::VISITOR_QUEUE);
+    let holder = publish::Holder {
+        session: shared
+            .next_session
+            .fetch_add(1, std::sync::atomic::Ordering::Relaxed),
+        client: client.clone(),
+    };
+    let publishing = publish::SessionPublish::new(holder, visitors_tx, tasks.clone());
+    tasks.spawn(
+        publish::carry_visitors(
+            conn.clone(),
+            visitors,
+            client_shared.clone(),
+            config.telemetry.clone(),
+        )
+        .in_current_span(),
+    );
     let udp = Arc::new(ServerUdp::new(
         conn.clone(),
         forwards.clone(),
+        publishing.udp.clone(),
         client_shared.clone(),
         config,
         cancel.clone(),
@@ -142,16 +161,15 @@ pub(crate) async fn serve<C: Connection>(
     tasks.spawn(udp.datagram_loop().in_current_span());
 
     let control = async {
-        serve_control(
-            &conn,
-            &mut control_send,
-            &mut control_recv,
-            &forwards,
-            config,
-            &session,
-            &rule_rx,
-        )
-        .await;
+        let ctl = Control {
+            conn: &conn,
+            forwards: &forwards,
+            shared: &shared,
+            session: &session,
+            rule: &rule_rx,
+            publishing: &publishing,
+        };
+        serve_control(&ctl, &mut control_send, &mut control_recv).await;
         // The control stream may end while the connection lives on: park this arm.
         std::future::pending::<ConnectionEnd>().await
     };
@@ -188,20 +206,37 @@ pub(crate) async fn serve<C: Connection>(
         }
     };
     cancel.cancel();
+    // Published addresses are released now: the server stops listening there.
+    drop(publishing);
     tasks.close();
     info!("client disconnected: {end}");
 }
 
-/// Answers forward requests until the client finishes the control stream.
+/// What the control stream works on.
+struct Control<'a, C: Connection> {
+    conn: &'a C,
+    forwards: &'a Forwards,
+    shared: &'a Shared,
+    session: &'a SessionGuard,
+    rule: &'a watch::Receiver<Arc<ClientRule>>,
+    publishing: &'a publish::SessionPublish<C>,
+}
+
+/// Answers forward and publish requests until the client finishes the control stream.
 async fn serve_control<C: Connection>(
-    conn: &C,
+    ctl: &Control<'_, C>,
     send: &mut C::Send,
     recv: &mut C::Recv,
-    forwards: &Forwards,
-    config: &ServerConfig,
-    session: &SessionGuard,
-    rule: &watch::Receiver<Arc<ClientRule>>,
 ) {
+    let Control {
+        conn,
+        forwards,
+        shared,
+        session,
+        rule,
+        publishing,
+    } = ctl;
+    let config = &shared.config;
     loop {
         let request = match read_frame_or_eof::<ControlRequest, _>(recv).await {
             Ok(Some(r)) => r,
@@ -219,7 +254,21 @@ async fn serve_control<C: Connection>(
                 return;
             }
         };
-        let ControlRequest::OpenForward { request_id, source } = request;
+        let (request_id, source) = match request {
+            ControlRequest::OpenForward { request_id, source } => (request_id, source),
+            ControlRequest::Publish {
+                request_id,
+                publish,
+            } => {
+                let reply = publishing
+                    .publish(conn, request_id, publish, shared, session)
+                    .await;
+                if write_frame(send, &reply).await.is_err() {
+                    return;
+                }
+                continue;
+            }
+        };
         let source: Source = match source.parse() {
             Ok(s) => s,
             Err(e) => {

@@ -47,7 +47,8 @@ impl Forwards {
         live: impl FnOnce(u16) -> Arc<ForwardLive>,
     ) -> Option<u16> {
         let mut v = self.0.write().unwrap_or_else(|e| e.into_inner());
-        if v.len() >= max.min(u16::MAX as usize) {
+        // Ids from FIRST_PUBLISH_ID on are published services'.
+        if v.len() >= max.min(porthole_proto::message::FIRST_PUBLISH_ID as usize) {
             return None;
         }
         let id = v.len() as u16;

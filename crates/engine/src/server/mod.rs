@@ -3,6 +3,7 @@
 
 mod conn;
 mod forwards;
+pub mod publish;
 mod tcp;
 mod udp;
 
@@ -49,6 +50,8 @@ pub struct ServerConfig {
     /// A TCP stream's header must arrive within this.
     pub header_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    /// Where clients may publish services (reverse forwards); empty: nowhere.
+    pub binds: publish::BindRules,
     /// Where the server counts what it does (status, metrics); clone it before `run`.
     pub telemetry: Telemetry,
 }
@@ -74,6 +77,7 @@ impl ServerConfig {
             dial_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
+            binds: Default::default(),
             telemetry: Telemetry::new(Role::Server),
         }
     }
@@ -89,6 +93,10 @@ pub(crate) struct Shared {
     /// Per client name: its open sessions (for `max_sessions`) and what its sessions
     /// share (stream and flow counts, bandwidth caps).
     pub per_client: std::sync::Mutex<std::collections::HashMap<String, (usize, Arc<ClientShared>)>>,
+    /// Who publishes what, across sessions.
+    pub publishers: publish::Publishers,
+    /// Numbers sessions (who holds a published route).
+    pub next_session: std::sync::atomic::AtomicU64,
 }
 
 /// What all sessions of one client share.
@@ -175,6 +183,8 @@ pub async fn run<A: Acceptor>(
         pending: Arc::new(Semaphore::new(config.max_pending)),
         limiter: AuthLimiter::default(),
         per_client: Default::default(),
+        publishers: Default::default(),
+        next_session: Default::default(),
         config,
     });
     let access = shared.config.access.current();

@@ -3,13 +3,11 @@
 use std::io;
 use std::net::SocketAddr;
 use std::sync::Arc;
-use std::time::Duration;
 
 use porthole_proto::close::StreamCode;
 use porthole_proto::message::StreamHeader;
 use porthole_proto::source::Protocol;
 use tokio::io::AsyncWriteExt;
-use tokio::net::TcpStream;
 use tokio_util::sync::CancellationToken;
 use tracing::{debug, info, warn};
 
@@ -90,7 +88,7 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
         config.telemetry.refused(Refusal::StreamLimit);
         return refuse(&mut send, &mut recv, StreamCode::Limit);
     };
-    let tcp = match dial(&forward.addrs, config.dial_timeout).await {
+    let tcp = match crate::net::dial(&forward.addrs, config.dial_timeout).await {
         Ok(tcp) => tcp,
         Err(e) => {
             warn!("target {} unreachable: {e}", forward.source);
@@ -177,7 +175,7 @@ async fn dynamic<S: SendStream, R: RecvStream>(mut send: S, mut recv: R, ctx: &S
         config.telemetry.refused(Refusal::StreamLimit);
         return refuse(&mut send, &mut recv, StreamCode::Limit);
     };
-    let tcp = match dial(&resolved.addrs, config.dial_timeout).await {
+    let tcp = match crate::net::dial(&resolved.addrs, config.dial_timeout).await {
         Ok(tcp) => tcp,
         Err(e) => {
             debug!("dynamic {source} unreachable: {e}");
@@ -248,22 +246,4 @@ async fn close_when_disallowed(
             return;
         }
     }
-}
-
-/// Connects to the first address that answers, each attempt bounded by `timeout`.
-pub(crate) async fn dial(addrs: &[SocketAddr], timeout: Duration) -> io::Result<TcpStream> {
-    let mut last = io::Error::new(io::ErrorKind::AddrNotAvailable, "no address to dial");
-    for addr in addrs {
-        match tokio::time::timeout(timeout, TcpStream::connect(addr)).await {
-            Ok(Ok(s)) => return Ok(s),
-            Ok(Err(e)) => last = io::Error::new(e.kind(), format!("{addr}: {e}")),
-            Err(_) => {
-                last = io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    format!("{addr}: connect timed out"),
-                )
-            }
-        }
-    }
-    Err(last)
 }

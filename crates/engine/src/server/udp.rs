@@ -2,7 +2,6 @@
 //! datagram (so a lost first datagram costs nothing), expired when idle.
 
 use std::collections::HashMap;
-use std::net::{Ipv4Addr, Ipv6Addr, SocketAddr};
 use std::sync::atomic::{AtomicU16, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -14,10 +13,12 @@ use tokio_util::sync::CancellationToken;
 use tracing::{Instrument, debug, info_span};
 
 use super::forwards::{Forward, Forwards};
+use super::publish::SessionUdp;
 use super::{ClientClaim, ClientShared, ServerConfig};
 use crate::telemetry::{Discard, FlowGuard, Refusal, Telemetry};
 use crate::transport::Connection;
-use crate::udp::{Clock, DropCounter, SendError, UDP_BUF, send_payload, size_socket};
+use crate::udp::{Clock, DropCounter, SendError, UDP_BUF, connect_udp, send_payload};
+use porthole_proto::message::FIRST_PUBLISH_ID;
 
 struct Flow {
     socket: Arc<UdpSocket>,
@@ -30,6 +31,8 @@ struct Flow {
 pub(crate) struct ServerUdp<C> {
     conn: C,
     forwards: Arc<Forwards>,
+    /// The session's published UDP ports: the client's replies to their visitors.
+    published: Arc<SessionUdp<C>>,
     client: Arc<ClientShared>,
     flows: Mutex<HashMap<FlowKey, Arc<Flow>>>,
     max_flows: usize,
@@ -45,6 +48,7 @@ impl<C: Connection> ServerUdp<C> {
     pub fn new(
         conn: C,
         forwards: Arc<Forwards>,
+        published: Arc<SessionUdp<C>>,
         client: Arc<ClientShared>,
         config: &ServerConfig,
         cancel: CancellationToken,
@@ -52,6 +56,7 @@ impl<C: Connection> ServerUdp<C> {
         Self {
             conn,
             forwards,
+            published,
             client,
             flows: Mutex::new(HashMap::new()),
             max_flows: config.max_udp_flows,
@@ -76,6 +81,9 @@ impl<C: Connection> ServerUdp<C> {
                 },
             };
             match rx.receive(&data, Instant::now()) {
+                Received::Payload(flow, payload) if flow.forward_id >= FIRST_PUBLISH_ID => {
+                    self.to_visitor(flow, &payload)
+                }
                 Received::Payload(flow, payload) => self.deliver(flow, &payload).await,
                 Received::Pending => {}
                 Received::Dropped(why) => self.discard(Discard::Malformed, 1, &why),
@@ -87,6 +95,27 @@ impl<C: Connection> ServerUdp<C> {
             );
         }
         self.cancel.cancel();
+    }
+
+    /// A reply from the client to a visitor of a published UDP port.
+    fn to_visitor(&self, key: FlowKey, payload: &[u8]) {
+        let port = self
+            .published
+            .lock()
+            .unwrap_or_else(|e| e.into_inner())
+            .get(&key.forward_id)
+            .cloned();
+        let Some(port) = port else {
+            return self.discard(
+                Discard::UnknownForward,
+                1,
+                &"datagram for a publish this connection never made",
+            );
+        };
+        if !self.client.caps.down.try_take(payload.len() as u64) {
+            return self.discard(Discard::RateLimit, 1, &"over the client's bandwidth cap");
+        }
+        port.deliver(key.flow_id, payload);
     }
 
     async fn deliver(self: &Arc<Self>, key: FlowKey, payload: &[u8]) {
@@ -237,16 +266,4 @@ impl<C: Connection> ServerUdp<C> {
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<FlowKey, Arc<Flow>>> {
         self.flows.lock().unwrap_or_else(|e| e.into_inner())
     }
-}
-
-/// A UDP socket of the target's family, connected to it so only its replies arrive.
-async fn connect_udp(target: SocketAddr) -> std::io::Result<UdpSocket> {
-    let bind: SocketAddr = match target {
-        SocketAddr::V4(_) => (Ipv4Addr::UNSPECIFIED, 0).into(),
-        SocketAddr::V6(_) => (Ipv6Addr::UNSPECIFIED, 0).into(),
-    };
-    let socket = UdpSocket::bind(bind).await?;
-    size_socket(&socket);
-    socket.connect(target).await?;
-    Ok(socket)
 }

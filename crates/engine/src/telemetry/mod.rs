@@ -94,6 +94,11 @@ pub enum Refusal {
     StreamLimit,
     /// A TCP stream whose target did not answer.
     TargetUnreachable,
+    /// A visitor of a published service refused: too many waiting to be read or
+    /// carried to the client.
+    PublishQueue,
+    /// A visitor on a shared port asked for a name nobody publishes there.
+    UnknownName,
 }
 
 impl Refusal {
@@ -106,12 +111,13 @@ impl Refusal {
             | Refusal::ProtocolError
             | Refusal::AccessRevoked
             | Refusal::UnsupportedVersion => "auth",
-            Refusal::Forward(_) | Refusal::TargetUnreachable => "forward",
+            Refusal::Forward(_) | Refusal::TargetUnreachable | Refusal::UnknownName => "forward",
             Refusal::SessionLimit
             | Refusal::PendingLimit
             | Refusal::ForwardLimit
             | Refusal::StreamLimit
-            | Refusal::UdpFlowLimit => "limit",
+            | Refusal::UdpFlowLimit
+            | Refusal::PublishQueue => "limit",
         }
     }
 
@@ -131,12 +137,18 @@ impl Refusal {
             Refusal::UdpFlowLimit => "max_udp_flows",
             Refusal::StreamLimit => "max_streams",
             Refusal::TargetUnreachable => "target_unreachable",
+            Refusal::PublishQueue => "publish_queue",
+            Refusal::UnknownName => "unknown_name",
             Refusal::Forward(r) => match r {
                 R::NotAllowed => "not_allowed",
                 R::InvalidSource => "invalid_source",
                 R::ResolveFailed => "resolve_failed",
                 R::TooManyForwards => "max_forwards",
                 R::ProtocolDisabled => "protocol_disabled",
+                R::BindNotAllowed => "bind_not_allowed",
+                R::NameNotAllowed => "name_not_allowed",
+                R::AddressTaken => "address_taken",
+                R::BindFailed => "bind_failed",
             },
         }
     }

@@ -1,0 +1,967 @@
+//! Published services (reverse forwards): a client asks the server to listen, and each
+//! visitor rides back to the client.
+//!
+//! [`Publishers`] is the server's one table of who holds which address, and which names
+//! on a shared TCP port. It owns the TCP listeners: each accepts, reads a PROXY header
+//! when told to, peeks the name the visitor asks for when the port is shared
+//! (`proto::sniff`: TLS SNI or HTTP Host, bounded in bytes and time), and queues the
+//! visitor for the session that holds the route. That session opens a stream toward
+//! its client for each ([`carry_visitors`]). A published UDP socket belongs to the
+//! session that holds it ([`PublishedUdp`]): one flow per visitor address, datagrams
+//! under the publish id.
+//!
+//! A route lives as long as its session: when the client goes away the server stops
+//! listening there (the port is closed, visitors are refused by the OS), and takes it
+//! up again when the client comes back. A newer session of the same client takes its
+//! routes over (a client that restarted before the server noticed the old session
+//! die); another client is refused.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::atomic::AtomicU16;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use porthole_proto::close::StreamCode;
+use porthole_proto::datagram::FlowKey;
+use porthole_proto::message::{
+    ControlResponse, FIRST_PUBLISH_ID, PublishRequest, RejectReason, VisitorHeader, clamp_detail,
+};
+use porthole_proto::sniff::{self, Sniffed};
+use porthole_proto::source::{Host, Protocol, Source};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpStream, UdpSocket};
+use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::ClientShared;
+use crate::control::write_frame;
+use crate::policy::{AllowList, Refusal as PolicyRefusal};
+use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
+use crate::telemetry::{Discard, ForwardLive, Refusal, Side, Telemetry};
+use crate::transport::{Connection, SendStream};
+use crate::udp::{Clock, DropCounter, FlowTable, UDP_BUF, send_payload, size_socket};
+
+/// Visitors queued for one session before new ones are refused (the client is slow or
+/// at its stream limit): bounds what a flood of visitors can hold.
+pub const VISITOR_QUEUE: usize = 128;
+/// Visitors of one listener whose first bytes (PROXY header, name) are still awaited.
+pub const MAX_PEEKING: usize = 1024;
+/// Of those, from one IP address: a flood of silent connections from one place leaves
+/// room for everybody else.
+pub const MAX_PEEKING_PER_IP: usize = 64;
+/// How long a visitor may take to send its PROXY header and the bytes naming the
+/// service on a shared port.
+pub const PEEK_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Where clients may publish: `--allowed-bind-tcp` / `--allowed-bind-udp` (addresses
+/// and ports) and `--allowed-bind-name` (names on a shared TCP port). Empty lists
+/// mean no client may publish anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindRules {
+    pub tcp: AllowList,
+    pub udp: AllowList,
+    /// Exact names or `*.example.com` (any name under it).
+    pub names: Vec<String>,
+}
+
+impl BindRules {
+    /// Whether a client may publish `bind` (and `name` on it).
+    pub fn check(&self, bind: &Source, name: Option<&str>) -> Result<SocketAddr, PolicyRefusal> {
+        let refuse = |reason, detail: String| PolicyRefusal { reason, detail };
+        let Host::Ip(ip) = bind.host else {
+            return Err(refuse(
+                RejectReason::InvalidSource,
+                format!("{bind}: publish on an IP address (e.g. 0.0.0.0), not a name"),
+            ));
+        };
+        let addr = SocketAddr::new(ip, bind.port);
+        let list = match bind.protocol {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Udp => &self.udp,
+        };
+        if !list.allows(addr) {
+            return Err(refuse(
+                RejectReason::BindNotAllowed,
+                format!(
+                    "{bind} is outside the server's --allowed-bind-{} rules ({list})",
+                    bind.protocol
+                ),
+            ));
+        }
+        if let Some(name) = name {
+            if bind.protocol == Protocol::Udp {
+                return Err(refuse(
+                    RejectReason::InvalidSource,
+                    "names route TCP only (TLS SNI / HTTP Host)".into(),
+                ));
+            }
+            if !self.names.iter().any(|r| sniff::name_matches(r, name)) {
+                return Err(refuse(
+                    RejectReason::NameNotAllowed,
+                    format!("{name} is outside the server's --allowed-bind-name rules"),
+                ));
+            }
+        }
+        Ok(addr)
+    }
+}
+
+/// Who holds a route: a session, and the client it belongs to (the flat tokens'
+/// clients by token label, named clients by name).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct Holder {
+    pub session: u64,
+    pub client: String,
+}
+
+/// A visitor on its way to the session holding its route.
+pub(crate) struct Visitor {
+    tcp: TcpStream,
+    header: VisitorHeader,
+    /// Bytes read while looking for the name (and past a PROXY header): sent first.
+    early: Vec<u8>,
+    live: Arc<ForwardLive>,
+    stop: CancellationToken,
+}
+
+/// One claim on an address (or a name on it).
+#[derive(Clone)]
+struct Route {
+    holder: Holder,
+    publish_id: u16,
+    /// TCP: where visitors go.
+    visitors: Option<mpsc::Sender<Visitor>>,
+    live: Arc<ForwardLive>,
+    /// Cancelled when the route is released or taken over: its visitors' streams end.
+    stop: CancellationToken,
+}
+
+struct Place {
+    accept_proxy: bool,
+    /// `None`: the whole address; else one route per name.
+    routes: HashMap<Option<String>, Route>,
+    /// Ends the TCP listener.
+    listener: CancellationToken,
+    /// UDP: the socket, handed to whichever session holds it.
+    udp: Option<Arc<UdpSocket>>,
+}
+
+type Table = Arc<Mutex<HashMap<(Protocol, SocketAddr), Place>>>;
+
+/// The server's published addresses.
+#[derive(Default)]
+pub(crate) struct Publishers {
+    table: Table,
+}
+
+impl std::fmt::Debug for Publishers {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Publishers")
+    }
+}
+
+/// What a session asks for.
+pub(crate) struct Claim {
+    pub protocol: Protocol,
+    pub addr: SocketAddr,
+    pub name: Option<String>,
+    pub accept_proxy: bool,
+    pub holder: Holder,
+    pub publish_id: u16,
+    pub visitors: Option<mpsc::Sender<Visitor>>,
+    pub live: Arc<ForwardLive>,
+}
+
+/// A session's hold on a route, released on drop.
+pub(crate) struct Held {
+    table: Table,
+    key: (Protocol, SocketAddr),
+    name: Option<String>,
+    session: u64,
+    /// Cancelled when this route is released or taken over.
+    pub stop: CancellationToken,
+    /// UDP: the published socket.
+    pub udp: Option<Arc<UdpSocket>>,
+}
+
+impl Drop for Held {
+    fn drop(&mut self) {
+        self.stop.cancel();
+        let mut table = lock(&self.table);
+        let Some(place) = table.get_mut(&self.key) else {
+            return;
+        };
+        if place
+            .routes
+            .get(&self.name)
+            .is_some_and(|r| r.holder.session == self.session)
+        {
+            place.routes.remove(&self.name);
+        }
+        if place.routes.is_empty() {
+            place.listener.cancel();
+            table.remove(&self.key);
+            info!("stopped listening on {}://{}", self.key.0, self.key.1);
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+impl Publishers {
+    /// Takes the route `claim` asks for, listening first if nobody does there yet. An
+    /// address released a moment ago may still be held by its listener's task for a
+    /// moment: "in use" is retried for up to a second.
+    pub async fn claim(&self, claim: Claim, telemetry: &Telemetry) -> Result<Held, PolicyRefusal> {
+        let mut tries = 0;
+        loop {
+            match self.try_claim(&claim, telemetry) {
+                Err((r, true)) if tries < 10 => {
+                    tries += 1;
+                    debug!("{}; retrying", r.detail);
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                }
+                other => return other.map_err(|(r, _)| r),
+            }
+        }
+    }
+
+    /// One attempt; an error says whether the address was in use.
+    fn try_claim(
+        &self,
+        claim: &Claim,
+        telemetry: &Telemetry,
+    ) -> Result<Held, (PolicyRefusal, bool)> {
+        let claim = Claim {
+            protocol: claim.protocol,
+            addr: claim.addr,
+            name: claim.name.clone(),
+            accept_proxy: claim.accept_proxy,
+            holder: claim.holder.clone(),
+            publish_id: claim.publish_id,
+            visitors: claim.visitors.clone(),
+            live: claim.live.clone(),
+        };
+        let refuse = |reason, detail: String| (PolicyRefusal { reason, detail }, false);
+        let key = (claim.protocol, claim.addr);
+        let stop = CancellationToken::new();
+        let route = Route {
+            holder: claim.holder.clone(),
+            publish_id: claim.publish_id,
+            visitors: claim.visitors,
+            live: claim.live,
+            stop: stop.clone(),
+        };
+        let mut table = lock(&self.table);
+        if let Some(place) = table.get_mut(&key) {
+            let what = match &claim.name {
+                Some(n) => format!("{n} on {}://{}", key.0, key.1),
+                None => format!("{}://{}", key.0, key.1),
+            };
+            if let Some(old) = place.routes.get(&claim.name) {
+                if old.holder.client != claim.holder.client {
+                    return Err(refuse(
+                        RejectReason::AddressTaken,
+                        format!("another client publishes {what}"),
+                    ));
+                }
+                // The same client again: its older session is gone or going.
+                info!("{what}: taken over by a newer session of the same client");
+                old.stop.cancel();
+            } else if place.routes.keys().any(Option::is_none) || claim.name.is_none() {
+                return Err(refuse(
+                    RejectReason::AddressTaken,
+                    format!(
+                        "{}://{} is published by another client {}",
+                        key.0,
+                        key.1,
+                        if claim.name.is_none() {
+                            "by name (publish with ?name= to share it)"
+                        } else {
+                            "as a whole"
+                        }
+                    ),
+                ));
+            } else if place.accept_proxy != claim.accept_proxy {
+                return Err(refuse(
+                    RejectReason::AddressTaken,
+                    format!(
+                        "{}://{} is shared with accept_proxy_protocol={}",
+                        key.0, key.1, place.accept_proxy as u8
+                    ),
+                ));
+            }
+            place.routes.insert(claim.name.clone(), route);
+            return Ok(Held {
+                table: self.table.clone(),
+                key,
+                name: claim.name,
+                session: claim.holder.session,
+                stop,
+                udp: place.udp.clone(),
+            });
+        }
+        let bind_failed = |e: std::io::Error| {
+            let in_use = e.kind() == std::io::ErrorKind::AddrInUse;
+            let (r, _) = refuse(
+                RejectReason::BindFailed,
+                format!("cannot listen on {}://{}: {e}", key.0, key.1),
+            );
+            (r, in_use)
+        };
+        let listener = CancellationToken::new();
+        let udp = match claim.protocol {
+            Protocol::Tcp => {
+                let l = crate::net::listen_tcp(claim.addr).map_err(bind_failed)?;
+                let addr = l.local_addr().unwrap_or(claim.addr);
+                let span = info_span!("published", listen = %addr);
+                tokio::spawn(
+                    accept_loop(
+                        l,
+                        key,
+                        self.table.clone(),
+                        listener.clone(),
+                        telemetry.clone(),
+                    )
+                    .instrument(span),
+                );
+                None
+            }
+            Protocol::Udp => {
+                let s = std::net::UdpSocket::bind(claim.addr).map_err(bind_failed)?;
+                s.set_nonblocking(true).map_err(bind_failed)?;
+                let s = UdpSocket::from_std(s).map_err(bind_failed)?;
+                size_socket(&s);
+                Some(Arc::new(s))
+            }
+        };
+        info!("listening on {}://{} for published services", key.0, key.1);
+        table.insert(
+            key,
+            Place {
+                accept_proxy: claim.accept_proxy,
+                routes: HashMap::from([(claim.name.clone(), route)]),
+                listener,
+                udp: udp.clone(),
+            },
+        );
+        Ok(Held {
+            table: self.table.clone(),
+            key,
+            name: claim.name,
+            session: claim.holder.session,
+            stop,
+            udp,
+        })
+    }
+}
+
+async fn accept_loop(
+    listener: tokio::net::TcpListener,
+    key: (Protocol, SocketAddr),
+    table: Table,
+    stop: CancellationToken,
+    telemetry: Telemetry,
+) {
+    let peeking = Arc::new(Peeking::default());
+    loop {
+        let (tcp, from) = tokio::select! {
+            _ = stop.cancelled() => return,
+            a = listener.accept() => match a {
+                Ok(a) => a,
+                Err(e) => {
+                    // Usually out of file descriptors: back off instead of spinning.
+                    warn!("accept failed: {e}");
+                    tokio::time::sleep(Duration::from_millis(100)).await;
+                    continue;
+                }
+            },
+        };
+        let Some(permit) = peeking.take(from.ip()) else {
+            debug!("{from}: too many visitors still being read; refusing");
+            telemetry.refused(Refusal::PublishQueue);
+            abort_tcp(&tcp);
+            continue;
+        };
+        let table = table.clone();
+        let telemetry = telemetry.clone();
+        tokio::spawn(
+            async move {
+                admit(tcp, from, key, &table, &telemetry).await;
+                drop(permit);
+            }
+            .instrument(info_span!("visitor", %from)),
+        );
+    }
+}
+
+/// Visitors being read, in all and per IP address ([`MAX_PEEKING`], [`MAX_PEEKING_PER_IP`]).
+#[derive(Default)]
+struct Peeking(
+    Mutex<HashMap<std::net::IpAddr, usize>>,
+    std::sync::atomic::AtomicUsize,
+);
+
+/// One visitor being read; counted until dropped.
+struct PeekPermit(Arc<Peeking>, std::net::IpAddr);
+
+impl Peeking {
+    fn take(self: &Arc<Self>, ip: std::net::IpAddr) -> Option<PeekPermit> {
+        use std::sync::atomic::Ordering::Relaxed;
+        let mut per_ip = lock(&self.0);
+        let n = per_ip.entry(ip).or_default();
+        if *n >= MAX_PEEKING_PER_IP || self.1.load(Relaxed) >= MAX_PEEKING {
+            return None;
+        }
+        *n += 1;
+        self.1.fetch_add(1, Relaxed);
+        Some(PeekPermit(self.clone(), ip))
+    }
+}
+
+impl Drop for PeekPermit {
+    fn drop(&mut self) {
+        let mut per_ip = lock(&(self.0).0);
+        if let Some(n) = per_ip.get_mut(&self.1) {
+            *n -= 1;
+            if *n == 0 {
+                per_ip.remove(&self.1);
+            }
+        }
+        (self.0)
+            .1
+            .fetch_sub(1, std::sync::atomic::Ordering::Relaxed);
+    }
+}
+
+/// Reads what is needed to route a visitor and queues it for its session.
+async fn admit(
+    mut tcp: TcpStream,
+    from: SocketAddr,
+    key: (Protocol, SocketAddr),
+    table: &Table,
+    telemetry: &Telemetry,
+) {
+    let local = tcp.local_addr().unwrap_or(key.1);
+    let (accept_proxy, shared) = match lock(table).get(&key) {
+        Some(p) => (p.accept_proxy, !p.routes.contains_key(&None)),
+        None => return abort_tcp(&tcp),
+    };
+    let routed = tokio::time::timeout(PEEK_TIMEOUT, async {
+        let (visitor, mut early) = if accept_proxy {
+            let (source, early) = crate::net::read_proxy_header(&mut tcp).await?;
+            (source.unwrap_or(from), early)
+        } else {
+            (from, Vec::new())
+        };
+        let name = if shared {
+            Some(read_name(&mut tcp, &mut early).await?)
+        } else {
+            None
+        };
+        Ok::<_, std::io::Error>((visitor, early, name))
+    })
+    .await;
+    let (visitor, early, name) = match routed {
+        Ok(Ok(r)) => r,
+        Ok(Err(e)) => {
+            debug!("refused: {e}");
+            return abort_tcp(&tcp);
+        }
+        Err(_) => {
+            debug!("refused: nothing to route by within {PEEK_TIMEOUT:?}");
+            return abort_tcp(&tcp);
+        }
+    };
+    let route = match &name {
+        Some(sniffed) => sniffed
+            .name()
+            .and_then(|n| lookup(table, key, n.to_string())),
+        None => lock(table)
+            .get(&key)
+            .and_then(|p| p.routes.get(&None).cloned()),
+    };
+    let Some(route) = route else {
+        if let Some(sniffed) = &name {
+            debug!("no service published for {sniffed:?}");
+            telemetry.refused(Refusal::UnknownName);
+            let answer: &[u8] = match sniffed {
+                Sniffed::Tls(_) => &sniff::TLS_UNRECOGNIZED_NAME,
+                Sniffed::Http(_) => sniff::HTTP_NOT_FOUND,
+                _ => &[],
+            };
+            let _ = tokio::time::timeout(PEEK_TIMEOUT, async {
+                tcp.write_all(answer).await?;
+                tcp.shutdown().await
+            })
+            .await;
+        }
+        return abort_tcp(&tcp);
+    };
+    let Some(queue) = &route.visitors else {
+        return abort_tcp(&tcp);
+    };
+    let header = VisitorHeader {
+        publish_id: route.publish_id,
+        visitor,
+        local,
+    };
+    let v = Visitor {
+        tcp,
+        header,
+        early,
+        live: route.live.clone(),
+        stop: route.stop.clone(),
+    };
+    if let Err(e) = queue.try_send(v) {
+        let v = match e {
+            mpsc::error::TrySendError::Full(v) | mpsc::error::TrySendError::Closed(v) => v,
+        };
+        warn!("{VISITOR_QUEUE} visitors already wait for the client; refusing one");
+        telemetry.refused(Refusal::PublishQueue);
+        abort_tcp(&v.tcp);
+    }
+}
+
+fn lookup(table: &Table, key: (Protocol, SocketAddr), name: String) -> Option<Route> {
+    lock(table)
+        .get(&key)
+        .and_then(|p| p.routes.get(&Some(name)).cloned())
+}
+
+/// Reads until the visitor's first bytes name a service (or cannot), at most
+/// [`sniff::MAX_PEEK`] bytes; what was read stays in `buf` for the client.
+async fn read_name(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Sniffed> {
+    let mut chunk = [0u8; 2048];
+    loop {
+        match sniff::sniff(buf) {
+            Sniffed::Incomplete if buf.len() < sniff::MAX_PEEK => {}
+            Sniffed::Incomplete => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    format!("no name in the first {} bytes", sniff::MAX_PEEK),
+                ));
+            }
+            Sniffed::Unknown => {
+                return Err(std::io::Error::new(
+                    std::io::ErrorKind::InvalidData,
+                    "neither a TLS ClientHello nor an HTTP request",
+                ));
+            }
+            named => return Ok(named),
+        }
+        let room = (sniff::MAX_PEEK - buf.len()).min(chunk.len());
+        let n = tcp.read(&mut chunk[..room]).await?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Turns the session's queued visitors into streams toward its client.
+pub(crate) async fn carry_visitors<C: Connection>(
+    conn: C,
+    mut visitors: mpsc::Receiver<Visitor>,
+    client: Arc<ClientShared>,
+    telemetry: Telemetry,
+) {
+    while let Some(v) = visitors.recv().await {
+        let span = info_span!("visitor", publish = v.header.publish_id, from = %v.header.visitor);
+        tokio::spawn(carry(conn.clone(), v, client.clone(), telemetry.clone()).instrument(span));
+    }
+}
+
+async fn carry<C: Connection>(
+    conn: C,
+    v: Visitor,
+    client: Arc<ClientShared>,
+    telemetry: Telemetry,
+) {
+    let Some(_claim) = client.claim(false) else {
+        warn!("visitor refused: the client is at its stream limit (max_streams)");
+        telemetry.refused(Refusal::StreamLimit);
+        return abort_tcp(&v.tcp);
+    };
+    let (mut send, recv) = match conn.open_bi().await {
+        Ok(s) => s,
+        Err(e) => {
+            debug!("cannot open a stream to the client: {e}");
+            return abort_tcp(&v.tcp);
+        }
+    };
+    if let Err(e) = write_frame(&mut send, &v.header).await {
+        debug!("cannot start the stream: {e}");
+        send.reset(StreamCode::PeerReset.as_u32());
+        return abort_tcp(&v.tcp);
+    }
+    if !v.early.is_empty()
+        && let Err(e) = send.write_all(&v.early).await
+    {
+        debug!("cannot start the stream: {e}");
+        return abort_tcp(&v.tcp);
+    }
+    tune_tcp(&v.tcp);
+    let meter = v.live.stream(Side::Server, None);
+    let ctl = Controls {
+        meter: &meter,
+        stop: Some(&v.stop),
+        from_tcp: Some(&client.caps.down),
+        to_tcp: Some(&client.caps.up),
+    };
+    match splice(v.tcp, send, recv, ctl).await {
+        SpliceEnd::Clean { up, down } => debug!(from_visitor = up, to_visitor = down, "done"),
+        SpliceEnd::Aborted { up, down, error } => {
+            debug!(from_visitor = up, to_visitor = down, "aborted: {error}")
+        }
+    }
+}
+
+/// A published UDP port held by one session: one flow per visitor address.
+pub(crate) struct PublishedUdp<C> {
+    conn: C,
+    socket: Arc<UdpSocket>,
+    publish_id: u16,
+    table: Mutex<FlowTable>,
+    max_flows: usize,
+    idle: Duration,
+    clock: Clock,
+    packet_ids: AtomicU16,
+    drops: DropCounter,
+    live: Arc<ForwardLive>,
+    telemetry: Telemetry,
+}
+
+impl<C: Connection> PublishedUdp<C> {
+    pub fn new(
+        conn: C,
+        socket: Arc<UdpSocket>,
+        publish_id: u16,
+        live: Arc<ForwardLive>,
+        config: &super::ServerConfig,
+    ) -> Self {
+        Self {
+            conn,
+            socket,
+            publish_id,
+            table: Mutex::new(FlowTable::default()),
+            max_flows: config.max_udp_flows,
+            idle: config.udp_idle_timeout,
+            clock: Clock::default(),
+            packet_ids: AtomicU16::new(0),
+            drops: DropCounter::new("UDP datagrams discarded"),
+            live,
+            telemetry: config.telemetry.clone(),
+        }
+    }
+
+    fn discard(&self, why: Discard, detail: &dyn std::fmt::Display) {
+        self.telemetry.dropped(why, 1);
+        self.drops.add(1, detail);
+    }
+
+    /// Visitors -> client, until `stop`.
+    pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let mut buf = vec![0u8; UDP_BUF];
+        let sweep_every = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        let mut sweep = tokio::time::interval(sweep_every);
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = stop.cancelled() => return,
+                _ = self.conn.closed() => return,
+                _ = sweep.tick() => {
+                    let mut table = lock(&self.table);
+                    table.expire(self.clock.now_ms(), self.idle.as_millis() as u64);
+                    self.live.flows_now(table.by_peer.len(), 0);
+                    continue;
+                }
+                r = self.socket.recv_from(&mut buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        debug!("published UDP receive: {e}");
+                        continue;
+                    }
+                },
+            };
+            let flow = {
+                let mut table = lock(&self.table);
+                let before = table.by_peer.len();
+                let flow = table.flow_for(peer, self.clock.now_ms(), self.max_flows);
+                let after = table.by_peer.len();
+                if after != before {
+                    self.live.flows_now(after, (after - before) as u64);
+                }
+                flow
+            };
+            let Some(flow_id) = flow else {
+                self.telemetry.refused(Refusal::UdpFlowLimit);
+                self.discard(
+                    Discard::FlowLimit,
+                    &format_args!("UDP flow limit ({}) reached", self.max_flows),
+                );
+                continue;
+            };
+            let key = FlowKey {
+                forward_id: self.publish_id,
+                flow_id,
+            };
+            match send_payload(&self.conn, key, &self.packet_ids, &buf[..n]) {
+                Ok(()) => self.live.add_down(n as u64),
+                Err(e) => self.discard(Discard::Tunnel, &format_args!("to client: {e}")),
+            }
+        }
+    }
+
+    /// Client -> the visitor that owns `flow_id`.
+    pub fn deliver(&self, flow_id: u32, payload: &[u8]) {
+        let Some(peer) = lock(&self.table).peer_of(flow_id, self.clock.now_ms()) else {
+            self.discard(
+                Discard::UnknownForward,
+                &"reply for an unknown or expired flow",
+            );
+            return;
+        };
+        // Straight to the kernel, as the client's side does (see `client::publish`).
+        match socket2::SockRef::from(&*self.socket).send_to(payload, &peer.into()) {
+            Ok(n) => self.live.add_up(n as u64),
+            Err(e) => self.discard(Discard::Socket, &format_args!("to visitor {peer}: {e}")),
+        }
+    }
+}
+
+/// The published UDP ports of one session, by publish id: where the client's replies go.
+pub(crate) type SessionUdp<C> = Mutex<HashMap<u16, Arc<PublishedUdp<C>>>>;
+
+/// What one session publishes: its routes, its visitors' queue, its UDP ports.
+pub(crate) struct SessionPublish<C> {
+    pub holder: Holder,
+    pub visitors: mpsc::Sender<Visitor>,
+    pub udp: Arc<SessionUdp<C>>,
+    held: Mutex<Vec<Held>>,
+    tasks: tokio_util::task::TaskTracker,
+}
+
+impl<C: Connection> SessionPublish<C> {
+    pub fn new(
+        holder: Holder,
+        visitors: mpsc::Sender<Visitor>,
+        tasks: tokio_util::task::TaskTracker,
+    ) -> Self {
+        Self {
+            holder,
+            visitors,
+            udp: Default::default(),
+            held: Default::default(),
+            tasks,
+        }
+    }
+
+    /// Answers one publish request: bind rules, then the table.
+    pub async fn publish(
+        &self,
+        conn: &C,
+        request_id: u32,
+        request: PublishRequest,
+        shared: &super::Shared,
+        session: &crate::telemetry::SessionGuard,
+    ) -> ControlResponse {
+        let config = &shared.config;
+        let rejected = |r: PolicyRefusal| {
+            warn!(
+                "publish {} refused: {}: {}",
+                request.bind, r.reason, r.detail
+            );
+            config.telemetry.refused(Refusal::Forward(r.reason));
+            ControlResponse::ForwardRejected {
+                request_id,
+                reason: r.reason,
+                detail: clamp_detail(&r.detail),
+            }
+        };
+        let bind: Source = match request.bind.parse() {
+            Ok(s) => s,
+            Err(e) => {
+                return rejected(PolicyRefusal {
+                    reason: RejectReason::InvalidSource,
+                    detail: e.to_string(),
+                });
+            }
+        };
+        let name = match request.name.as_deref().map(sniff::normalize_name) {
+            None => None,
+            Some(Some(n)) => Some(n),
+            Some(None) => {
+                return rejected(PolicyRefusal {
+                    reason: RejectReason::InvalidSource,
+                    detail: "the name is not a DNS name".into(),
+                });
+            }
+        };
+        let addr = match config.binds.check(&bind, name.as_deref()) {
+            Ok(a) => a,
+            Err(r) => return rejected(r),
+        };
+        // Requests come one at a time off the control stream: the count stays put.
+        let count = lock(&self.held).len();
+        if count
+            >= config
+                .max_forwards
+                .min(usize::from(u16::MAX - FIRST_PUBLISH_ID))
+        {
+            return rejected(PolicyRefusal {
+                reason: RejectReason::TooManyForwards,
+                detail: format!("at most {} publishes per connection", config.max_forwards),
+            });
+        }
+        let publish_id = FIRST_PUBLISH_ID + count as u16;
+        let label = match &name {
+            Some(n) => format!("publish {bind} {n}"),
+            None => format!("publish {bind}"),
+        };
+        let live = session.forward(publish_id.into(), &label);
+        let claim = Claim {
+            protocol: bind.protocol,
+            addr,
+            name,
+            accept_proxy: request.accept_proxy_protocol,
+            holder: self.holder.clone(),
+            publish_id,
+            visitors: (bind.protocol == Protocol::Tcp).then(|| self.visitors.clone()),
+            live: live.clone(),
+        };
+        let h = match shared.publishers.claim(claim, &config.telemetry).await {
+            Ok(h) => h,
+            Err(r) => return rejected(r),
+        };
+        if let Some(socket) = &h.udp {
+            let udp = Arc::new(PublishedUdp::new(
+                conn.clone(),
+                socket.clone(),
+                publish_id,
+                live,
+                config,
+            ));
+            lock(&self.udp).insert(publish_id, udp.clone());
+            self.tasks.spawn(udp.run(h.stop.clone()).in_current_span());
+        }
+        lock(&self.held).push(h);
+        info!(publish_id, "{label} accepted");
+        ControlResponse::PublishAccepted {
+            request_id,
+            publish_id,
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rules() -> BindRules {
+        BindRules {
+            tcp: AllowList::parse(&["127.0.0.0/8:20000-30000"]).unwrap(),
+            udp: AllowList::default(),
+            names: vec!["*.example.com".into(), "exact.test".into()],
+        }
+    }
+
+    #[test]
+    fn bind_rules() {
+        let r = rules();
+        let src = |s: &str| s.parse::<Source>().unwrap();
+        assert!(r.check(&src("tcp://127.0.0.1:20000"), None).is_ok());
+        let e = r.check(&src("tcp://127.0.0.1:80"), None).unwrap_err();
+        assert_eq!(e.reason, RejectReason::BindNotAllowed);
+        assert!(e.detail.contains("--allowed-bind-tcp"), "{}", e.detail);
+        let e = r.check(&src("udp://127.0.0.1:20000"), None).unwrap_err();
+        assert_eq!(e.reason, RejectReason::BindNotAllowed);
+        let e = r.check(&src("tcp://localhost:20000"), None).unwrap_err();
+        assert_eq!(e.reason, RejectReason::InvalidSource);
+        assert!(
+            r.check(&src("tcp://127.0.0.1:20000"), Some("a.example.com"))
+                .is_ok()
+        );
+        assert!(
+            r.check(&src("tcp://127.0.0.1:20000"), Some("exact.test"))
+                .is_ok()
+        );
+        let e = r
+            .check(&src("tcp://127.0.0.1:20000"), Some("other.test"))
+            .unwrap_err();
+        assert_eq!(e.reason, RejectReason::NameNotAllowed);
+        assert!(
+            BindRules::default()
+                .check(&src("tcp://127.0.0.1:20000"), None)
+                .is_err()
+        );
+    }
+
+    fn claim(client: &str, session: u64, name: Option<&str>, addr: SocketAddr) -> Claim {
+        let telemetry = Telemetry::new(crate::telemetry::Role::Server);
+        Claim {
+            protocol: Protocol::Tcp,
+            addr,
+            name: name.map(str::to_string),
+            accept_proxy: false,
+            holder: Holder {
+                session,
+                client: client.into(),
+            },
+            publish_id: porthole_proto::message::FIRST_PUBLISH_ID,
+            visitors: None,
+            live: telemetry.client_forward("publish", addr),
+        }
+    }
+
+    #[tokio::test]
+    async fn one_holder_per_address_and_name() {
+        let p = Publishers::default();
+        let t = Telemetry::new(crate::telemetry::Role::Server);
+        let addr: SocketAddr = "127.0.0.1:0".parse().unwrap();
+        // Port 0 binds anew each time: take a real port first.
+        let probe = std::net::TcpListener::bind(addr).unwrap();
+        let addr = probe.local_addr().unwrap();
+        drop(probe);
+        let a = p.claim(claim("a", 1, None, addr), &t).await.unwrap();
+        let e = p.claim(claim("b", 2, None, addr), &t).await.err().unwrap();
+        assert_eq!(e.reason, RejectReason::AddressTaken);
+        let e = p
+            .claim(claim("b", 2, Some("x.example.com"), addr), &t)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, RejectReason::AddressTaken);
+        // The same client's newer session takes over; the older one's release then
+        // leaves the newer route alone.
+        let a2 = p.claim(claim("a", 3, None, addr), &t).await.unwrap();
+        assert!(a.stop.is_cancelled());
+        drop(a);
+        assert!(lock(&p.table).contains_key(&(Protocol::Tcp, addr)));
+        drop(a2);
+        assert!(lock(&p.table).is_empty());
+        // Names share a port; each name has one holder.
+        let x = p
+            .claim(claim("a", 4, Some("x.example.com"), addr), &t)
+            .await
+            .unwrap();
+        let y = p
+            .claim(claim("b", 5, Some("y.example.com"), addr), &t)
+            .await
+            .unwrap();
+        let e = p
+            .claim(claim("b", 5, Some("x.example.com"), addr), &t)
+            .await
+            .err()
+            .unwrap();
+        assert_eq!(e.reason, RejectReason::AddressTaken);
+        let e = p.claim(claim("c", 6, None, addr), &t).await.err().unwrap();
+        assert_eq!(e.reason, RejectReason::AddressTaken);
+        drop(x);
+        drop(y);
+        assert!(lock(&p.table).is_empty());
+    }
+}
