@@ -42,6 +42,7 @@ pub async fn run_server(
         _ = shutdown.cancelled() => return Ok(()),
     };
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, "serving over the punched path");
+    super::server::log_binds(&s.binds);
     porthole_engine::server::run(acceptor.clone(), config, shutdown).await?;
     acceptor.close().await;
     watching.finish().await;

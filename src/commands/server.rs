@@ -49,6 +49,7 @@ async fn run_iroh(
     println!("EndpointId: {}", endpoint.id());
     println!("Ticket: {ticket}");
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, max_sessions = s.max_sessions, "serving");
+    log_binds(&s.binds);
     let acceptor = IrohAcceptor::new(endpoint.clone(), &s.quic);
     porthole_engine::server::run(acceptor, config, shutdown).await?;
     endpoint.close().await;
@@ -105,4 +106,16 @@ async fn wait_addressable(endpoint: &iroh::Endpoint, relays: &RelaySetting, rela
         }
     };
     let _ = tokio::time::timeout(limit, ready).await;
+}
+
+/// Where clients may publish, when anywhere (the default is nowhere, which says nothing).
+pub fn log_binds(b: &porthole_engine::server::publish::BindRules) {
+    if !b.tcp.is_empty() || !b.udp.is_empty() {
+        info!(
+            tcp = %b.tcp,
+            udp = %b.udp,
+            names = %b.names.join(", "),
+            "clients may publish"
+        );
+    }
 }

@@ -108,7 +108,8 @@ fn round_trip(s: &mut TcpStream, line: &[u8]) -> Vec<u8> {
 }
 
 /// Real nginx behind a published port with `listen ... proxy_protocol`: its access log
-/// names each visitor's address and port; the exact v1 bytes reach a recording target.
+/// names each visitor's address and port; the exact v1 bytes reach a recording target,
+/// also for a visitor that came through a load balancer (`accept_proxy_protocol`).
 #[test]
 fn nginx_behind_a_published_port_logs_the_visitor() {
     let np = free_tcp_port();
@@ -122,7 +123,7 @@ fn nginx_behind_a_published_port_logs_the_visitor() {
     ) else {
         return;
     };
-    let (p1, p2) = (free_tcp_port(), free_tcp_port());
+    let (p1, p2, p3) = (free_tcp_port(), free_tcp_port(), free_tcp_port());
     let data = b"hello from a visitor";
     let (t, got) = recording_target(data);
     let s = server(&["--allowed-bind-tcp", "127.0.0.1/32"]);
@@ -131,6 +132,7 @@ fn nginx_behind_a_published_port_logs_the_visitor() {
         &[
             format!("tcp://127.0.0.1:{p1}=127.0.0.1:{np}?proxy_protocol=v2"),
             format!("tcp://127.0.0.1:{p2}=127.0.0.1:{t}?proxy_protocol=v1"),
+            format!("tcp://127.0.0.1:{p3}=127.0.0.1:{t}?proxy_protocol=v1&accept_proxy_protocol=1"),
         ],
     );
     c.wait_line("tunnel up", LONG);
@@ -167,6 +169,27 @@ fn nginx_behind_a_published_port_logs_the_visitor() {
             visitor.port(),
             String::from_utf8_lossy(data)
         )
+    );
+
+    // Behind a load balancer: the server reads its header, the target hears of the
+    // balancer's visitor; a visitor without a header never reaches the target.
+    let mut sent = b"PROXY TCP4 198.51.100.23 10.1.2.3 40000 443\r\n".to_vec();
+    sent.extend_from_slice(data);
+    through(p3, &sent);
+    let seen = got.recv_timeout(LONG).unwrap();
+    assert_eq!(
+        String::from_utf8_lossy(&seen),
+        format!(
+            "PROXY TCP4 198.51.100.23 127.0.0.1 40000 {p3}\r\n{}",
+            String::from_utf8_lossy(data)
+        )
+    );
+    let mut bare = TcpStream::connect(("127.0.0.1", p3)).unwrap();
+    bare.write_all(data).unwrap();
+    wait_closed(&mut bare, Duration::from_secs(10));
+    assert!(
+        got.recv_timeout(Duration::from_secs(2)).is_err(),
+        "a visitor without a PROXY header reached the target"
     );
 }
 

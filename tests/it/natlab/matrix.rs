@@ -75,7 +75,7 @@ pub(super) fn write_secrets(lab: &Lab) {
 
 /// Echo services on `ns`'s loopback: TCP and UDP on 7000, and on 7001 a TCP echo that
 /// stalls for 3 s after its first bytes (natlab::windows).
-fn start_services(lab: &mut Lab, ns: &str) {
+pub(super) fn start_services(lab: &mut Lab, ns: &str) {
     let mut echo = lab.tool(ns);
     echo.args(["echo", "--tcp", "127.0.0.1:7000", "--udp", "127.0.0.1:7000"]);
     lab.spawn("echo", echo);

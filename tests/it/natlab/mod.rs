@@ -16,6 +16,7 @@ macro_rules! lab_test {
 pub mod lab;
 mod matrix;
 mod outage;
+mod publish;
 mod sharing;
 mod windows;
 mod wireguard;

@@ -1,0 +1,70 @@
+//! Publishing a home service on a VPS, in the lab: the server on the lab's internet
+//! (the "VPS", beside the relay), the publishing client behind a symmetric NAT (B),
+//! a visitor behind another NAT (A) reaching the server's public address. Every byte
+//! of a TCP transfer and of UDP datagrams is checked on the way back.
+
+use std::time::Duration;
+
+use super::lab::{LAB_LOCK, Lab, Nat, RELAY_IP};
+use super::matrix::{check, start_services, write_secrets};
+
+lab_test!(
+    a_service_behind_a_nat_is_published_on_the_internet,
+    publish_from_behind_a_nat()
+);
+
+fn publish_from_behind_a_nat() {
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(Nat::Cone, Nat::Symmetric, None);
+    let (visitor_ns, home_ns, vps_ns) = (lab.a.clone(), lab.b.clone(), lab.relay.clone());
+    write_secrets(&lab);
+    start_services(&mut lab, &home_ns);
+
+    let mut server = lab.cmd(&vps_ns);
+    server
+        .args(["server", "--secret-file", &lab.path("server.key")])
+        .args(["--auth-tokens-file", &lab.path("tokens.txt")])
+        .args(["--relay-url", &lab.relay_url(), "--relay-ca", &lab.ca()])
+        .args(["--dns-server", "none", "--no-portmap"])
+        .args(["--allowed-bind-tcp", "0.0.0.0/32:8443"])
+        .args(["--allowed-bind-udp", "0.0.0.0/32:8443"]);
+    let s = lab.spawn("server", server);
+    let ticket = lab.procs[s]
+        .wait_line("Ticket: ", Duration::from_secs(30))
+        .trim_start_matches("Ticket: ")
+        .to_string();
+    lab.procs[s].wait_line("serving", Duration::from_secs(30));
+
+    let mut client = lab.cmd(&home_ns);
+    client
+        .args(["client", "--ticket", &ticket])
+        .args(["--auth-token-file", &lab.path("tokens.txt")])
+        .args([
+            "--relay-ca",
+            &lab.ca(),
+            "--dns-server",
+            "none",
+            "--no-portmap",
+        ])
+        .args(["--publish", "tcp://0.0.0.0:8443=127.0.0.1:7000"])
+        .args(["--publish", "udp://0.0.0.0:8443=127.0.0.1:7000"]);
+    let c = lab.spawn("client", client);
+    lab.procs[c].wait_line("tunnel up", Duration::from_secs(30));
+
+    let public = format!("{RELAY_IP}:8443");
+    let tcp = check(
+        &lab,
+        &visitor_ns,
+        &[
+            "tcp-check",
+            &public,
+            "--bytes",
+            "1000000",
+            "--timeout-s",
+            "30",
+        ],
+    );
+    eprintln!("tcp-check: {tcp}");
+    let udp = check(&lab, &visitor_ns, &["udp-check", &public, "--count", "20"]);
+    eprintln!("udp-check: {udp}");
+}
