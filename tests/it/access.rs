@@ -554,19 +554,6 @@ fn a_clients_bandwidth_cap_holds_and_its_stream_limit_too() {
     server.wait_line("max_streams", LONG);
 }
 
-/// A UDP echo on loopback (a thread), for the flow limit.
-fn udp_echo_blocking() -> u16 {
-    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-    port
-}
-
 /// Whether a datagram from `sock` to `port` comes back within a few tries.
 fn udp_answered(sock: &std::net::UdpSocket, port: u16) -> bool {
     sock.set_read_timeout(Some(Duration::from_millis(500)))
@@ -584,7 +571,7 @@ fn udp_answered(sock: &std::net::UdpSocket, port: u16) -> bool {
 #[test]
 fn a_clients_udp_flow_limit_holds() {
     let lab = Lab::new();
-    let echo = udp_echo_blocking();
+    let echo = crate::support::echo::udp_echo_blocking();
     lab.write_file(
         "access.toml",
         &format!(

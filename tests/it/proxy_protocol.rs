@@ -183,8 +183,26 @@ fn an_accepted_header_names_the_user_and_a_missing_one_is_refused() {
 /// `$proxy_protocol_addr:$proxy_protocol_port`.
 pub(crate) struct Nginx {
     child: std::process::Child,
-    pub log: std::path::PathBuf,
+    log: std::path::PathBuf,
     pub dir: tempfile::TempDir,
+}
+
+impl Nginx {
+    /// Waits (10 s at most) for `want` as a whole line of the access log.
+    pub fn wait_log_line(&self, want: &str) {
+        let deadline = Instant::now() + Duration::from_secs(10);
+        loop {
+            let log = std::fs::read_to_string(&self.log).unwrap_or_default();
+            if log.lines().any(|l| l == want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "nginx's log lacks {want:?}:\n{log}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
 }
 
 impl Drop for Nginx {
@@ -279,17 +297,6 @@ fn nginx_logs_the_users_address_from_v1_and_v2() {
             "127.0.0.1:{} 127.0.0.1 \"GET {path} HTTP/1.0\"",
             user.port()
         );
-        let deadline = Instant::now() + Duration::from_secs(10);
-        loop {
-            let log = std::fs::read_to_string(&nginx.log).unwrap_or_default();
-            if log.lines().any(|l| l == want) {
-                break;
-            }
-            assert!(
-                Instant::now() < deadline,
-                "{path}: nginx's log lacks {want:?}:\n{log}"
-            );
-            std::thread::sleep(Duration::from_millis(100));
-        }
+        nginx.wait_log_line(&want);
     }
 }

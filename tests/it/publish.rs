@@ -147,18 +147,7 @@ fn nginx_behind_a_published_port_logs_the_visitor() {
         "127.0.0.1:{} 127.0.0.1 \"GET /published HTTP/1.0\"",
         visitor.port()
     );
-    let deadline = Instant::now() + Duration::from_secs(10);
-    loop {
-        let log = std::fs::read_to_string(&nginx.log).unwrap_or_default();
-        if log.lines().any(|l| l == want) {
-            break;
-        }
-        assert!(
-            Instant::now() < deadline,
-            "nginx's log lacks {want:?}:\n{log}"
-        );
-        std::thread::sleep(Duration::from_millis(100));
-    }
+    nginx.wait_log_line(&want);
 
     let (_, visitor) = through(p2, data);
     let seen = got.recv_timeout(LONG).unwrap();
@@ -309,24 +298,11 @@ fn tls_backends_share_one_port_by_sni_and_http_by_host() {
     );
 }
 
-/// A UDP echo on the client's side: answers each datagram with itself.
-fn udp_echo() -> u16 {
-    let s = UdpSocket::bind("127.0.0.1:0").unwrap();
-    let port = s.local_addr().unwrap().port();
-    std::thread::spawn(move || {
-        let mut buf = [0u8; 2048];
-        while let Ok((n, from)) = s.recv_from(&mut buf) {
-            let _ = s.send_to(&buf[..n], from);
-        }
-    });
-    port
-}
-
 /// Two visitors of a published UDP port, interleaved: each hears only its own
 /// datagrams back.
 #[test]
 fn udp_visitors_are_kept_apart() {
-    let echo = udp_echo();
+    let echo = crate::support::echo::udp_echo_blocking();
     let u = free_udp_port();
     let s = server(&["--allowed-bind-udp", &format!("127.0.0.1/32:{u}")]);
     let c = s.client("a", &[format!("udp://127.0.0.1:{u}=127.0.0.1:{echo}")]);

@@ -175,6 +175,122 @@ impl FlowTable {
     }
 }
 
+/// The side of a UDP forward that listens (the client's forwards, the server's published
+/// ports): one socket, one flow per peer address, replies to exactly that peer.
+pub(crate) struct Listening {
+    pub socket: std::sync::Arc<UdpSocket>,
+    table: std::sync::Mutex<FlowTable>,
+    idle: Duration,
+    max_flows: usize,
+    clock: Clock,
+    /// Numbers this side's fragmented packets toward the tunnel.
+    pub packet_ids: AtomicU16,
+    drops: DropCounter,
+    /// Counts up what peers send into the tunnel, down what reaches them from it.
+    pub live: std::sync::Arc<crate::telemetry::ForwardLive>,
+    telemetry: crate::telemetry::Telemetry,
+}
+
+impl Listening {
+    pub fn new(
+        socket: std::sync::Arc<UdpSocket>,
+        live: std::sync::Arc<crate::telemetry::ForwardLive>,
+        idle: Duration,
+        max_flows: usize,
+        telemetry: crate::telemetry::Telemetry,
+    ) -> Self {
+        Self {
+            socket,
+            table: Default::default(),
+            idle,
+            max_flows,
+            clock: Clock::default(),
+            packet_ids: AtomicU16::new(0),
+            drops: DropCounter::new("UDP datagrams discarded"),
+            live,
+            telemetry,
+        }
+    }
+
+    fn table(&self) -> std::sync::MutexGuard<'_, FlowTable> {
+        self.table.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// Counts a discarded datagram for the log and the metrics.
+    pub fn discard(&self, why: crate::telemetry::Discard, detail: &dyn std::fmt::Display) {
+        self.telemetry.dropped(why, 1);
+        self.drops.add(1, detail);
+    }
+
+    /// How often idle flows are looked for.
+    pub fn sweep_every(&self) -> Duration {
+        (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    }
+
+    /// Forgets the flows idle for the idle timeout.
+    pub fn sweep(&self) {
+        let mut table = self.table();
+        let n = table.expire(self.clock.now_ms(), self.idle.as_millis() as u64);
+        self.live.flows_now(table.by_peer.len(), 0);
+        drop(table);
+        if n > 0 {
+            tracing::debug!("{n} idle UDP flow(s) expired");
+        }
+    }
+
+    /// The flow of `peer`, a new one if it has none and the limit allows (else the
+    /// datagram is counted as discarded).
+    pub fn flow_of(&self, peer: SocketAddr) -> Option<u32> {
+        let mut table = self.table();
+        let before = table.by_peer.len();
+        let flow = table.flow_for(peer, self.clock.now_ms(), self.max_flows);
+        let after = table.by_peer.len();
+        drop(table);
+        if after != before {
+            self.live.flows_now(after, (after - before) as u64);
+        }
+        if flow.is_none() {
+            self.telemetry
+                .refused(crate::telemetry::Refusal::UdpFlowLimit);
+            self.discard(
+                crate::telemetry::Discard::FlowLimit,
+                &format_args!("UDP flow limit ({}) reached", self.max_flows),
+            );
+        }
+        flow
+    }
+
+    /// A datagram from the tunnel, to the peer that owns `flow_id`.
+    pub fn to_peer(&self, flow_id: u32, payload: &[u8]) {
+        use crate::telemetry::Discard;
+        let Some(peer) = self.table().peer_of(flow_id, self.clock.now_ms()) else {
+            self.discard(
+                Discard::UnknownForward,
+                &"reply for an unknown or expired flow",
+            );
+            return;
+        };
+        // Straight to the kernel: tokio has no writability recorded for a socket only
+        // ever read from, so its try_send_to could drop a datagram that would go out.
+        match socket2::SockRef::from(&*self.socket).send_to(payload, &peer.into()) {
+            Ok(n) => self.live.add_down(n as u64),
+            Err(e) => self.discard(Discard::Socket, &format_args!("to {peer}: {e}")),
+        }
+    }
+}
+
+impl Clock {
+    /// How long a flow last active at `last_ms` has left before `idle` ends it
+    /// (`None`: it has ended).
+    pub fn left(&self, last_ms: &AtomicU64, idle: Duration) -> Option<Duration> {
+        let idle_ms = self
+            .now_ms()
+            .saturating_sub(last_ms.load(Ordering::Relaxed));
+        idle.checked_sub(Duration::from_millis(idle_ms))
+            .filter(|d| !d.is_zero())
+    }
+}
+
 /// A UDP socket of the target's family, connected to it so only its replies arrive.
 pub(crate) async fn connect_udp(target: SocketAddr) -> std::io::Result<UdpSocket> {
     let bind: SocketAddr = match target {

@@ -129,7 +129,12 @@ pub(super) fn start_iroh_server(lab: &mut Lab) -> (usize, String) {
 /// A client on host A for `ticket` (the lab's token, relay CA, no DNS, no port
 /// mapping), without forwards: the caller adds them.
 pub(super) fn iroh_client(lab: &Lab, ticket: &str) -> Command {
-    let mut client = lab.cmd(&lab.a);
+    iroh_client_in(lab, &lab.a, ticket)
+}
+
+/// [`iroh_client`] in namespace `ns`.
+pub(super) fn iroh_client_in(lab: &Lab, ns: &str, ticket: &str) -> Command {
+    let mut client = lab.cmd(ns);
     client
         .args(["client", "--ticket", ticket])
         .args(["--auth-token-file", &lab.path("tokens.txt")])

@@ -6,7 +6,7 @@
 use std::time::Duration;
 
 use super::lab::{LAB_LOCK, Lab, Nat, RELAY_IP};
-use super::matrix::{check, start_services, write_secrets};
+use super::matrix::{check, iroh_client_in, start_services, write_secrets};
 
 lab_test!(
     a_service_behind_a_nat_is_published_on_the_internet,
@@ -35,17 +35,8 @@ fn publish_from_behind_a_nat() {
         .to_string();
     lab.procs[s].wait_line("serving", Duration::from_secs(30));
 
-    let mut client = lab.cmd(&home_ns);
+    let mut client = iroh_client_in(&lab, &home_ns, &ticket);
     client
-        .args(["client", "--ticket", &ticket])
-        .args(["--auth-token-file", &lab.path("tokens.txt")])
-        .args([
-            "--relay-ca",
-            &lab.ca(),
-            "--dns-server",
-            "none",
-            "--no-portmap",
-        ])
         .args(["--publish", "tcp://0.0.0.0:8443=127.0.0.1:7000"])
         .args(["--publish", "udp://0.0.0.0:8443=127.0.0.1:7000"]);
     let c = lab.spawn("client", client);

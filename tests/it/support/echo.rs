@@ -99,3 +99,17 @@ pub async fn closed_port() -> SocketAddr {
     drop(l);
     addr
 }
+
+/// A UDP echo on loopback served from a thread (tests without a runtime): answers each
+/// datagram with itself; its port.
+pub fn udp_echo_blocking() -> u16 {
+    let s = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+    let port = s.local_addr().unwrap().port();
+    std::thread::spawn(move || {
+        let mut buf = [0u8; 2048];
+        while let Ok((n, from)) = s.recv_from(&mut buf) {
+            let _ = s.send_to(&buf[..n], from);
+        }
+    });
+    port
+}

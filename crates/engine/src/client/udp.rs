@@ -3,9 +3,8 @@
 //! other's packets.
 
 use std::collections::HashMap;
-use std::sync::atomic::AtomicU16;
-use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::sync::Arc;
+use std::time::Instant;
 
 use bytes::Bytes;
 use porthole_proto::datagram::{FlowKey, Received, Receiver};
@@ -15,21 +14,15 @@ use tokio_util::sync::CancellationToken;
 use tracing::debug;
 
 use super::{ClientConfig, Session};
-use crate::telemetry::{Discard, ForwardLive, Telemetry};
+use crate::telemetry::{Discard, ForwardLive};
 use crate::transport::Connection;
-use crate::udp::{Clock, DropCounter, FlowTable, UDP_BUF, send_payload};
+use crate::udp::{DropCounter, Listening, UDP_BUF, send_payload};
 
+/// One UDP forward's local socket, for the whole run (across reconnects).
 pub(crate) struct UdpForward {
-    socket: Arc<UdpSocket>,
+    local: Listening,
+    /// Which forward it is (its index in the config): the id comes with each session.
     index: usize,
-    table: Mutex<FlowTable>,
-    idle: Duration,
-    max_flows: usize,
-    clock: Clock,
-    packet_ids: AtomicU16,
-    drops: DropCounter,
-    live: Arc<ForwardLive>,
-    telemetry: Telemetry,
 }
 
 impl UdpForward {
@@ -40,27 +33,15 @@ impl UdpForward {
         live: Arc<ForwardLive>,
     ) -> Self {
         Self {
-            socket,
+            local: Listening::new(
+                socket,
+                live,
+                config.udp_idle_timeout,
+                config.max_udp_flows,
+                config.telemetry.clone(),
+            ),
             index,
-            table: Mutex::new(FlowTable::default()),
-            idle: config.udp_idle_timeout,
-            max_flows: config.max_udp_flows,
-            clock: Clock::default(),
-            packet_ids: AtomicU16::new(0),
-            drops: DropCounter::new("UDP datagrams discarded"),
-            live,
-            telemetry: config.telemetry.clone(),
         }
-    }
-
-    /// Counts discarded datagrams for the log and the metrics.
-    fn discard(&self, why: Discard, detail: &dyn std::fmt::Display) {
-        self.telemetry.dropped(why, 1);
-        self.drops.add(1, detail);
-    }
-
-    fn table(&self) -> std::sync::MutexGuard<'_, FlowTable> {
-        self.table.lock().unwrap_or_else(|e| e.into_inner())
     }
 
     /// Local peers -> tunnel, for the whole run (across reconnects).
@@ -69,23 +50,17 @@ impl UdpForward {
         sessions: watch::Receiver<Option<Arc<Session<C>>>>,
         cancel: CancellationToken,
     ) {
+        let local = &self.local;
         let mut buf = vec![0u8; UDP_BUF];
-        let sweep_every = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let mut sweep = tokio::time::interval(sweep_every);
+        let mut sweep = tokio::time::interval(local.sweep_every());
         loop {
             let (n, peer) = tokio::select! {
                 _ = cancel.cancelled() => return,
                 _ = sweep.tick() => {
-                    let mut table = self.table();
-                    let n = table.expire(self.clock.now_ms(), self.idle.as_millis() as u64);
-                    self.live.flows_now(table.by_peer.len(), 0);
-                    drop(table);
-                    if n > 0 {
-                        debug!("{n} idle UDP flow(s) expired");
-                    }
+                    local.sweep();
                     continue;
                 }
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = local.socket.recv_from(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => {
                         debug!("local UDP receive: {e}");
@@ -93,26 +68,12 @@ impl UdpForward {
                     }
                 },
             };
-            let flow = {
-                let mut table = self.table();
-                let before = table.by_peer.len();
-                let flow = table.flow_for(peer, self.clock.now_ms(), self.max_flows);
-                let after = table.by_peer.len();
-                if after != before {
-                    self.live.flows_now(after, (after - before) as u64);
-                }
-                flow
-            };
-            let Some(flow_id) = flow else {
-                self.discard(
-                    Discard::FlowLimit,
-                    &format_args!("UDP flow limit ({}) reached", self.max_flows),
-                );
+            let Some(flow_id) = local.flow_of(peer) else {
                 continue;
             };
             let session = sessions.borrow().clone();
             let Some(session) = session else {
-                self.discard(Discard::Tunnel, &"tunnel is down");
+                local.discard(Discard::Tunnel, &"tunnel is down");
                 continue;
             };
             let Some(&forward_id) = session.forward_ids.get(self.index) else {
@@ -122,26 +83,16 @@ impl UdpForward {
                 forward_id,
                 flow_id,
             };
-            match send_payload(&session.conn, key, &self.packet_ids, &buf[..n]) {
-                Ok(()) => self.live.add_up(n as u64),
-                Err(e) => self.discard(Discard::Tunnel, &format_args!("to tunnel: {e}")),
+            match send_payload(&session.conn, key, &local.packet_ids, &buf[..n]) {
+                Ok(()) => local.live.add_up(n as u64),
+                Err(e) => local.discard(Discard::Tunnel, &format_args!("to tunnel: {e}")),
             }
         }
     }
 
     /// Tunnel -> the local peer that owns `flow_id`.
     fn deliver(&self, flow_id: u32, payload: &[u8]) {
-        let Some(peer) = self.table().peer_of(flow_id, self.clock.now_ms()) else {
-            self.discard(
-                Discard::UnknownForward,
-                &"reply for an unknown or expired flow",
-            );
-            return;
-        };
-        match self.socket.try_send_to(payload, peer) {
-            Ok(n) => self.live.add_down(n as u64),
-            Err(e) => self.discard(Discard::Socket, &format_args!("to local peer {peer}: {e}")),
-        }
+        self.local.to_peer(flow_id, payload);
     }
 }
 

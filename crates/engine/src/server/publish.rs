@@ -18,7 +18,6 @@
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::sync::atomic::AtomicU16;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -41,7 +40,7 @@ use crate::policy::{AllowList, Refusal as PolicyRefusal};
 use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{Discard, ForwardLive, Refusal, Side, Telemetry};
 use crate::transport::{Connection, SendStream};
-use crate::udp::{Clock, DropCounter, FlowTable, UDP_BUF, send_payload, size_socket};
+use crate::udp::{Listening, UDP_BUF, send_payload, size_socket};
 
 /// Visitors queued for one session before new ones are refused (the client is slow or
 /// at its stream limit): bounds what a flood of visitors can hold.
@@ -624,16 +623,8 @@ async fn carry<C: Connection>(
 /// A published UDP port held by one session: one flow per visitor address.
 pub(crate) struct PublishedUdp<C> {
     conn: C,
-    socket: Arc<UdpSocket>,
     publish_id: u16,
-    table: Mutex<FlowTable>,
-    max_flows: usize,
-    idle: Duration,
-    clock: Clock,
-    packet_ids: AtomicU16,
-    drops: DropCounter,
-    live: Arc<ForwardLive>,
-    telemetry: Telemetry,
+    visitors: Listening,
 }
 
 impl<C: Connection> PublishedUdp<C> {
@@ -646,40 +637,31 @@ impl<C: Connection> PublishedUdp<C> {
     ) -> Self {
         Self {
             conn,
-            socket,
             publish_id,
-            table: Mutex::new(FlowTable::default()),
-            max_flows: config.max_udp_flows,
-            idle: config.udp_idle_timeout,
-            clock: Clock::default(),
-            packet_ids: AtomicU16::new(0),
-            drops: DropCounter::new("UDP datagrams discarded"),
-            live,
-            telemetry: config.telemetry.clone(),
+            visitors: Listening::new(
+                socket,
+                live,
+                config.udp_idle_timeout,
+                config.max_udp_flows,
+                config.telemetry.clone(),
+            ),
         }
-    }
-
-    fn discard(&self, why: Discard, detail: &dyn std::fmt::Display) {
-        self.telemetry.dropped(why, 1);
-        self.drops.add(1, detail);
     }
 
     /// Visitors -> client, until `stop`.
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
+        let visitors = &self.visitors;
         let mut buf = vec![0u8; UDP_BUF];
-        let sweep_every = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
-        let mut sweep = tokio::time::interval(sweep_every);
+        let mut sweep = tokio::time::interval(visitors.sweep_every());
         loop {
             let (n, peer) = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.conn.closed() => return,
                 _ = sweep.tick() => {
-                    let mut table = lock(&self.table);
-                    table.expire(self.clock.now_ms(), self.idle.as_millis() as u64);
-                    self.live.flows_now(table.by_peer.len(), 0);
+                    visitors.sweep();
                     continue;
                 }
-                r = self.socket.recv_from(&mut buf) => match r {
+                r = visitors.socket.recv_from(&mut buf) => match r {
                     Ok(x) => x,
                     Err(e) => {
                         debug!("published UDP receive: {e}");
@@ -687,49 +669,24 @@ impl<C: Connection> PublishedUdp<C> {
                     }
                 },
             };
-            let flow = {
-                let mut table = lock(&self.table);
-                let before = table.by_peer.len();
-                let flow = table.flow_for(peer, self.clock.now_ms(), self.max_flows);
-                let after = table.by_peer.len();
-                if after != before {
-                    self.live.flows_now(after, (after - before) as u64);
-                }
-                flow
-            };
-            let Some(flow_id) = flow else {
-                self.telemetry.refused(Refusal::UdpFlowLimit);
-                self.discard(
-                    Discard::FlowLimit,
-                    &format_args!("UDP flow limit ({}) reached", self.max_flows),
-                );
+            let Some(flow_id) = visitors.flow_of(peer) else {
                 continue;
             };
             let key = FlowKey {
                 forward_id: self.publish_id,
                 flow_id,
             };
-            match send_payload(&self.conn, key, &self.packet_ids, &buf[..n]) {
-                Ok(()) => self.live.add_down(n as u64),
-                Err(e) => self.discard(Discard::Tunnel, &format_args!("to client: {e}")),
+            // Up: from the listening side's peer into the tunnel (as on the client).
+            match send_payload(&self.conn, key, &visitors.packet_ids, &buf[..n]) {
+                Ok(()) => visitors.live.add_up(n as u64),
+                Err(e) => visitors.discard(Discard::Tunnel, &format_args!("to client: {e}")),
             }
         }
     }
 
     /// Client -> the visitor that owns `flow_id`.
     pub fn deliver(&self, flow_id: u32, payload: &[u8]) {
-        let Some(peer) = lock(&self.table).peer_of(flow_id, self.clock.now_ms()) else {
-            self.discard(
-                Discard::UnknownForward,
-                &"reply for an unknown or expired flow",
-            );
-            return;
-        };
-        // Straight to the kernel, as the client's side does (see `client::publish`).
-        match socket2::SockRef::from(&*self.socket).send_to(payload, &peer.into()) {
-            Ok(n) => self.live.add_up(n as u64),
-            Err(e) => self.discard(Discard::Socket, &format_args!("to visitor {peer}: {e}")),
-        }
+        self.visitors.to_peer(flow_id, payload);
     }
 }
 

@@ -213,15 +213,7 @@ impl<C: Connection> ServerUdp<C> {
     async fn reply_loop(self: Arc<Self>, key: FlowKey, flow: Arc<Flow>) {
         let mut buf = vec![0u8; UDP_BUF];
         loop {
-            let idle_ms = self
-                .clock
-                .now_ms()
-                .saturating_sub(flow.last_ms.load(Ordering::Relaxed));
-            let Some(left) = self
-                .idle
-                .checked_sub(Duration::from_millis(idle_ms))
-                .filter(|d| !d.is_zero())
-            else {
+            let Some(left) = self.clock.left(&flow.last_ms, self.idle) else {
                 debug!("UDP flow idle for {:?}: closing", self.idle);
                 break;
             };
