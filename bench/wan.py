@@ -50,11 +50,13 @@ CELLS = [(1, "up"), (1, "down"), (4, "up"), (4, "down")]
 class Lab:
     """`porthole-labtool lab`: the network lives as long as its stdin is open."""
 
-    def __init__(self, work, rtt_ms, loss, rate_mbit, queue_ms):
+    def __init__(self, work, rtt_ms, loss, rate_mbit, queue_ms, tcp_wmem_max=None):
         self.log = open(work / "lab.log", "w")
         argv = [LABTOOL, "lab", "--delay-ms", str(rtt_ms // 2), "--loss", str(loss),
                 "--rate-mbit", str(rate_mbit), "--queue-ms", str(queue_ms), "--offloads-off",
                 "--dnat-tcp", str(IPERF_PORT), "--dnat-tcp", str(STUNNEL_PORT)]
+        if tcp_wmem_max:
+            argv += ["--tcp-wmem-max", str(tcp_wmem_max)]
         self.p = subprocess.Popen([str(a) for a in argv], stdin=subprocess.PIPE, stdout=subprocess.PIPE,
                                   stderr=self.log, text=True)
         line = self.p.stdout.readline()
@@ -231,7 +233,7 @@ def path_name(rtt, loss):
 
 
 def measure_path(work, rtt, loss, args):
-    lab = Lab(work, rtt, loss, args.rate, args.queue_ms)
+    lab = Lab(work, rtt, loss, args.rate, args.queue_ms, args.tcp_wmem_max)
     p = Path_(work, lab, args.cases)
     try:
         p.start()
@@ -366,6 +368,9 @@ def main():
     ap.add_argument("--rate", type=int, default=500, help="bottleneck, Mbit/s")
     ap.add_argument("--queue-ms", type=int, default=50, help="bottleneck queue, ms of traffic at its rate")
     ap.add_argument("--no-docs", action="store_true", help="print only, do not update docs/BENCHMARKS.md")
+    ap.add_argument("--tcp-wmem-max", type=int, default=None,
+                    help="kernel TCP send-buffer limit (net.ipv4.tcp_wmem max, bytes) on every lab host; "
+                         "default: the kernel's (4 MiB)")
     args = ap.parse_args()
     if os.geteuid() != 0:
         ap.error("the WAN lab builds network namespaces: run as root")

@@ -111,6 +111,10 @@ enum Cmd {
         /// TCP ports on NAT B's public address forwarded to host B (repeatable).
         #[arg(long)]
         dnat_tcp: Vec<u16>,
+        /// Kernel TCP send-buffer limit (net.ipv4.tcp_wmem's max, bytes) in every
+        /// namespace; default: the kernel's.
+        #[arg(long)]
+        tcp_wmem_max: Option<u32>,
     },
     /// Hold an interactive connection (a line every INTERVAL_MS) and a bulk one (paced
     /// to BULK_MBIT) to an echo for SECONDS, verifying every byte. Prints the lines, the
@@ -189,6 +193,7 @@ fn main() -> ExitCode {
             queue_ms,
             offloads_off,
             dnat_tcp,
+            tcp_wmem_max,
         } => {
             let mut spec = lab::Spec::new(client_nat, server_nat);
             if delay_ms > 0 || loss > 0.0 {
@@ -202,6 +207,7 @@ fn main() -> ExitCode {
             }
             spec.offloads_off = offloads_off;
             spec.server_dnat_tcp = dnat_tcp;
+            spec.tcp_wmem_max = tcp_wmem_max;
             hold_lab(&spec)
         }
     };
