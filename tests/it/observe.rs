@@ -63,7 +63,7 @@ impl Lab {
 }
 
 /// `porthole status --socket PATH --json`, parsed.
-fn status_json(socket: &Path) -> Value {
+pub(crate) fn status_json(socket: &Path) -> Value {
     let out = bin()
         .args(["status", "--json", "--socket"])
         .arg(socket)

@@ -32,7 +32,11 @@ fn server(flags: &[&str]) -> Server {
     std::fs::write(dir.path().join("a.txt"), format!("{TOKEN}\n")).unwrap();
     std::fs::write(dir.path().join("b.txt"), format!("{OTHER_TOKEN}\n")).unwrap();
     let port = free_udp_port();
-    let proc = Offline::server(&tokens, port).args(flags).spawn("server");
+    let socket = dir.path().join("server.sock");
+    let proc = Offline::server(&tokens, port)
+        .args(flags)
+        .args(&["--control-socket", socket.to_str().unwrap()])
+        .spawn("server");
     let id = endpoint_id(&proc);
     proc.wait_line("serving", LONG);
     Server {
@@ -392,6 +396,27 @@ fn refused_publishes_exit_7_and_one_of_two_racing_clients_wins() {
         b"the winner serves\n"
     );
     assert!(winner.is_running());
+
+    // What the operator sees: the publish with its visitor, and each refusal's reason.
+    drop(v);
+    let r = crate::observe::status_json(&s.dir.path().join("server.sock"));
+    let sessions = r["server"]["sessions"].as_array().unwrap();
+    let published = sessions
+        .iter()
+        .flat_map(|s| s["forwards"].as_array().unwrap())
+        .find(|f| f["source"] == format!("publish tcp://127.0.0.1:{p}"))
+        .unwrap_or_else(|| panic!("no publish in {r}"));
+    assert_eq!(published["tcp_total"], 1, "{r}");
+    let refusals = r["server"]["refusals"].as_array().unwrap();
+    let count = |reason: &str| {
+        refusals
+            .iter()
+            .find(|x| x["reason"] == reason)
+            .and_then(|x| x["count"].as_u64())
+    };
+    assert_eq!(count("bind_not_allowed"), Some(1), "{r}");
+    assert_eq!(count("name_not_allowed"), Some(1), "{r}");
+    assert_eq!(count("address_taken"), Some(1), "{r}");
 }
 
 /// A client killed while a visitor is connected, then started again before the server
@@ -494,4 +519,75 @@ fn floods_and_garbage_on_a_shared_port_leave_others_served() {
     visit();
     drop(flood);
     assert!(c.output().contains("tunnel up"));
+}
+
+/// A server from before publishes closes a connection whose control stream carries one
+/// with `ProtocolError`: the client names that and exits (version mismatch, 5), instead
+/// of retrying for ever. The stand-in server answers the auth, then closes as an old
+/// server would on the request it cannot decode.
+#[tokio::test]
+async fn a_server_that_predates_publishing_is_named_not_retried() {
+    use porthole_engine::client::{Client, ClientConfig, ClientError, PublishSpec};
+    use porthole_engine::control::{read_frame_body, write_frame};
+    use porthole_engine::transport::{Acceptor, Connection};
+    use porthole_proto::close::CloseCode;
+    use porthole_proto::message::AuthResponse;
+
+    let net = crate::support::Net::default();
+    let params = porthole_engine::quic_params::QuicParams::default();
+    let endpoint = porthole_transport_iroh::bind(&net.options(true, None), &params)
+        .await
+        .unwrap();
+    let acceptor = porthole_transport_iroh::IrohAcceptor::new(endpoint.clone(), &params);
+    let old_server = tokio::spawn(async move {
+        let mut served = 0;
+        while let Some(h) = acceptor.accept().await {
+            let Ok(conn) = h.await else { continue };
+            served += 1;
+            let (mut send, mut recv) = conn.accept_bi().await.unwrap();
+            read_frame_body(&mut recv).await.unwrap();
+            let ok = AuthResponse::Accepted {
+                version: porthole_proto::PROTOCOL_VERSION,
+                max_streams: 16,
+            };
+            write_frame(&mut send, &ok).await.unwrap();
+            let _ = read_frame_body(&mut recv).await;
+            conn.close(
+                CloseCode::ProtocolError.as_u32(),
+                b"malformed control message",
+            );
+            let _ = conn.closed().await;
+            if served > 3 {
+                break;
+            }
+        }
+        served
+    });
+
+    let mut config = ClientConfig::new(crate::support::token(TOKEN), Vec::new());
+    config.publishes = vec![PublishSpec {
+        bind: "tcp://127.0.0.1:8443".parse().unwrap(),
+        name: None,
+        target: "tcp://127.0.0.1:80".parse().unwrap(),
+        proxy: Default::default(),
+    }];
+    let client = Client::bind(config).await.unwrap();
+    let connector = porthole_transport_iroh::IrohConnector::new(
+        porthole_transport_iroh::bind(&net.options(false, None), &params)
+            .await
+            .unwrap(),
+        endpoint.addr(),
+        &params,
+    );
+    let ended = tokio::time::timeout(
+        Duration::from_secs(30),
+        client.run(connector, tokio_util::sync::CancellationToken::new()),
+    )
+    .await
+    .expect("the client kept retrying an old server");
+    match ended {
+        Err(ClientError::Version(why)) => assert!(why.contains("--publish"), "{why}"),
+        other => panic!("expected a version mismatch, got {other:?}"),
+    }
+    old_server.abort();
 }

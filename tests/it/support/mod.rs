@@ -132,7 +132,7 @@ impl Net {
         self
     }
 
-    fn options(&self, accept: bool, secret: Option<SecretKey>) -> IrohOptions {
+    pub fn options(&self, accept: bool, secret: Option<SecretKey>) -> IrohOptions {
         IrohOptions {
             secret,
             relays: match &self.relay {

@@ -143,7 +143,7 @@ pub(crate) async fn establish<K: Connector>(
             // The server usually closed the connection with a reason: wait briefly for it.
             let end = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             conn.close(CloseCode::Normal.as_u32(), b"");
-            Err(classify(end.ok(), e))
+            Err(classify(end.ok(), e, !config.publishes.is_empty()))
         }
         Err(_) => {
             conn.close(CloseCode::Normal.as_u32(), b"handshake timeout");
@@ -280,9 +280,21 @@ async fn handshake<C: Connection>(
     Ok((ids, (send, recv)))
 }
 
-fn classify(end: Option<ConnectionEnd>, e: ControlError) -> EstablishError {
+fn classify(end: Option<ConnectionEnd>, e: ControlError, published: bool) -> EstablishError {
     if let Some(fatal) = end.as_ref().and_then(super::fatal_close) {
         return EstablishError::Fatal(fatal);
+    }
+    // A server that predates publishes cannot decode one and closes with ProtocolError:
+    // retrying cannot help, upgrading can.
+    if published
+        && let Some(ConnectionEnd::Peer { code, .. }) = &end
+        && CloseCode::from_u64(*code) == Some(CloseCode::ProtocolError)
+    {
+        return EstablishError::Fatal(ClientError::Version(
+            "the server did not understand the request to publish: it predates --publish; \
+             upgrade the server"
+                .into(),
+        ));
     }
     match end {
         Some(other) => EstablishError::Retry(other.to_string()),
