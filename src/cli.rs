@@ -377,7 +377,8 @@ pub struct ServerArgs {
     pub allowed_udp: Vec<porthole_engine::policy::AllowRule>,
     /// Where clients may publish services with --publish (repeatable): CIDR with
     /// ports, e.g. 0.0.0.0/32:8000-8999 (the address the client asks the server to
-    /// listen on). Empty = no client may publish anything.
+    /// listen on). Empty = nowhere. For the clients of --auth-tokens(-file); named
+    /// clients have allowed_bind_tcp / _udp / _names in the access file.
     #[arg(
         long = "allowed-bind-tcp",
         value_name = "CIDR:PORTS",

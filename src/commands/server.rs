@@ -109,7 +109,7 @@ async fn wait_addressable(endpoint: &iroh::Endpoint, relays: &RelaySetting, rela
 }
 
 /// Where clients may publish, when anywhere (the default is nowhere, which says nothing).
-pub fn log_binds(b: &porthole_engine::server::publish::BindRules) {
+pub fn log_binds(b: &porthole_engine::policy::BindRules) {
     if !b.tcp.is_empty() || !b.udp.is_empty() {
         info!(
             tcp = %b.tcp,

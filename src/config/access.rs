@@ -8,7 +8,7 @@ use std::time::SystemTime;
 
 use anyhow::{Context, Result, bail};
 use porthole_engine::access::{Access, ClientRule, DEFAULT_CLIENT};
-use porthole_engine::policy::{AllowList, Policy};
+use porthole_engine::policy::{AllowList, BindRules, Policy};
 use porthole_proto::token::AuthToken;
 use serde::Deserialize;
 
@@ -38,6 +38,13 @@ pub struct ClientEntry {
     pub allowed_tcp: Vec<String>,
     #[serde(default)]
     pub allowed_udp: Vec<String>,
+    /// Where this client may publish (`--publish`): CIDR:ports; names on shared ports.
+    #[serde(default)]
+    pub allowed_bind_tcp: Vec<String>,
+    #[serde(default)]
+    pub allowed_bind_udp: Vec<String>,
+    #[serde(default)]
+    pub allowed_bind_names: Vec<String>,
     pub max_sessions: Option<usize>,
     /// Concurrent TCP connections and UDP flows over all of the client's sessions.
     pub max_streams: Option<usize>,
@@ -58,6 +65,8 @@ pub struct AccessSources {
     pub tokens_file: Option<PathBuf>,
     /// The flat allow-lists, which the `default` client gets.
     pub policy: Policy,
+    /// The flat bind rules (`--allowed-bind-*`), which the `default` client gets.
+    pub binds: BindRules,
 }
 
 impl AccessSources {
@@ -94,6 +103,7 @@ impl AccessSources {
                 tokens: flat,
                 keys: Vec::new(),
                 policy: self.policy.clone(),
+                binds: self.binds.clone(),
                 max_sessions: None,
                 max_streams: None,
                 max_udp_flows: None,
@@ -218,11 +228,26 @@ fn client(c: &ClientEntry, base: &Path) -> Result<ClientRule> {
         Some(s) => Some(expiry(s).context("expires")?),
         None => None,
     };
+    let binds = BindRules {
+        tcp: AllowList::parse(&c.allowed_bind_tcp).context("allowed_bind_tcp")?,
+        udp: AllowList::parse(&c.allowed_bind_udp).context("allowed_bind_udp")?,
+        names: c
+            .allowed_bind_names
+            .iter()
+            .enumerate()
+            .map(|(i, n)| {
+                n.parse::<super::raw::BindName>()
+                    .map(|n| n.0)
+                    .with_context(|| format!("allowed_bind_names[{i}]"))
+            })
+            .collect::<Result<_>>()?,
+    };
     Ok(ClientRule {
         name: c.name.clone(),
         tokens,
         keys,
         policy,
+        binds,
         max_sessions: c.max_sessions,
         max_streams: c.max_streams,
         max_udp_flows: c.max_udp_flows,

@@ -192,6 +192,8 @@ mod tests {
         let a = std::fs::read_to_string(root.join("access.toml.example")).unwrap();
         let clients = access::parse(&a, root).unwrap();
         assert_eq!(clients.len(), 3);
+        assert_eq!(clients[0].binds.names, ["*.alice.example.com"]);
+        assert_eq!(clients[0].binds.tcp.to_string(), "0.0.0.0/32:8080");
         assert_eq!(clients[1].keys.len(), 1, "the laptop proves a key");
         assert_eq!(clients[2].max_sessions, Some(2));
         assert_eq!(clients[2].max_rate, Some(12_500_000), "100 Mbit/s in bytes");

@@ -111,7 +111,7 @@ pub struct ServerSettings {
     pub access: porthole_engine::access::Access,
     pub policy: Policy,
     /// Where clients may publish.
-    pub binds: porthole_engine::server::publish::BindRules,
+    pub binds: porthole_engine::policy::BindRules,
     pub max_sessions: usize,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
@@ -201,7 +201,6 @@ impl ServerSettings {
         c.max_sessions = self.max_sessions;
         c.max_streams = self.quic.max_streams;
         c.udp_idle_timeout = self.udp_idle_timeout;
-        c.binds = self.binds.clone();
         c
     }
 }
@@ -389,7 +388,7 @@ fn server_settings(
     }
 
     let file_binds = f.map(|f| &f.allowed_binds);
-    let binds = porthole_engine::server::publish::BindRules {
+    let binds = porthole_engine::policy::BindRules {
         tcp: AllowList(list(
             &args.allowed_bind_tcp,
             file_binds.map(|b| b.tcp.as_slice()).unwrap_or_default(),
@@ -406,7 +405,7 @@ fn server_settings(
         .map(|n| n.0)
         .collect(),
     };
-    let access_sources = server_access(args, f, &policy)?;
+    let access_sources = server_access(args, f, &policy, &binds)?;
     let access = access_sources.load()?;
     let secret_file = args
         .secret_file
@@ -462,6 +461,7 @@ fn server_access(
     args: &ServerArgs,
     f: Option<&ServerFile>,
     policy: &Policy,
+    binds: &porthole_engine::policy::BindRules,
 ) -> Result<super::access::AccessSources> {
     let mut tokens: Vec<AuthToken> = Vec::new();
     if !args.auth_tokens.is_empty() {
@@ -489,6 +489,7 @@ fn server_access(
         inline_tokens: tokens,
         tokens_file: file,
         policy: policy.clone(),
+        binds: binds.clone(),
     })
 }
 

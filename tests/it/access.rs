@@ -766,3 +766,56 @@ fn manual_mode_follows_the_same_rules() {
     assert_eq!(client.wait_exit(LONG), 6);
     server.wait_line("access revoked", LONG);
 }
+
+/// Publishing follows each named client's own bind rules: alice may publish on the port
+/// her `allowed_bind_tcp` names, bob (none) may not and exits 7. Narrowing alice's
+/// rules closes the published port within a second and ends the visitor's
+/// connection, while her session lives on.
+#[test]
+fn each_client_publishes_only_where_its_bind_rules_allow() {
+    let lab = Lab::new();
+    let p = free_tcp_port();
+    let binds = format!("allowed_bind_tcp = [\"127.0.0.1/32:{p}\"]");
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], &binds);
+    let (server, id, port) = lab.server();
+    let publish = format!("tcp://127.0.0.1:{p}=127.0.0.1:{}", lab.echo_a);
+    let mut bob = lab
+        .client("bob", &id, port, &[])
+        .args(&["--publish", &publish])
+        .spawn("bob");
+    assert_eq!(bob.wait_exit(LONG), 7, "{}", bob.output());
+    assert!(bob.output().contains("bind rules"), "{}", bob.output());
+    let mut alice = lab
+        .client("alice", &id, port, &[])
+        .args(&["--publish", &publish])
+        .spawn("alice");
+    alice.wait_line("tunnel up", LONG);
+    let mut visitor = TcpStream::connect(("127.0.0.1", p)).unwrap();
+    visitor
+        .set_read_timeout(Some(Duration::from_secs(5)))
+        .unwrap();
+    visitor.write_all(b"ping").unwrap();
+    let mut buf = [0u8; 4];
+    visitor.read_exact(&mut buf).unwrap();
+    assert_eq!(&buf, b"ping");
+
+    let narrowed = Instant::now();
+    lab.write_access(&[lab.echo_a], &[lab.echo_b], "");
+    let mut rest = [0u8; 16];
+    let ended = matches!(visitor.read(&mut rest), Ok(0) | Err(_));
+    assert!(ended && narrowed.elapsed() < Duration::from_secs(2));
+    server.wait_line(
+        &format!("publish tcp://127.0.0.1:{p} closed: no longer allowed for client alice"),
+        LONG,
+    );
+    // The listener's task ends a moment after the route is released.
+    let deadline = Instant::now() + Duration::from_secs(5);
+    while TcpStream::connect(("127.0.0.1", p)).is_ok() {
+        assert!(
+            Instant::now() < deadline,
+            "the server still listens on a port alice may no longer publish"
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(alice.is_running(), "the session lives on");
+}

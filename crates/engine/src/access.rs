@@ -31,6 +31,8 @@ pub struct ClientRule {
     /// themselves on each connection instead of showing a token.
     pub keys: Vec<EndpointId>,
     pub policy: Policy,
+    /// Where this client may publish services (reverse forwards); empty: nowhere.
+    pub binds: crate::policy::BindRules,
     /// Concurrent sessions of this client (the server's own limit still applies).
     pub max_sessions: Option<usize>,
     /// Concurrent TCP streams and UDP flows over all of its sessions.
@@ -49,6 +51,7 @@ impl std::fmt::Debug for ClientRule {
             .field("tokens", &format_args!("<{} redacted>", self.tokens.len()))
             .field("keys", &self.keys)
             .field("policy", &self.policy)
+            .field("binds", &self.binds)
             .field("max_sessions", &self.max_sessions)
             .field("max_streams", &self.max_streams)
             .field("max_udp_flows", &self.max_udp_flows)
@@ -63,6 +66,7 @@ impl PartialEq for ClientRule {
     fn eq(&self, o: &Self) -> bool {
         self.name == o.name
             && self.policy == o.policy
+            && self.binds == o.binds
             && self.max_sessions == o.max_sessions
             && self.max_streams == o.max_streams
             && self.max_udp_flows == o.max_udp_flows
@@ -151,6 +155,7 @@ impl Access {
                 tokens: tokens.tokens().to_vec(),
                 keys: Vec::new(),
                 policy,
+                binds: Default::default(),
                 max_sessions: None,
                 max_streams: None,
                 max_udp_flows: None,
@@ -324,6 +329,7 @@ mod tests {
                 tcp: AllowList::parse(tcp).unwrap_or_else(|e| panic!("{e}")),
                 udp: AllowList::default(),
             },
+            binds: Default::default(),
             max_sessions: None,
             max_streams: None,
             max_udp_flows: None,

@@ -171,6 +171,63 @@ pub struct Policy {
     pub udp: AllowList,
 }
 
+/// Where clients may publish: `--allowed-bind-tcp` / `--allowed-bind-udp` (addresses
+/// and ports) and `--allowed-bind-name` (names on a shared TCP port). Empty lists
+/// mean no client may publish anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct BindRules {
+    pub tcp: AllowList,
+    pub udp: AllowList,
+    /// Exact names or `*.example.com` (any name under it).
+    pub names: Vec<String>,
+}
+
+impl BindRules {
+    /// Whether a client may publish `bind` (and `name` on it).
+    pub fn check(&self, bind: &Source, name: Option<&str>) -> Result<SocketAddr, Refusal> {
+        let refuse = |reason, detail: String| Refusal { reason, detail };
+        let Host::Ip(ip) = bind.host else {
+            return Err(refuse(
+                RejectReason::InvalidSource,
+                format!("{bind}: publish on an IP address (e.g. 0.0.0.0), not a name"),
+            ));
+        };
+        let addr = SocketAddr::new(ip, bind.port);
+        let list = match bind.protocol {
+            Protocol::Tcp => &self.tcp,
+            Protocol::Udp => &self.udp,
+        };
+        if !list.allows(addr) {
+            return Err(refuse(
+                RejectReason::BindNotAllowed,
+                format!(
+                    "{bind} is outside the server's --allowed-bind-{} rules ({list})",
+                    bind.protocol
+                ),
+            ));
+        }
+        if let Some(name) = name {
+            if bind.protocol == Protocol::Udp {
+                return Err(refuse(
+                    RejectReason::InvalidSource,
+                    "names route TCP only (TLS SNI / HTTP Host)".into(),
+                ));
+            }
+            if !self
+                .names
+                .iter()
+                .any(|r| porthole_proto::sniff::name_matches(r, name))
+            {
+                return Err(refuse(
+                    RejectReason::NameNotAllowed,
+                    format!("{name} is outside the server's --allowed-bind-name rules"),
+                ));
+            }
+        }
+        Ok(addr)
+    }
+}
+
 /// A source the policy accepted: the exact addresses the server will dial.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Resolved {

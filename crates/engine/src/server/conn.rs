@@ -195,7 +195,7 @@ pub(crate) async fn serve<C: Connection>(
     let end = tokio::select! {
         end = control => end,
         end = streams => end,
-        why = watch_access(config, &credential, &rule_tx, &forwards, &client_slot.client) => {
+        why = watch_access(config, &credential, &rule_tx, (&forwards, &publishing), &client_slot.client) => {
             warn!("closing the session: {why}");
             conn.close(CloseCode::AccessRevoked.as_u32(), why.as_bytes());
             ConnectionEnd::Local
@@ -260,8 +260,9 @@ async fn serve_control<C: Connection>(
                 request_id,
                 publish,
             } => {
+                let current = rule.borrow().clone();
                 let reply = publishing
-                    .publish(conn, request_id, publish, shared, session)
+                    .publish(conn, (request_id, publish), &current, shared, session)
                     .await;
                 if write_frame(send, &reply).await.is_err() {
                     return;
@@ -454,12 +455,12 @@ impl Drop for ClientSlot {
 /// Follows the rules in force for this session's client: returns why the session must
 /// end (its token or client removed, or its access expired); on any other change it
 /// puts the client's new rules in force for new forwards and closes the open forwards
-/// its new allow-lists no longer cover.
-async fn watch_access(
+/// its new allow-lists no longer cover, and the publishes its bind rules no longer do.
+async fn watch_access<C>(
     config: &ServerConfig,
     credential: &Credential,
     rule: &watch::Sender<Arc<ClientRule>>,
-    forwards: &Forwards,
+    (forwards, publishing): (&Forwards, &publish::SessionPublish<C>),
     client: &ClientShared,
 ) -> String {
     let mut changes = config.access.subscribe();
@@ -497,6 +498,12 @@ async fn watch_access(
             for source in forwards.close_disallowed(&new) {
                 warn!(
                     "forward {source} closed: no longer allowed for client {}",
+                    new.name
+                );
+            }
+            for bind in publishing.close_disallowed(&new) {
+                warn!(
+                    "publish {bind} closed: no longer allowed for client {}",
                     new.name
                 );
             }

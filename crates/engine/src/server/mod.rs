@@ -3,7 +3,7 @@
 
 mod conn;
 mod forwards;
-pub mod publish;
+mod publish;
 mod tcp;
 mod udp;
 
@@ -50,8 +50,6 @@ pub struct ServerConfig {
     /// A TCP stream's header must arrive within this.
     pub header_timeout: Duration,
     pub udp_idle_timeout: Duration,
-    /// Where clients may publish services (reverse forwards); empty: nowhere.
-    pub binds: publish::BindRules,
     /// Where the server counts what it does (status, metrics); clone it before `run`.
     pub telemetry: Telemetry,
 }
@@ -77,7 +75,6 @@ impl ServerConfig {
             dial_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
-            binds: Default::default(),
             telemetry: Telemetry::new(Role::Server),
         }
     }

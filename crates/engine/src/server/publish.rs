@@ -27,7 +27,7 @@ use porthole_proto::message::{
     ControlResponse, FIRST_PUBLISH_ID, PublishRequest, RejectReason, VisitorHeader, clamp_detail,
 };
 use porthole_proto::sniff::{self, Sniffed};
-use porthole_proto::source::{Host, Protocol, Source};
+use porthole_proto::source::{Protocol, Source};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpStream, UdpSocket};
 use tokio::sync::mpsc;
@@ -36,7 +36,7 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ClientShared;
 use crate::control::write_frame;
-use crate::policy::{AllowList, Refusal as PolicyRefusal};
+use crate::policy::Refusal as PolicyRefusal;
 use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{Discard, ForwardLive, Refusal, Side, Telemetry};
 use crate::transport::{Connection, SendStream};
@@ -53,59 +53,6 @@ pub const MAX_PEEKING_PER_IP: usize = 64;
 /// How long a visitor may take to send its PROXY header and the bytes naming the
 /// service on a shared port.
 pub const PEEK_TIMEOUT: Duration = Duration::from_secs(5);
-
-/// Where clients may publish: `--allowed-bind-tcp` / `--allowed-bind-udp` (addresses
-/// and ports) and `--allowed-bind-name` (names on a shared TCP port). Empty lists
-/// mean no client may publish anything.
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
-pub struct BindRules {
-    pub tcp: AllowList,
-    pub udp: AllowList,
-    /// Exact names or `*.example.com` (any name under it).
-    pub names: Vec<String>,
-}
-
-impl BindRules {
-    /// Whether a client may publish `bind` (and `name` on it).
-    pub fn check(&self, bind: &Source, name: Option<&str>) -> Result<SocketAddr, PolicyRefusal> {
-        let refuse = |reason, detail: String| PolicyRefusal { reason, detail };
-        let Host::Ip(ip) = bind.host else {
-            return Err(refuse(
-                RejectReason::InvalidSource,
-                format!("{bind}: publish on an IP address (e.g. 0.0.0.0), not a name"),
-            ));
-        };
-        let addr = SocketAddr::new(ip, bind.port);
-        let list = match bind.protocol {
-            Protocol::Tcp => &self.tcp,
-            Protocol::Udp => &self.udp,
-        };
-        if !list.allows(addr) {
-            return Err(refuse(
-                RejectReason::BindNotAllowed,
-                format!(
-                    "{bind} is outside the server's --allowed-bind-{} rules ({list})",
-                    bind.protocol
-                ),
-            ));
-        }
-        if let Some(name) = name {
-            if bind.protocol == Protocol::Udp {
-                return Err(refuse(
-                    RejectReason::InvalidSource,
-                    "names route TCP only (TLS SNI / HTTP Host)".into(),
-                ));
-            }
-            if !self.names.iter().any(|r| sniff::name_matches(r, name)) {
-                return Err(refuse(
-                    RejectReason::NameNotAllowed,
-                    format!("{name} is outside the server's --allowed-bind-name rules"),
-                ));
-            }
-        }
-        Ok(addr)
-    }
-}
 
 /// Who holds a route: a session, and the client it belongs to (the flat tokens'
 /// clients by token label, named clients by name).
@@ -690,6 +637,29 @@ impl<C: Connection> PublishedUdp<C> {
     }
 }
 
+impl<C> SessionPublish<C> {
+    /// Releases what `rule` no longer allows (the client's rules were narrowed):
+    /// the server stops listening there and the visitors' connections end. Returns
+    /// what was released, for the log.
+    pub fn close_disallowed(&self, rule: &crate::access::ClientRule) -> Vec<String> {
+        let mut held = lock(&self.held);
+        let mut closed = Vec::new();
+        held.retain(|(bind, publish_id, h)| {
+            let allowed = rule.binds.check(bind, h.name.as_deref()).is_ok();
+            if !allowed {
+                // The UDP socket goes with it (it holds the port).
+                lock(&self.udp).remove(publish_id);
+                closed.push(match &h.name {
+                    Some(n) => format!("{bind} ({n})"),
+                    None => bind.to_string(),
+                });
+            }
+            allowed
+        });
+        closed
+    }
+}
+
 /// The published UDP ports of one session, by publish id: where the client's replies go.
 pub(crate) type SessionUdp<C> = Mutex<HashMap<u16, Arc<PublishedUdp<C>>>>;
 
@@ -698,7 +668,8 @@ pub(crate) struct SessionPublish<C> {
     pub holder: Holder,
     pub visitors: mpsc::Sender<Visitor>,
     pub udp: Arc<SessionUdp<C>>,
-    held: Mutex<Vec<Held>>,
+    /// What this session holds: what it asked for, the publish id, the hold.
+    held: Mutex<Vec<(Source, u16, Held)>>,
     tasks: tokio_util::task::TaskTracker,
 }
 
@@ -717,15 +688,16 @@ impl<C: Connection> SessionPublish<C> {
         }
     }
 
-    /// Answers one publish request: bind rules, then the table.
+    /// Answers one publish request: the client's bind rules, then the table.
     pub async fn publish(
         &self,
         conn: &C,
-        request_id: u32,
-        request: PublishRequest,
+        request: (u32, PublishRequest),
+        rule: &crate::access::ClientRule,
         shared: &super::Shared,
         session: &crate::telemetry::SessionGuard,
     ) -> ControlResponse {
+        let (request_id, request) = request;
         let config = &shared.config;
         let rejected = |r: PolicyRefusal| {
             warn!(
@@ -758,7 +730,7 @@ impl<C: Connection> SessionPublish<C> {
                 });
             }
         };
-        let addr = match config.binds.check(&bind, name.as_deref()) {
+        let addr = match rule.binds.check(&bind, name.as_deref()) {
             Ok(a) => a,
             Err(r) => return rejected(r),
         };
@@ -805,7 +777,7 @@ impl<C: Connection> SessionPublish<C> {
             lock(&self.udp).insert(publish_id, udp.clone());
             self.tasks.spawn(udp.run(h.stop.clone()).in_current_span());
         }
-        lock(&self.held).push(h);
+        lock(&self.held).push((bind, publish_id, h));
         info!(publish_id, "{label} accepted");
         ControlResponse::PublishAccepted {
             request_id,
@@ -817,6 +789,7 @@ impl<C: Connection> SessionPublish<C> {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::policy::{AllowList, BindRules};
 
     fn rules() -> BindRules {
         BindRules {
