@@ -451,6 +451,10 @@ pub struct ClientArgs {
     /// 'tcp://127.0.0.1:80?proxy_protocol=v2'.
     #[arg(long = "source", value_name = "URL")]
     pub sources: Vec<String>,
+    /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source;
+    /// `--target` is the older name).
+    #[arg(long = "listen", visible_alias = "target", value_name = "ADDR")]
+    pub listens: Vec<String>,
     /// Publish a service of this side on the server (a reverse forward, repeatable):
     /// SERVER_SIDE=CLIENT_SIDE, e.g. tcp://0.0.0.0:8443=127.0.0.1:443 makes the server
     /// listen on its port 8443 and carry each visitor to 127.0.0.1:443 here; also
@@ -460,10 +464,6 @@ pub struct ClientArgs {
     /// server. The server must allow it (--allowed-bind-tcp/udp, --allowed-bind-name).
     #[arg(long = "publish", value_name = "URL")]
     pub publish: Vec<String>,
-    /// Where to listen locally for that source, e.g. 127.0.0.1:2222 (pairs with --source;
-    /// `--target` is the older name).
-    #[arg(long = "listen", visible_alias = "target", value_name = "ADDR")]
-    pub listens: Vec<String>,
     /// A SOCKS5 proxy on this local address (repeatable): each connection names its own
     /// destination (names resolved on the server's side, as socks5h), which the server
     /// checks against its allow-list. Use it instead of fixed --source/--listen pairs.
