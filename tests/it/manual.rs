@@ -147,6 +147,8 @@ async fn an_answer_for_another_offer_is_refused() {
 }
 
 /// The real binary, both sides, exchanging the blobs through files as a script would.
+/// The binary in manual mode through offer and answer files: a forward, and a publish
+/// (the server listens, the visitor reaches the client's side) over the punched path.
 #[test]
 fn binary_manual_mode_through_files() {
     let dir = tempfile::tempdir().unwrap();
@@ -168,6 +170,7 @@ fn binary_manual_mode_through_files() {
             });
         }
     });
+    let (listen, published) = (free_tcp_port(), free_tcp_port());
     let mut server = bin();
     server
         .args([
@@ -185,6 +188,7 @@ fn binary_manual_mode_through_files() {
             "--auth-tokens-file",
             &p("token.txt"),
         ])
+        .args(["--allowed-bind-tcp", &format!("127.0.0.1/32:{published}")])
         .args([
             "--offer-file",
             &p("offer.txt"),
@@ -192,7 +196,6 @@ fn binary_manual_mode_through_files() {
             &p("answer.txt"),
         ]);
     let server = Proc::spawn("manual-server", server);
-    let listen = free_tcp_port();
     let mut client = bin();
     client
         .args([
@@ -212,6 +215,10 @@ fn binary_manual_mode_through_files() {
         ])
         .args(["--auth-token-file", &p("token.txt")])
         .args([
+            "--publish",
+            &format!("tcp://127.0.0.1:{published}=127.0.0.1:{target_port}"),
+        ])
+        .args([
             "--offer-file",
             &p("offer.txt"),
             "--answer-file",
@@ -229,6 +236,12 @@ fn binary_manual_mode_through_files() {
     let mut got = [0u8; 17];
     s.read_exact(&mut got).unwrap();
     assert_eq!(&got, b"manual mode works");
+    let mut v = std::net::TcpStream::connect(("127.0.0.1", published)).unwrap();
+    v.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    v.write_all(b"published, manually").unwrap();
+    let mut got = [0u8; 19];
+    v.read_exact(&mut got).unwrap();
+    assert_eq!(&got, b"published, manually");
     assert!(
         std::fs::read_to_string(p("offer.txt"))
             .unwrap()
