@@ -1,21 +1,30 @@
 //! Publishing a home service on a VPS, in the lab: the server on the lab's internet
 //! (the "VPS", beside the relay), the publishing client behind a symmetric NAT (B),
 //! a visitor behind another NAT (A) reaching the server's public address. Every byte
-//! of a TCP transfer and of UDP datagrams is checked on the way back.
+//! of a TCP transfer and of UDP datagrams is checked on the way back; also over a
+//! path with 20 ms delay and 1 % loss on each NAT's uplink.
 
 use std::time::Duration;
 
-use super::lab::{LAB_LOCK, Lab, Nat, RELAY_IP};
+use super::lab::{Impair, LAB_LOCK, Lab, Nat, RELAY_IP};
 use super::matrix::{check, iroh_client_in, start_services, write_secrets};
 
 lab_test!(
     a_service_behind_a_nat_is_published_on_the_internet,
-    publish_from_behind_a_nat()
+    publish_from_behind_a_nat(None)
+);
+lab_test!(
+    a_service_is_published_over_a_slow_lossy_path,
+    publish_from_behind_a_nat(Some(Impair {
+        delay_ms: 20,
+        loss: 0.01
+    }))
 );
 
-fn publish_from_behind_a_nat() {
+/// With `impair` on each NAT's uplink (the visitor's and the home's).
+fn publish_from_behind_a_nat(impair: Option<Impair>) {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
-    let mut lab = Lab::new(Nat::Cone, Nat::Symmetric, None);
+    let mut lab = Lab::new(Nat::Cone, Nat::Symmetric, impair);
     let (visitor_ns, home_ns, vps_ns) = (lab.a.clone(), lab.b.clone(), lab.relay.clone());
     write_secrets(&lab);
     start_services(&mut lab, &home_ns);
