@@ -147,6 +147,7 @@ pub(crate) async fn serve<C: Connection>(
             visitors,
             client_shared.clone(),
             config.telemetry.clone(),
+            config.max_streams as usize,
         )
         .in_current_span(),
     );

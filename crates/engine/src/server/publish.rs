@@ -109,6 +109,7 @@ impl std::fmt::Debug for Publishers {
 }
 
 /// What a session asks for.
+#[derive(Clone)]
 pub(crate) struct Claim {
     pub protocol: Protocol,
     pub addr: SocketAddr,
@@ -182,16 +183,7 @@ impl Publishers {
         claim: &Claim,
         telemetry: &Telemetry,
     ) -> Result<Held, (PolicyRefusal, bool)> {
-        let claim = Claim {
-            protocol: claim.protocol,
-            addr: claim.addr,
-            name: claim.name.clone(),
-            accept_proxy: claim.accept_proxy,
-            holder: claim.holder.clone(),
-            publish_id: claim.publish_id,
-            visitors: claim.visitors.clone(),
-            live: claim.live.clone(),
-        };
+        let claim = claim.clone();
         let refuse = |reason, detail: String| (PolicyRefusal { reason, detail }, false);
         let key = (claim.protocol, claim.addr);
         let stop = CancellationToken::new();
@@ -219,18 +211,14 @@ impl Publishers {
                 info!("{what}: taken over by a newer session of the same client");
                 old.stop.cancel();
             } else if place.routes.keys().any(Option::is_none) || claim.name.is_none() {
+                let why = if claim.name.is_none() {
+                    "is shared by name: publish with ?name= to join it"
+                } else {
+                    "is published as a whole, not by name"
+                };
                 return Err(refuse(
                     RejectReason::AddressTaken,
-                    format!(
-                        "{}://{} is published by another client {}",
-                        key.0,
-                        key.1,
-                        if claim.name.is_none() {
-                            "by name (publish with ?name= to share it)"
-                        } else {
-                            "as a whole"
-                        }
-                    ),
+                    format!("{}://{} {why}", key.0, key.1),
                 ));
             } else if place.accept_proxy != claim.accept_proxy {
                 return Err(refuse(
@@ -440,11 +428,17 @@ async fn admit(
                 Sniffed::Http(_) => sniff::HTTP_NOT_FOUND,
                 _ => &[],
             };
+            // Answer, then a lingering close: what the visitor still sends is read and
+            // dropped until it closes (bounded), so no reset overtakes the answer.
             let _ = tokio::time::timeout(PEEK_TIMEOUT, async {
                 tcp.write_all(answer).await?;
-                tcp.shutdown().await
+                tcp.shutdown().await?;
+                let mut sink = [0u8; 1024];
+                while tcp.read(&mut sink).await? > 0 {}
+                Ok::<_, std::io::Error>(())
             })
             .await;
+            return;
         }
         return abort_tcp(&tcp);
     };
@@ -509,16 +503,33 @@ async fn read_name(tcp: &mut TcpStream, buf: &mut Vec<u8>) -> std::io::Result<Sn
     }
 }
 
-/// Turns the session's queued visitors into streams toward its client.
+/// Turns the session's queued visitors into streams toward its client, at most
+/// `max_streams` at once (the QUIC stream limit: more would only wait, each holding a
+/// socket); a visitor past it is refused at once.
 pub(crate) async fn carry_visitors<C: Connection>(
     conn: C,
     mut visitors: mpsc::Receiver<Visitor>,
     client: Arc<ClientShared>,
     telemetry: Telemetry,
+    max_streams: usize,
 ) {
+    let carried = Arc::new(tokio::sync::Semaphore::new(max_streams));
     while let Some(v) = visitors.recv().await {
+        let Ok(permit) = carried.clone().try_acquire_owned() else {
+            warn!("visitor refused: {max_streams} visitors are carried already");
+            telemetry.refused(Refusal::PublishQueue);
+            abort_tcp(&v.tcp);
+            continue;
+        };
         let span = info_span!("visitor", publish = v.header.publish_id, from = %v.header.visitor);
-        tokio::spawn(carry(conn.clone(), v, client.clone(), telemetry.clone()).instrument(span));
+        let carrying = carry(conn.clone(), v, client.clone(), telemetry.clone());
+        tokio::spawn(
+            async move {
+                carrying.await;
+                drop(permit);
+            }
+            .instrument(span),
+        );
     }
 }
 
