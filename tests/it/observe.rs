@@ -62,6 +62,15 @@ impl Lab {
     }
 }
 
+/// How many refusals of `reason` a server's status report counts.
+pub(crate) fn refusals(report: &Value, reason: &str) -> Option<u64> {
+    report["server"]["refusals"]
+        .as_array()?
+        .iter()
+        .find(|x| x["reason"] == reason)
+        .and_then(|x| x["count"].as_u64())
+}
+
 /// `porthole status --socket PATH --json`, parsed.
 pub(crate) fn status_json(socket: &Path) -> Value {
     let out = bin()
@@ -170,15 +179,8 @@ fn status_and_metrics_show_sessions_paths_bytes_and_refusals() {
     let fwd = &s["forwards"][0];
     assert_eq!(fwd["source"], format!("tcp://127.0.0.1:{}", lab.echo));
     assert_eq!(fwd["tcp_total"], 1);
-    let refusals = r["server"]["refusals"].as_array().unwrap();
-    let count = |reason: &str| {
-        refusals
-            .iter()
-            .find(|x| x["reason"] == reason)
-            .and_then(|x| x["count"].as_u64())
-    };
-    assert_eq!(count("auth_failed"), Some(1), "{r}");
-    assert_eq!(count("not_allowed"), Some(1), "{r}");
+    assert_eq!(refusals(&r, "auth_failed"), Some(1), "{r}");
+    assert_eq!(refusals(&r, "not_allowed"), Some(1), "{r}");
     // Nothing secret: the token is never shown, in the report or the log.
     assert!(!r.to_string().contains(TOKEN));
     assert!(!server.output().contains(TOKEN));

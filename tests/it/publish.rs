@@ -407,16 +407,13 @@ fn refused_publishes_exit_7_and_one_of_two_racing_clients_wins() {
         .find(|f| f["source"] == format!("publish tcp://127.0.0.1:{p}"))
         .unwrap_or_else(|| panic!("no publish in {r}"));
     assert_eq!(published["tcp_total"], 1, "{r}");
-    let refusals = r["server"]["refusals"].as_array().unwrap();
-    let count = |reason: &str| {
-        refusals
-            .iter()
-            .find(|x| x["reason"] == reason)
-            .and_then(|x| x["count"].as_u64())
-    };
-    assert_eq!(count("bind_not_allowed"), Some(1), "{r}");
-    assert_eq!(count("name_not_allowed"), Some(1), "{r}");
-    assert_eq!(count("address_taken"), Some(1), "{r}");
+    for reason in ["bind_not_allowed", "name_not_allowed", "address_taken"] {
+        assert_eq!(
+            crate::observe::refusals(&r, reason),
+            Some(1),
+            "{reason}: {r}"
+        );
+    }
 }
 
 /// A client killed while a visitor is connected, then started again before the server
