@@ -4,6 +4,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::StreamExt;
 use rustls_pki_types::CertificateDer;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream, UdpSocket};
@@ -280,7 +281,10 @@ async fn dual_end(
             _ => ChannelEnd::Error("no control channel within 5 s".into()),
         };
         tunnel_cancel.cancel();
+        // Gone before the next handshake: a dial still in flight would reach the server
+        // after it and could be taken for the new tunnel's control connection.
         filler.abort();
+        let _ = filler.await;
         pool.clear();
         if matches!(end, ChannelEnd::Shutdown) {
             break Ok(());
@@ -621,22 +625,20 @@ impl PoolDialer {
             let missing = this.min.saturating_sub(this.pool.len());
             if missing > 0 {
                 let batch = missing.min(16);
-                let mut set = tokio::task::JoinSet::new();
-                for _ in 0..batch {
-                    let t = this.clone();
-                    set.spawn(async move { t.dial_one().await });
-                }
-                while let Some(r) = set.join_next().await {
+                // Dialled inside this task, not spawned: when the tunnel ends and this
+                // task is dropped, no dial is left to reach the server afterwards.
+                let mut set: futures_util::stream::FuturesUnordered<_> =
+                    (0..batch).map(|_| this.dial_one()).collect();
+                while let Some(r) = set.next().await {
                     match r {
-                        Ok(Ok(conn)) => {
+                        Ok(conn) => {
                             failures = 0;
                             this.pool.push(conn);
                         }
-                        Ok(Err(e)) => {
+                        Err(e) => {
                             failures += 1;
                             debug!("pool connection: {e}");
                         }
-                        Err(_) => {}
                     }
                 }
             }

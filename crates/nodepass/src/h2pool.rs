@@ -360,7 +360,7 @@ where
                 .send_data(Bytes::copy_from_slice(&claim.id), false)
                 .is_err()
             {
-                return;
+                return to.release(claim);
             }
             debug!("pool stream {}", id_hex(claim.id));
             to.deliver(

@@ -60,6 +60,25 @@ impl Intake {
         })
     }
 
+    /// Whether a new connection would be refused for want of room: the control channel
+    /// is placed and the pool holds `max` (a check before costly work; [`claim`](Self::claim)
+    /// decides).
+    pub fn full(&self) -> bool {
+        let control_open = self.control.lock().map(|c| c.is_some()).unwrap_or(false);
+        !control_open && self.pool.len() >= self.max
+    }
+
+    /// Gives a place back whose ID never reached the peer: the control channel's place
+    /// goes to the next connection instead of ending the tunnel.
+    pub fn release(&self, claim: Claim) {
+        if let Some(tx) = claim.control
+            && let Ok(mut slot) = self.control.lock()
+            && slot.is_none()
+        {
+            *slot = Some(tx);
+        }
+    }
+
     /// Hands a connection whose ID was sent to the control channel or the pool.
     pub fn deliver(&self, claim: Claim, io: crate::stream::PoolStream) {
         let conn = PoolConn {

@@ -322,7 +322,7 @@ async fn admit(mut send: quinn::SendStream, mut recv: quinn::RecvStream, to: Int
         .await
         .is_err()
     {
-        return;
+        return to.release(claim);
     }
     debug!("pool stream {}", id_hex(claim.id));
     let stream = QuicStream {

@@ -410,7 +410,6 @@ impl TunnelSession<'_> {
             std::future::pending::<()>().await
         };
         let accept = async {
-            let mut first = true;
             loop {
                 let (stream, peer) = match self.listener.accept().await {
                     Ok(x) => x,
@@ -458,40 +457,13 @@ impl TunnelSession<'_> {
                 if self.tls.is_some() {
                     let _ = stream.set_nodelay(true);
                 }
-                let is_first = std::mem::replace(&mut first, false);
-                let id: PoolId = if is_first {
-                    CONTROL_ID
-                } else {
-                    match random_id() {
-                        Ok(id) => id,
-                        Err(e) => {
-                            warn!("refusing a pool connection: no random pool id ({e})");
-                            continue;
-                        }
-                    }
-                };
                 let tls = self.tls.clone();
-                let pool = self.pool.clone();
-                let max = self.max;
                 let pool_type = self.pool_type;
-                let control = if is_first {
-                    control_slot.lock().ok().and_then(|mut c| c.take())
-                } else {
-                    None
-                };
+                let to = intake.clone();
                 let rehandshake = rehandshake_tx.clone();
                 self.tasks.spawn(async move {
-                    match admit(stream, id, tls, pool_type, &pool, max).await {
-                        Admitted::Conn(conn) => match control {
-                            Some(tx) => {
-                                let _ = tx.send(conn);
-                            }
-                            None => pool.push(conn),
-                        },
-                        Admitted::Handshake(s) => {
-                            let _ = rehandshake.send(s).await;
-                        }
-                        Admitted::Refused => {}
+                    if let Admitted::Handshake(s) = admit(stream, tls, pool_type, &to).await {
+                        let _ = rehandshake.send(s).await;
                     }
                 });
             }
@@ -532,24 +504,28 @@ const RESTART_PEEK_MIN_IDLE: usize = 8;
 const RESTART_PEEK_QUIET: Duration = Duration::from_millis(250);
 
 enum Admitted {
-    Conn(PoolConn),
+    /// Placed: the control channel or the pool has it.
+    Conn,
     Handshake(Pending),
     Refused,
 }
 
-/// A new connection on the tunnel port during the tunnel: a pool connection (give it
-/// its ID), or the client starting over with a new handshake: a plain `GET`, a
-/// ClientHello where pool connections are plain (tls=0), or under tls=1/2 a request
-/// right behind the TLS handshake (a pool client waits for its ID instead).
+/// A new connection on the tunnel port during the tunnel: a pool connection (its ID
+/// sent, handed to the control channel or the pool through `to`), or the client starting
+/// over with a new handshake: a plain `GET`, a ClientHello where pool connections are
+/// plain (tls=0), or under tls=1/2 a request right behind the TLS handshake (a pool
+/// client waits for its ID instead). The control channel's place goes to the first
+/// connection that gets this far, not the first accepted: a connection from the same
+/// address that is already dead (a restarted client's predecessor still dialling as it
+/// stopped) must not take it and end the new tunnel.
 async fn admit(
     stream: TcpStream,
-    id: PoolId,
     tls: Option<ServerTls>,
     pool_type: PoolType,
-    pool: &Pool,
-    max: usize,
+    to: &Intake,
 ) -> Admitted {
     crate::stream::pool_keepalive(&stream);
+    let pool = &to.pool;
     // A pool client writes nothing (tls=0) or a TLS ClientHello and then nothing; a
     // restarted client writes its request right behind the TCP (and TLS) handshake, so it
     // is there within a few ms. The wait delays the connection's ID, so it is made only
@@ -570,8 +546,15 @@ async fn admit(
     {
         return Admitted::Handshake(Pending::Raw(stream));
     }
-    if id != CONTROL_ID && pool.len() >= max {
-        debug!("pool full ({max}): closing a new connection without an ID");
+    if closed_by_peer(&stream) {
+        debug!("a new connection was closed by its peer before it was admitted");
+        return Admitted::Refused;
+    }
+    if to.full() {
+        debug!(
+            "pool full ({}): closing a new connection without an ID",
+            to.max
+        );
         return Admitted::Refused;
     }
     let mut io: PoolStream = match tls {
@@ -608,16 +591,27 @@ async fn admit(
             return Admitted::Handshake(Pending::Read(io, request));
         }
     }
-    if io.write_all(&id).await.is_err() || io.flush().await.is_err() {
+    let Some(claim) = to.claim() else {
+        debug!(
+            "pool full ({}): closing a new connection without an ID",
+            to.max
+        );
+        return Admitted::Refused;
+    };
+    if io.write_all(&claim.id).await.is_err() || io.flush().await.is_err() {
+        to.release(claim);
         return Admitted::Refused;
     }
-    debug!("pool connection {}", id_hex(id));
-    Admitted::Conn(PoolConn {
-        id,
-        io,
-        seen_fp: None,
-        since: std::time::Instant::now(),
-    })
+    debug!("pool connection {}", id_hex(claim.id));
+    to.deliver(claim, io);
+    Admitted::Conn
+}
+
+/// Whether the peer closed the connection already (its FIN waits unread). A look
+/// without waiting: the socket is non-blocking, so the peek returns at once.
+fn closed_by_peer(stream: &TcpStream) -> bool {
+    let mut b = [std::mem::MaybeUninit::<u8>::uninit(); 1];
+    matches!(socket2::SockRef::from(stream).peek(&mut b), Ok(0))
 }
 
 /// A new connection on the tunnel port of an HTTP/2 pool: the client's pool connection

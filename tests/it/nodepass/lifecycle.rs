@@ -84,6 +84,79 @@ async fn client_restart_mid_use_recovers() {
     }
 }
 
+/// A connection that is dead before the server looks at it (a restarted client's
+/// predecessor still dialling as it stopped: same address, connected after the new
+/// handshake) does not take the control channel's place: the next connection gets ID
+/// 00000000 and the tunnel stands. Both plain (its FIN seen) and TLS pool ports (its TLS
+/// handshake fails).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_connection_does_not_take_the_control_channels_place() {
+    init_tracing();
+    for tls in [0, 1] {
+        let tunnel = free_tcp_port();
+        let addr = SocketAddr::from(([127, 0, 0, 1], tunnel));
+        let url = format!(
+            "server://k@127.0.0.1:{tunnel}/127.0.0.1:{}?mode=1&tls={tls}",
+            free_tcp_port()
+        );
+        let stop = CancellationToken::new();
+        spawn_server(&url, stop.clone());
+        eventually_listening(addr).await;
+        // The handshake, by hand (plain HTTP, as v1.14).
+        let mut s = TcpStream::connect(addr).await.unwrap();
+        s.write_all(http::request("none", "k").as_bytes())
+            .await
+            .unwrap();
+        let mut reply = Vec::new();
+        tokio::time::timeout(Duration::from_secs(5), s.read_to_end(&mut reply))
+            .await
+            .unwrap()
+            .unwrap();
+        let (code, _) = http::parse_response(&reply).unwrap();
+        assert_eq!(code, 200, "tls={tls}: {}", String::from_utf8_lossy(&reply));
+        // The dead one: connected, (the start of a ClientHello under TLS), closed.
+        let mut dead = TcpStream::connect(addr).await.unwrap();
+        if tls == 1 {
+            dead.write_all(b"\x16\x03\x01\x00").await.unwrap();
+        }
+        drop(dead);
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        // The client's real control connection.
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let mut id = [0xffu8; 4];
+        let read = async {
+            if tls == 1 {
+                let name = porthole_nodepass::tls::server_name("none", "127.0.0.1").unwrap();
+                let connector = porthole_nodepass::tls::client_unverified().unwrap();
+                let mut io = connector.connect(name, tcp).await?;
+                io.read_exact(&mut id).await.map(|_| ())
+            } else {
+                let mut io = tcp;
+                io.read_exact(&mut id).await.map(|_| ())
+            }
+        };
+        tokio::time::timeout(Duration::from_secs(5), read)
+            .await
+            .unwrap_or_else(|_| panic!("tls={tls}: no pool ID within 5 s"))
+            .unwrap_or_else(|e| panic!("tls={tls}: {e}"));
+        assert_eq!(
+            id, [0; 4],
+            "tls={tls}: the connection after a dead one is the control channel"
+        );
+        stop.cancel();
+    }
+}
+
+async fn eventually_listening(addr: SocketAddr) {
+    for _ in 0..100 {
+        if TcpStream::connect(addr).await.is_ok() {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    panic!("nothing listens on {addr}");
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn wrong_key_is_refused_with_401() {
     init_tracing();
