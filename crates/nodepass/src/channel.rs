@@ -20,7 +20,7 @@ use crate::tasks::Tasks;
 pub use crate::tunnel::TunnelHandle;
 use crate::wire::signal::{MAX_LINE, Signal};
 use crate::wire::url::TlsMode;
-use crate::wire::{Fingerprint, FpStyle, Generation, id_hex, parse_id};
+use crate::wire::{Fingerprint, FpStyle, Generation, PoolId, id_hex, parse_id};
 
 /// Pings go out this often; this long without any line means the peer is dead.
 pub const PING_EVERY: Duration = Duration::from_secs(5);
@@ -102,6 +102,10 @@ pub async fn run(
     let (peer_style_tx, peer_style_rx) = watch::channel::<Option<FpStyle>>(None);
     // Whether the peer sent a `verify` at all: a peer that does also acts on ours.
     let peer_verifies = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    // The pool connection our own `verify` named, with the fingerprint seen on it: the
+    // peer may name the same one (both sides pick their newest, the same connection on
+    // a small pool), and it is not in our pool any more to be looked up.
+    let own_verify: OwnVerify = Arc::new(watch::channel(None).0);
 
     // Our own `verify`: under tls=1 both sides send one; under tls=2 only a server
     // facing a v1.14 client (v1.14.0 waits for it, later versions ignore it).
@@ -115,9 +119,12 @@ pub async fn run(
             tx.clone(),
             ctx.own_fp,
             ctx.generation,
-            peer_style_rx,
             ctx.verify_after,
-            (ctx.tls == TlsMode::Verified).then(|| peer_verifies.clone()),
+            VerifyLinks {
+                peer_style: peer_style_rx,
+                may_be_ignored: (ctx.tls == TlsMode::Verified).then(|| peer_verifies.clone()),
+                taken: own_verify.clone(),
+            },
         ));
     }
 
@@ -205,15 +212,26 @@ pub async fn run(
                 let tls = ctx.tls;
                 let verified_tx = verified_tx.clone();
                 let end_tx = end_tx.clone();
+                let mut ours = own_verify.subscribe();
                 ctx.tasks.spawn(async move {
-                    let conn = pool.wait_take(id, LOOKUP_WAIT).await;
+                    // Held (and closed) until the check is done, as the peer expects. If
+                    // our own `verify` took that connection, it is not in the pool.
+                    let (_held, seen) = tokio::select! {
+                        conn = pool.wait_take(id, LOOKUP_WAIT) => {
+                            let seen = conn.as_ref().and_then(|c| c.seen_fp);
+                            (conn, seen)
+                        }
+                        Ok(o) = ours.wait_for(|o| o.is_some_and(|(i, _)| i == id)) => {
+                            (None, o.and_then(|(_, seen)| seen))
+                        }
+                    };
                     // Under tls=2 TLS itself checked the certificate (and a v1.14
                     // server's verify is empty there): nothing to compare.
                     if tls != TlsMode::SelfSigned {
                         let _ = verified_tx.send(true);
                         return;
                     }
-                    let mine = own.or_else(|| conn.as_ref().and_then(|c| c.seen_fp)).or(control_fp);
+                    let mine = own.or(seen).or(control_fp);
                     match (mine, peer) {
                         (Some(m), Some((p, _))) if m == p => {
                             info!(
@@ -259,15 +277,20 @@ async fn send_verify(
     tx: mpsc::Sender<Signal>,
     own: Option<Fingerprint>,
     generation: Generation,
-    mut peer_style: watch::Receiver<Option<FpStyle>>,
     after: Duration,
-    may_be_ignored: Option<Arc<std::sync::atomic::AtomicBool>>,
+    links: VerifyLinks,
 ) {
+    let VerifyLinks {
+        mut peer_style,
+        may_be_ignored,
+        taken,
+    } = links;
     tokio::time::sleep(after).await;
     let _ = tokio::time::timeout(after / 5, peer_style.wait_for(Option::is_some)).await;
     let style = (*peer_style.borrow()).unwrap_or(generation.fp_style());
     let mut conn = loop {
         if let Some(c) = pool.take_newest() {
+            taken.send_replace(Some((c.id, c.seen_fp)));
             break c;
         }
         tokio::time::sleep(Duration::from_millis(500)).await;
@@ -305,6 +328,19 @@ async fn send_verify(
         pool.push(conn);
     }
 }
+
+/// What our own `verify` shares with the signal loop.
+struct VerifyLinks {
+    /// The style the peer wrote its own `verify` in, once one arrived.
+    peer_style: watch::Receiver<Option<FpStyle>>,
+    /// Under tls=2 only: whether the peer sent a `verify` (a peer that does acts on ours).
+    may_be_ignored: Option<Arc<std::sync::atomic::AtomicBool>>,
+    /// Set the moment our connection is taken from the pool.
+    taken: OwnVerify,
+}
+
+/// The pool connection our own `verify` named and the fingerprint seen on it, once taken.
+type OwnVerify = Arc<watch::Sender<Option<(PoolId, Option<Fingerprint>)>>>;
 
 /// How long a peer has to close the connection our `verify` named before it is reused.
 const VERIFY_CLOSE_WAIT: Duration = Duration::from_secs(3);

@@ -147,6 +147,38 @@ async fn a_dead_connection_does_not_take_the_control_channels_place() {
     }
 }
 
+/// Under tls=1 both ends send `verify` on their newest idle connection: on a pool of
+/// one that is the same connection on both sides, which neither then finds in its pool.
+/// Each takes the other's `verify` as naming the connection it took itself instead of
+/// looking for it for 5 s, so users are served right after the check (300 ms here).
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn verify_naming_the_same_connection_from_both_ends_does_not_stall() {
+    init_tracing();
+    let target = tcp_echo().await;
+    let tunnel = free_tcp_port();
+    let user = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+    let stop = CancellationToken::new();
+    spawn_server(
+        &format!("server://k@127.0.0.1:{tunnel}/{user}?mode=1&tls=1"),
+        stop.clone(),
+    );
+    eventually_listening(SocketAddr::from(([127, 0, 0, 1], tunnel))).await;
+    let client_url = format!(
+        "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?min=1&mode=2",
+        target.port()
+    );
+    let started = std::time::Instant::now();
+    spawn_client(&client_url, vec![], stop.clone());
+    eventually_tcp(user, Duration::from_secs(20)).await;
+    // Without the fix this takes the 5 s lookup on top of the 300 ms wait.
+    assert!(
+        started.elapsed() < Duration::from_secs(3),
+        "the first user waited {:?} for the fingerprint check",
+        started.elapsed()
+    );
+    stop.cancel();
+}
+
 async fn eventually_listening(addr: SocketAddr) {
     for _ in 0..100 {
         if TcpStream::connect(addr).await.is_ok() {
