@@ -247,81 +247,136 @@ enum Pending {
     Read(PoolStream, Vec<u8>),
 }
 
-/// Serves handshake requests until one succeeds; returns the client's IP and which
-/// handshake it made (a TLS ClientHello first: HTTPS, v1.15 and later; else plain
-/// HTTP, v1.14). Wrong requests get 405/404/401 and the server keeps listening.
+/// Handshakes served at once; more wait in the listen backlog. Each may take up to
+/// [`HANDSHAKE_TIMEOUT`]: served one by one, a few silent connections (a port scanner,
+/// a stalled client) kept the real client out for 10 s each.
+const HANDSHAKES_AT_ONCE: usize = 64;
+
+/// Serves handshake requests, up to [`HANDSHAKES_AT_ONCE`] at once, until one succeeds;
+/// returns the client's IP and which handshake it made (a TLS ClientHello first: HTTPS,
+/// v1.15 and later; else plain HTTP, v1.14). Wrong requests get 405/404/401 and the
+/// server keeps listening. Only one request gets the 200: others still in flight when
+/// it goes out are closed (their clients retry, and meet a running tunnel).
 async fn handshake(
     listener: &TcpListener,
-    mut first: Option<Pending>,
+    first: Option<Pending>,
     key: &str,
     reply: &Reply,
     tls: &ServerTls,
 ) -> (IpAddr, Generation) {
+    let won = std::sync::atomic::AtomicBool::new(false);
+    let mut serving = futures_util::stream::FuturesUnordered::new();
+    if let Some(p) = first {
+        serving.push(serve_handshake(p, key, reply, tls, &won));
+    }
     loop {
-        let pending = match first.take() {
-            Some(p) => p,
-            None => match listener.accept().await {
-                Ok((s, _)) => Pending::Raw(s),
+        tokio::select! {
+            r = listener.accept(), if serving.len() < HANDSHAKES_AT_ONCE => match r {
+                Ok((s, _)) => serving.push(serve_handshake(Pending::Raw(s), key, reply, tls, &won)),
                 Err(e) => {
                     warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
-                    continue;
                 }
             },
-        };
-        let peer = match &pending {
-            Pending::Raw(s) => s.peer_addr(),
-            Pending::Read(PoolStream::Server(s), _) => s.get_ref().0.peer_addr(),
-            Pending::Read(PoolStream::Plain(s), _) => s.peer_addr(),
-            Pending::Read(..) => continue,
-        };
-        let Ok(peer) = peer else { continue };
-        let serve = async {
-            let (mut io, prefix, generation) = match pending {
-                Pending::Read(io, prefix) => {
-                    let g = if matches!(io, PoolStream::Plain(_)) {
-                        Generation::V1
-                    } else {
-                        Generation::V2
-                    };
-                    (io, prefix, g)
+            Some(done) = futures_util::StreamExt::next(&mut serving) => {
+                if let Some(client) = done {
+                    return client;
                 }
-                Pending::Raw(s) => {
-                    let mut b = [0u8; 1];
-                    s.peek(&mut b).await?;
-                    if b[0] == TLS_HANDSHAKE {
-                        let s = tls.acceptor.accept(s).await?;
-                        (PoolStream::Server(Box::new(s)), Vec::new(), Generation::V2)
-                    } else {
-                        (PoolStream::Plain(s), Vec::new(), Generation::V1)
-                    }
-                }
-            };
-            answer(&mut io, prefix, key, reply)
-                .await
-                .map(|v| (v, generation))
-        };
-        match tokio::time::timeout(HANDSHAKE_TIMEOUT, serve).await {
-            Ok(Ok((Verdict::Accept, generation))) => return (peer.ip(), generation),
-            Ok(Ok((v, _))) => warn!(
-                "handshake from {peer} refused: {} {}",
-                v.status().0,
-                v.status().1
-            ),
-            Ok(Err(e)) => debug!("handshake from {peer}: {e}"),
-            Err(_) => debug!("handshake from {peer} timed out"),
+            }
         }
     }
+}
+
+/// One handshake connection, within [`HANDSHAKE_TIMEOUT`]: the client's IP and
+/// generation if it was accepted (and won the 200).
+async fn serve_handshake(
+    pending: Pending,
+    key: &str,
+    reply: &Reply,
+    tls: &ServerTls,
+    won: &std::sync::atomic::AtomicBool,
+) -> Option<(IpAddr, Generation)> {
+    let peer = match &pending {
+        Pending::Raw(s) => s.peer_addr(),
+        Pending::Read(PoolStream::Server(s), _) => s.get_ref().0.peer_addr(),
+        Pending::Read(PoolStream::Plain(s), _) => s.peer_addr(),
+        Pending::Read(..) => return None,
+    };
+    let peer = peer.ok()?;
+    let serve = async {
+        let (mut io, prefix, generation) = match pending {
+            Pending::Read(io, prefix) => {
+                let g = if matches!(io, PoolStream::Plain(_)) {
+                    Generation::V1
+                } else {
+                    Generation::V2
+                };
+                (io, prefix, g)
+            }
+            Pending::Raw(s) => {
+                let mut b = [0u8; 1];
+                s.peek(&mut b).await?;
+                if b[0] == TLS_HANDSHAKE {
+                    let s = tls.acceptor.accept(s).await?;
+                    (PoolStream::Server(Box::new(s)), Vec::new(), Generation::V2)
+                } else {
+                    (PoolStream::Plain(s), Vec::new(), Generation::V1)
+                }
+            }
+        };
+        read_request(&mut io, prefix, key)
+            .await
+            .map(|v| (io, v, generation))
+    };
+    let (mut io, verdict, generation) = match tokio::time::timeout(HANDSHAKE_TIMEOUT, serve).await {
+        Ok(Ok(x)) => x,
+        Ok(Err(e)) => {
+            debug!("handshake from {peer}: {e}");
+            return None;
+        }
+        Err(_) => {
+            debug!("handshake from {peer} timed out");
+            return None;
+        }
+    };
+    let accept = verdict == Verdict::Accept;
+    // One 200 only: taken before it goes out, given back if it does not.
+    if accept && won.swap(true, std::sync::atomic::Ordering::AcqRel) {
+        debug!("handshake from {peer}: another client was accepted first");
+        return None;
+    }
+    let resp = http::response(verdict, accept.then_some(reply));
+    // Flush the whole reply before closing (v1.14 sometimes closes first).
+    let sent = tokio::time::timeout(HANDSHAKE_TIMEOUT, async {
+        io.write_all(resp.as_bytes()).await?;
+        io.flush().await
+    })
+    .await;
+    if !matches!(sent, Ok(Ok(()))) {
+        if accept {
+            won.store(false, std::sync::atomic::Ordering::Release);
+        }
+        debug!("handshake from {peer}: the reply did not go out");
+        return None;
+    }
+    let _ = tokio::time::timeout(Duration::from_secs(1), io.shutdown()).await;
+    if !accept {
+        let (code, text) = verdict.status();
+        warn!("handshake from {peer} refused: {code} {text}");
+        return None;
+    }
+    Some((peer.ip(), generation))
 }
 
 /// The first byte of a TLS ClientHello (a handshake record).
 const TLS_HANDSHAKE: u8 = 0x16;
 
-async fn answer(
+/// Reads one handshake request and judges it (a head too long or malformed is answered
+/// here, with 431 or 400, and is an error).
+async fn read_request(
     stream: &mut PoolStream,
     mut buf: Vec<u8>,
     key: &str,
-    reply: &Reply,
 ) -> std::io::Result<Verdict> {
     let mut chunk = [0u8; 1024];
     let end = loop {
@@ -356,11 +411,6 @@ async fn answer(
             ));
         }
     };
-    let resp = http::response(verdict, (verdict == Verdict::Accept).then_some(reply));
-    // Flush the whole reply before closing (v1.14 sometimes closes first).
-    stream.write_all(resp.as_bytes()).await?;
-    stream.flush().await?;
-    let _ = stream.shutdown().await;
     Ok(verdict)
 }
 

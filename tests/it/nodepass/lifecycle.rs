@@ -179,6 +179,52 @@ async fn verify_naming_the_same_connection_from_both_ends_does_not_stall() {
     stop.cancel();
 }
 
+/// Connections that say nothing on the tunnel port (a port scanner, a stalled client)
+/// do not keep the real client out: handshakes are served side by side, each within
+/// its own 10 s limit, so the client's gets through at once, for a plain and an HTTPS
+/// handshake alike.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn silent_connections_do_not_hold_the_handshake_up() {
+    init_tracing();
+    for handshake in ["http", "https"] {
+        let target = tcp_echo().await;
+        let tunnel = free_tcp_port();
+        let tunnel_addr = SocketAddr::from(([127, 0, 0, 1], tunnel));
+        let user = SocketAddr::from(([127, 0, 0, 1], free_tcp_port()));
+        let stop = CancellationToken::new();
+        spawn_server(
+            &format!("server://k@127.0.0.1:{tunnel}/{user}?mode=1"),
+            stop.clone(),
+        );
+        eventually_listening(tunnel_addr).await;
+        let mut silent = Vec::new();
+        for _ in 0..3 {
+            silent.push(TcpStream::connect(tunnel_addr).await.unwrap());
+        }
+        // One that sends half a request and stalls.
+        let mut half = TcpStream::connect(tunnel_addr).await.unwrap();
+        half.write_all(b"GET / HTTP/1.1\r\nHost: n").await.unwrap();
+        silent.push(half);
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let started = std::time::Instant::now();
+        spawn_client(
+            &format!(
+                "client://k@127.0.0.1:{tunnel}/127.0.0.1:{}?mode=2&handshake={handshake}",
+                target.port()
+            ),
+            vec![],
+            stop.clone(),
+        );
+        eventually_tcp(user, Duration::from_secs(40)).await;
+        assert!(
+            started.elapsed() < Duration::from_secs(5),
+            "handshake={handshake}: the client waited {:?} behind 4 silent connections",
+            started.elapsed()
+        );
+        stop.cancel();
+    }
+}
+
 async fn eventually_listening(addr: SocketAddr) {
     for _ in 0..100 {
         if TcpStream::connect(addr).await.is_ok() {
