@@ -537,6 +537,13 @@ mod tests {
         assert_eq!(e.reason, RejectReason::AddressTaken);
         let e = p.claim(claim("c", 6, None, addr), &t).await.err().unwrap();
         assert_eq!(e.reason, RejectReason::AddressTaken);
+        // The port reads a PROXY header ahead of every name or of none: the first
+        // claim decided (none), so a name that wants one is refused.
+        let mut z = claim("c", 7, Some("z.example.com"), addr);
+        z.accept_proxy = true;
+        let e = p.claim(z, &t).await.err().unwrap();
+        assert_eq!(e.reason, RejectReason::AddressTaken);
+        assert!(e.detail.contains("accept_proxy_protocol=0"), "{}", e.detail);
         drop(x);
         drop(y);
         assert!(lock(&p.table).is_empty());
