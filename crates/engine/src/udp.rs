@@ -222,13 +222,43 @@ impl Listening {
         self.drops.add(1, detail);
     }
 
-    /// How often idle flows are looked for.
-    pub fn sweep_every(&self) -> Duration {
-        (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5))
+    /// The timer [`next_datagram`](Self::next_datagram) sweeps idle flows by.
+    pub fn sweep_timer(&self) -> tokio::time::Interval {
+        let every = (self.idle / 4).clamp(Duration::from_millis(100), Duration::from_secs(5));
+        tokio::time::interval(every)
+    }
+
+    /// The next datagram from a peer into `buf` (its length) and the peer's flow,
+    /// forgetting idle flows whenever `sweep` ticks. Receive errors and datagrams over
+    /// the flow limit (counted) are skipped. Cancel-safe, for a `select!` beside the
+    /// caller's stop.
+    pub async fn next_datagram(
+        &self,
+        buf: &mut [u8],
+        sweep: &mut tokio::time::Interval,
+    ) -> (usize, u32) {
+        loop {
+            let (n, peer) = tokio::select! {
+                _ = sweep.tick() => {
+                    self.sweep();
+                    continue;
+                }
+                r = self.socket.recv_from(buf) => match r {
+                    Ok(x) => x,
+                    Err(e) => {
+                        tracing::debug!("UDP receive: {e}");
+                        continue;
+                    }
+                },
+            };
+            if let Some(flow_id) = self.flow_of(peer) {
+                return (n, flow_id);
+            }
+        }
     }
 
     /// Forgets the flows idle for the idle timeout.
-    pub fn sweep(&self) {
+    fn sweep(&self) {
         let mut table = self.table();
         let n = table.expire(self.clock.now_ms(), self.idle.as_millis() as u64);
         self.live.flows_now(table.by_peer.len(), 0);
@@ -240,7 +270,7 @@ impl Listening {
 
     /// The flow of `peer`, a new one if it has none and the limit allows (else the
     /// datagram is counted as discarded).
-    pub fn flow_of(&self, peer: SocketAddr) -> Option<u32> {
+    fn flow_of(&self, peer: SocketAddr) -> Option<u32> {
         let mut table = self.table();
         let before = table.by_peer.len();
         let flow = table.flow_for(peer, self.clock.now_ms(), self.max_flows);

@@ -11,7 +11,6 @@ use porthole_proto::datagram::{FlowKey, Received, Receiver};
 use tokio::net::UdpSocket;
 use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use super::{ClientConfig, Session};
 use crate::telemetry::{Discard, ForwardLive};
@@ -52,24 +51,11 @@ impl UdpForward {
     ) {
         let local = &self.local;
         let mut buf = vec![0u8; UDP_BUF];
-        let mut sweep = tokio::time::interval(local.sweep_every());
+        let mut sweep = local.sweep_timer();
         loop {
-            let (n, peer) = tokio::select! {
+            let (n, flow_id) = tokio::select! {
                 _ = cancel.cancelled() => return,
-                _ = sweep.tick() => {
-                    local.sweep();
-                    continue;
-                }
-                r = local.socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        debug!("local UDP receive: {e}");
-                        continue;
-                    }
-                },
-            };
-            let Some(flow_id) = local.flow_of(peer) else {
-                continue;
+                d = local.next_datagram(&mut buf, &mut sweep) => d,
             };
             let session = sessions.borrow().clone();
             let Some(session) = session else {

@@ -5,7 +5,6 @@ use std::sync::Arc;
 use porthole_proto::datagram::FlowKey;
 use tokio::net::UdpSocket;
 use tokio_util::sync::CancellationToken;
-use tracing::debug;
 
 use crate::telemetry::{Discard, ForwardLive};
 use crate::transport::Connection;
@@ -43,25 +42,12 @@ impl<C: Connection> PublishedUdp<C> {
     pub async fn run(self: Arc<Self>, stop: CancellationToken) {
         let visitors = &self.visitors;
         let mut buf = vec![0u8; UDP_BUF];
-        let mut sweep = tokio::time::interval(visitors.sweep_every());
+        let mut sweep = visitors.sweep_timer();
         loop {
-            let (n, peer) = tokio::select! {
+            let (n, flow_id) = tokio::select! {
                 _ = stop.cancelled() => return,
                 _ = self.conn.closed() => return,
-                _ = sweep.tick() => {
-                    visitors.sweep();
-                    continue;
-                }
-                r = visitors.socket.recv_from(&mut buf) => match r {
-                    Ok(x) => x,
-                    Err(e) => {
-                        debug!("published UDP receive: {e}");
-                        continue;
-                    }
-                },
-            };
-            let Some(flow_id) = visitors.flow_of(peer) else {
-                continue;
+                d = visitors.next_datagram(&mut buf, &mut sweep) => d,
             };
             let key = FlowKey {
                 forward_id: self.publish_id,
