@@ -512,7 +512,7 @@ impl TunnelSession<'_> {
                 let to = intake.clone();
                 let rehandshake = rehandshake_tx.clone();
                 self.tasks.spawn(async move {
-                    if let Admitted::Handshake(s) = admit(stream, tls, pool_type, &to).await {
+                    if let Some(s) = admit(stream, tls, pool_type, &to).await {
                         let _ = rehandshake.send(s).await;
                     }
                 });
@@ -553,18 +553,11 @@ const RESTART_PEEK: Duration = Duration::from_millis(10);
 const RESTART_PEEK_MIN_IDLE: usize = 8;
 const RESTART_PEEK_QUIET: Duration = Duration::from_millis(250);
 
-enum Admitted {
-    /// Placed: the control channel or the pool has it.
-    Conn,
-    Handshake(Pending),
-    Refused,
-}
-
 /// A new connection on the tunnel port during the tunnel: a pool connection (its ID
-/// sent, handed to the control channel or the pool through `to`), or the client starting
-/// over with a new handshake: a plain `GET`, a ClientHello where pool connections are
-/// plain (tls=0), or under tls=1/2 a request right behind the TLS handshake (a pool
-/// client waits for its ID instead). The control channel's place goes to the first
+/// sent, handed to the control channel or the pool through `to`; `None`, as for one
+/// refused), or the client starting over with a new handshake, returned: a plain `GET`,
+/// a ClientHello where pool connections are plain (tls=0), or under tls=1/2 a request
+/// right behind the TLS handshake (a pool client waits for its ID instead). The control channel's place goes to the first
 /// connection that gets this far, not the first accepted: a connection from the same
 /// address that is already dead (a restarted client's predecessor still dialling as it
 /// stopped) must not take it and end the new tunnel.
@@ -573,7 +566,7 @@ async fn admit(
     tls: Option<ServerTls>,
     pool_type: PoolType,
     to: &Intake,
-) -> Admitted {
+) -> Option<Pending> {
     crate::stream::pool_keepalive(&stream);
     let pool = &to.pool;
     // A pool client writes nothing (tls=0) or a TLS ClientHello and then nothing; a
@@ -594,25 +587,25 @@ async fn admit(
         && ((first[0] == b'G' && pool_type == PoolType::Tcp)
             || (tls.is_none() && first[0] == TLS_HANDSHAKE))
     {
-        return Admitted::Handshake(Pending::Raw(stream));
+        return Some(Pending::Raw(stream));
     }
     if closed_by_peer(&stream) {
         debug!("a new connection was closed by its peer before it was admitted");
-        return Admitted::Refused;
+        return None;
     }
     if to.full() {
         debug!(
             "pool full ({}): closing a new connection without an ID",
             to.max
         );
-        return Admitted::Refused;
+        return None;
     }
     let mut io: PoolStream = match tls {
         None => PoolStream::Plain(stream),
         Some(t) => {
             match tokio::time::timeout(Duration::from_secs(10), t.acceptor.accept(stream)).await {
                 Ok(Ok(s)) => PoolStream::Server(Box::new(s)),
-                _ => return Admitted::Refused,
+                _ => return None,
             }
         }
     };
@@ -621,24 +614,24 @@ async fn admit(
         // restarted client's handshake.
         let head = match tokio::time::timeout(HANDSHAKE_TIMEOUT, read_head(&mut io)).await {
             Ok(Ok(h)) => h,
-            _ => return Admitted::Refused,
+            _ => return None,
         };
         let key = match http::parse_request(&head) {
             Ok(req) => req.websocket_key,
-            Err(_) => return Admitted::Refused,
+            Err(_) => return None,
         };
         let Some(key) = key else {
-            return Admitted::Handshake(Pending::Read(io, head));
+            return Some(Pending::Read(io, head));
         };
         io = match crate::ws::accept(io, &key).await {
             Ok(w) => PoolStream::Ws(Box::new(w)),
-            Err(_) => return Admitted::Refused,
+            Err(_) => return None,
         };
     } else if matches!(io, PoolStream::Server(_)) && !wait.is_zero() {
         let mut request = vec![0u8; 1024];
         if let Ok(Ok(n @ 1..)) = tokio::time::timeout(wait, io.read(&mut request)).await {
             request.truncate(n);
-            return Admitted::Handshake(Pending::Read(io, request));
+            return Some(Pending::Read(io, request));
         }
     }
     let Some(claim) = to.claim() else {
@@ -646,15 +639,15 @@ async fn admit(
             "pool full ({}): closing a new connection without an ID",
             to.max
         );
-        return Admitted::Refused;
+        return None;
     };
     if io.write_all(&claim.id).await.is_err() || io.flush().await.is_err() {
         to.release(claim);
-        return Admitted::Refused;
+        return None;
     }
     debug!("pool connection {}", id_hex(claim.id));
     to.deliver(claim, io);
-    Admitted::Conn
+    None
 }
 
 /// Whether the peer closed the connection already (its FIN waits unread). A look
