@@ -20,6 +20,7 @@ pub mod pace;
 pub mod policy;
 pub mod quic_adapter;
 pub mod quic_params;
+pub mod resume;
 pub mod server;
 pub mod socket_buffers;
 pub mod splice;

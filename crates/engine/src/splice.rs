@@ -32,7 +32,7 @@ pub const COPY_BUF: usize = 64 * 1024;
 
 /// QUIC -> TCP: received chunks taken per read and written with one `writev`. A chunk is
 /// one packet's stream data (~1.4 KB), so 64 of them are ~90 KB, more than a 64 KiB copy.
-const CHUNKS_PER_WRITE: usize = 64;
+pub(crate) const CHUNKS_PER_WRITE: usize = 64;
 
 /// After this many bytes a stream counts as bulk and yields to younger, interactive ones.
 ///
@@ -168,7 +168,7 @@ where
 
 /// One vectored write that does not wait: how many bytes the writer took right away
 /// (0 if it would block).
-async fn write_now<W>(w: &mut W, chunks: &[Bytes]) -> io::Result<usize>
+pub(crate) async fn write_now<W>(w: &mut W, chunks: &[Bytes]) -> io::Result<usize>
 where
     W: AsyncWrite + Unpin + ?Sized,
 {
@@ -189,7 +189,7 @@ where
 }
 
 /// Releases every chunk, returning a copy of the bytes past the first `written`.
-fn take_rest(chunks: &mut [Bytes], mut written: usize) -> Vec<u8> {
+pub(crate) fn take_rest(chunks: &mut [Bytes], mut written: usize) -> Vec<u8> {
     let mut rest = Vec::new();
     for chunk in chunks {
         let chunk = std::mem::take(chunk);
@@ -253,7 +253,10 @@ where
 /// 16 MiB stream windows, six bulk streams over a 40 ms, 1 %-loss path moved between
 /// 1.5 and 266 MB each in 10 s (`natlab::sharing`). Yielding after a blocked write
 /// shares the credit 64 KiB at a time; a write that did not wait costs nothing extra.
-async fn hand_over_fairly<S: SendStream>(w: &mut S, chunk: bytes::Bytes) -> io::Result<()> {
+pub(crate) async fn hand_over_fairly<S: SendStream>(
+    w: &mut S,
+    chunk: bytes::Bytes,
+) -> io::Result<()> {
     let mut write = pin!(w.write_chunk(chunk));
     let first = std::future::poll_fn(|cx| Poll::Ready(write.as_mut().poll(cx))).await;
     match first {
@@ -267,7 +270,7 @@ async fn hand_over_fairly<S: SendStream>(w: &mut S, chunk: bytes::Bytes) -> io::
 }
 
 /// Resolves when `stop` is cancelled; never without one.
-async fn stopped(stop: Option<&tokio_util::sync::CancellationToken>) {
+pub(crate) async fn stopped(stop: Option<&tokio_util::sync::CancellationToken>) {
     match stop {
         Some(s) => s.cancelled().await,
         None => std::future::pending().await,
