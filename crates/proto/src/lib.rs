@@ -14,6 +14,8 @@
 //!   payload or a typed drop reason out).
 //! - [`sniff`]: the name a visitor asks for on a shared port (TLS SNI, HTTP Host).
 //! - [`close`]: application close and stream error codes.
+//! - [`resume`]: session tickets, resume claims, resumable stream headers and their
+//!   acknowledgements.
 //! - [`blob`] and [`probe`]: manual mode's copy-paste offer/answer blobs and hole-punching probes.
 
 pub mod blob;
@@ -26,6 +28,7 @@ pub mod key;
 pub mod message;
 pub mod probe;
 pub mod proxy_header;
+pub mod resume;
 pub mod sniff;
 pub mod socks;
 pub mod source;

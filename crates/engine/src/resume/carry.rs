@@ -64,6 +64,10 @@ impl Shared {
         self.received.load(Ordering::Acquire)
     }
 
+    pub(crate) fn add_received(&self, n: u64) {
+        self.received.fetch_add(n, Ordering::AcqRel);
+    }
+
     /// Where the peer's acknowledgements of our sending direction go.
     pub fn acked(&self) -> &Arc<Acked> {
         &self.acked
@@ -442,12 +446,12 @@ impl<R: RecvStream> Down<R> {
                 }
                 Event::Step(Ok(None)) => {
                     // The FIN counts as one byte, so the peer learns it arrived.
-                    shared.received.fetch_add(1, Ordering::AcqRel);
+                    shared.add_received(1);
                     self.peer_fin = true;
                 }
                 Event::Step(Ok(Some(n))) => {
                     let got: u64 = chunks[..n].iter().map(|c| c.len() as u64).sum();
-                    shared.received.fetch_add(got, Ordering::AcqRel);
+                    shared.add_received(got);
                     if let Some(cap) = ctl.to_tcp {
                         cap.take(got).await;
                     }

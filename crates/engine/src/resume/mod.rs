@@ -8,7 +8,9 @@
 //! - [`replay`]: one direction's sent and unacknowledged bytes, bounded per stream and
 //!   per session (a full replay is backpressure, never a drop).
 //! - [`carry`]: one TCP connection over a sequence of streams (the resumable splice).
+//! - [`acks`]: each side's received offsets, sent to the other on a stream of their own.
 
+pub mod acks;
 pub mod carry;
 pub mod replay;
 
