@@ -167,6 +167,7 @@ impl PingArgs {
             proxy_auth_file: None,
             iroh: self.iroh,
             quic: self.quic,
+            resume: ResumeArgs::default(),
             direct_paths: self.direct_paths,
             manual: ManualArgs::default(),
             watch: WatchArgs {
@@ -315,6 +316,28 @@ pub struct QuicArgs {
     pub keep_alive: Option<std::time::Duration>,
 }
 
+/// Resuming TCP connections after a lost tunnel, the same on server and client (config
+/// file: the `[resume]` table).
+#[derive(Debug, Args, Default)]
+#[command(next_help_heading = "Resuming after a lost tunnel")]
+pub struct ResumeArgs {
+    /// How long forwarded TCP connections stay open once the tunnel is lost (longer than
+    /// the idle timeout, a server restart...), to continue on the next tunnel with no
+    /// byte lost (default 5m, at most 24h; 0 turns it off: connections are reset when
+    /// the tunnel is lost). Each side keeps them as long as its own setting says.
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub resume_grace: Option<std::time::Duration>,
+    /// Unacknowledged data kept per connection for a resume, in MiB (default 16, 1 to
+    /// 1024). A sender that reaches it waits; below a path's bandwidth x delay it caps
+    /// one connection's rate.
+    #[arg(long, value_name = "MIB")]
+    pub resume_buffer: Option<usize>,
+    /// The same over all connections of one tunnel, in MiB (default 64, at least
+    /// --resume-buffer).
+    #[arg(long, value_name = "MIB")]
+    pub resume_session_buffer: Option<usize>,
+}
+
 /// Which addresses direct paths may use, the same in iroh and manual mode (config file:
 /// the `[direct_paths]` table).
 #[derive(Debug, Args, Default)]
@@ -421,6 +444,8 @@ pub struct ServerArgs {
     #[command(flatten)]
     pub quic: QuicArgs,
     #[command(flatten)]
+    pub resume: ResumeArgs,
+    #[command(flatten)]
     pub direct_paths: DirectPathArgs,
     #[command(flatten)]
     pub manual: ManualArgs,
@@ -481,6 +506,8 @@ pub struct ClientArgs {
     pub iroh: IrohArgs,
     #[command(flatten)]
     pub quic: QuicArgs,
+    #[command(flatten)]
+    pub resume: ResumeArgs,
     #[command(flatten)]
     pub direct_paths: DirectPathArgs,
     #[command(flatten)]

@@ -290,6 +290,8 @@ pub struct ServerFile {
     #[serde(default)]
     pub quic: QuicTable,
     #[serde(default)]
+    pub resume: ResumeTable,
+    #[serde(default)]
     pub direct_paths: DirectPathsTable,
     #[serde(default)]
     pub status: StatusTable,
@@ -332,6 +334,17 @@ impl QuicTable {
         self.apply(&mut q);
         q.check().map_err(|e| anyhow::anyhow!("[quic]: {e}"))
     }
+}
+
+/// `[resume]`: resuming TCP connections after a lost tunnel (`--resume-grace`,
+/// `--resume-buffer`, `--resume-session-buffer`).
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ResumeTable {
+    #[serde(default, with = "humantime_serde")]
+    pub grace: Option<Duration>,
+    pub buffer_mib: Option<usize>,
+    pub session_buffer_mib: Option<usize>,
 }
 
 /// `[direct_paths]`: which addresses direct paths may use, the same in iroh and manual
@@ -449,6 +462,8 @@ pub struct ClientFile {
     pub punch_timeout: Option<Duration>,
     #[serde(default)]
     pub quic: QuicTable,
+    #[serde(default)]
+    pub resume: ResumeTable,
     #[serde(default)]
     pub direct_paths: DirectPathsTable,
     #[serde(default)]

@@ -8,8 +8,9 @@ use porthole_proto::close::CloseCode;
 use porthole_proto::datagram;
 use porthole_proto::frame;
 use porthole_proto::message::{
-    AuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason,
+    AuthRequest, AuthRequestV3, AuthResponse, ControlRequest, ControlResponse, RejectReason,
 };
+use porthole_proto::resume::{ResumableHeader, ResumeClaim, ResumeReply, SessionTicket};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 use crate::support::process::{Offline, Proc, endpoint_id, free_tcp_port, free_udp_port};
@@ -29,9 +30,18 @@ fn server() -> Target {
 
 /// [`server`] with more flags, made from its directory.
 fn server_with(extra: impl FnOnce(&std::path::Path) -> Vec<String>) -> Target {
+    server_with_tokens(&[TOKEN], extra)
+}
+
+/// [`server_with`] accepting `tokens`.
+fn server_with_tokens(
+    tokens: &[&str],
+    extra: impl FnOnce(&std::path::Path) -> Vec<String>,
+) -> Target {
     let dir = tempfile::tempdir().unwrap();
-    let tokens = dir.path().join("tokens.txt");
-    std::fs::write(&tokens, format!("{TOKEN}\n")).unwrap();
+    let file = dir.path().join("tokens.txt");
+    std::fs::write(&file, tokens.join("\n") + "\n").unwrap();
+    let tokens = file;
     let port = free_udp_port();
     let extra = extra(dir.path());
     let extra: Vec<&str> = extra.iter().map(String::as_str).collect();
@@ -110,6 +120,44 @@ impl Raw {
         .await
         .unwrap();
         (s, r)
+    }
+}
+
+impl Raw {
+    /// Asks for a resumable session with `token`, claiming `resume`.
+    async fn auth_v3(
+        &self,
+        token: &str,
+        resume: Option<ResumeClaim>,
+    ) -> (iroh::endpoint::SendStream, iroh::endpoint::RecvStream) {
+        let (mut s, r) = self.conn.open_bi().await.unwrap();
+        let auth = AuthRequestV3 {
+            version: porthole_proto::RESUME_VERSION,
+            token: Some(token.into()),
+            proof: None,
+            resume,
+        };
+        s.write_all(&frame::encode(&auth).unwrap()).await.unwrap();
+        (s, r)
+    }
+
+    /// This connection's value of the resume exporter (what a claim is bound to).
+    fn resume_exporter(&self) -> [u8; 32] {
+        use porthole_engine::transport::Connection as _;
+        porthole_transport_iroh::IrohConn::new(self.conn.clone())
+            .keying_material(porthole_proto::resume::EXPORTER_LABEL)
+            .unwrap()
+    }
+
+    /// Authenticates for a resumable session; returns whether the claim was honoured.
+    async fn resumes(&self, token: &str, claim: Option<ResumeClaim>) -> (bool, SessionTicket) {
+        let (_s, mut rx) = self.auth_v3(token, claim).await;
+        match read_frame::<AuthResponse>(&mut rx).await {
+            AuthResponse::Resumable {
+                ticket, resumed, ..
+            } => (resumed, ticket),
+            other => panic!("not a resumable session: {other:?}"),
+        }
     }
 }
 
@@ -300,7 +348,9 @@ async fn the_limiter_keys_on_the_whole_identity() {
     // still served.
     let fresh = raw(&t).await;
     let (_s, mut rx) = fresh.auth(1, TOKEN).await;
-    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await;
+    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await else {
+        panic!("a plain session was asked for");
+    };
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
@@ -308,7 +358,9 @@ async fn odd_sources_are_refused_one_by_one() {
     let t = server();
     let r = raw(&t).await;
     let (mut s, mut rx) = r.auth(1, TOKEN).await;
-    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await;
+    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await else {
+        panic!("a plain session was asked for");
+    };
     let long_host = format!("tcp://{}:22", "a".repeat(300));
     let cases: Vec<(&str, Option<RejectReason>)> = vec![
         ("", Some(RejectReason::InvalidSource)),
@@ -363,7 +415,9 @@ async fn datagrams_for_unknown_flows_are_dropped_and_counted() {
     let echo = crate::support::echo::udp_echo().await;
     let r = raw(&t).await;
     let (mut s, mut rx) = r.auth(1, TOKEN).await;
-    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await;
+    let AuthResponse::Accepted { .. } = read_frame::<AuthResponse>(&mut rx).await else {
+        panic!("a plain session was asked for");
+    };
     s.write_all(
         &frame::encode(&ControlRequest::OpenForward {
             request_id: 0,
@@ -508,4 +562,109 @@ async fn a_key_proof_replayed_on_another_connection_is_refused() {
     );
     t.server
         .wait_line("client key not accepted", Duration::from_secs(5));
+}
+
+/// A resumable session is found again only by a claim that proves its secret on the new
+/// connection, from the same client: another client's token with the right secret, a
+/// wrong secret, or a claim made on another connection (a replay) each get a session of
+/// their own, and the claimed one carries on untouched. The real claim moves the session
+/// and its open stream, which continues where it stopped.
+#[tokio::test(flavor = "multi_thread", worker_threads = 4)]
+async fn a_session_resumes_only_with_its_secret_and_its_client() {
+    let echo = crate::support::echo::tcp_echo().await;
+    let t = server_with_tokens(&[TOKEN, OTHER_TOKEN], |_| Vec::new());
+    let a = raw(&t).await;
+    let (mut ctl, mut rx) = a.auth_v3(TOKEN, None).await;
+    let AuthResponse::Resumable {
+        ticket,
+        resumed: false,
+        ..
+    } = read_frame::<AuthResponse>(&mut rx).await
+    else {
+        panic!("a new resumable session was asked for");
+    };
+    let source = format!("tcp://{echo}").parse().unwrap();
+    let open = ControlRequest::open_forward(0, &source);
+    ctl.write_all(&frame::encode(&open).unwrap()).await.unwrap();
+    let ControlResponse::ForwardAccepted { forward_id, .. } = read_frame(&mut rx).await else {
+        panic!("forward refused");
+    };
+    let (mut s, mut r) = a.conn.open_bi().await.unwrap();
+    let header = ResumableHeader::Open {
+        forward_id,
+        stream: 0,
+    };
+    s.write_all(&frame::encode(&header).unwrap()).await.unwrap();
+    let mut buf = [0u8; 5];
+    s.write_all(b"hello").await.unwrap();
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"hello");
+
+    // Another client's token, with the right secret on its own connection.
+    let b = raw(&t).await;
+    let claim = ticket.claim(&b.resume_exporter());
+    assert!(!b.resumes(OTHER_TOKEN, Some(claim)).await.0);
+    t.server
+        .wait_line("belongs to another client", Duration::from_secs(5));
+    // The right token, a guessed secret.
+    let c = raw(&t).await;
+    let guess = SessionTicket {
+        session: ticket.session,
+        secret: [7; 32],
+    };
+    assert!(
+        !c.resumes(TOKEN, Some(guess.claim(&c.resume_exporter())))
+            .await
+            .0
+    );
+    t.server
+        .wait_line("the session secret does not verify", Duration::from_secs(5));
+    // A claim made for the first connection, replayed on another.
+    let d = raw(&t).await;
+    let (resumed, other) = d
+        .resumes(TOKEN, Some(ticket.claim(&a.resume_exporter())))
+        .await;
+    assert!(!resumed);
+    assert_ne!(other.session, ticket.session, "a session of its own");
+    // None of them touched the claimed session.
+    s.write_all(b"still").await.unwrap();
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"still");
+    assert!(a.conn.close_reason().is_none());
+
+    // The real claim: the session moves, the old connection is closed, the stream
+    // continues on the new one from where each side stopped.
+    let e = raw(&t).await;
+    let (resumed, again) = e
+        .resumes(TOKEN, Some(ticket.claim(&e.resume_exporter())))
+        .await;
+    assert!(resumed && again.session == ticket.session);
+    assert_eq!(
+        a.closed_with(Duration::from_secs(5)).await,
+        u64::from(CloseCode::Resumed.as_u32())
+    );
+    let (mut s, mut r) = e.conn.open_bi().await.unwrap();
+    let resume = ResumableHeader::Resume {
+        stream: 0,
+        received: 10,
+    };
+    s.write_all(&frame::encode(&resume).unwrap()).await.unwrap();
+    let ResumeReply::Resumed { received } = read_frame(&mut r).await else {
+        panic!("the stream was not resumed");
+    };
+    assert_eq!(received, 10, "the server had read hello and still");
+    s.write_all(b"world").await.unwrap();
+    r.read_exact(&mut buf).await.unwrap();
+    assert_eq!(&buf, b"world");
+    // A stream the session never had is unknown.
+    let (mut s, mut r) = e.conn.open_bi().await.unwrap();
+    let resume = ResumableHeader::Resume {
+        stream: 99,
+        received: 0,
+    };
+    s.write_all(&frame::encode(&resume).unwrap()).await.unwrap();
+    assert_eq!(
+        read_frame::<ResumeReply>(&mut r).await,
+        ResumeReply::Unknown
+    );
 }

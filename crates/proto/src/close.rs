@@ -25,6 +25,11 @@ pub enum CloseCode {
     RateLimited = 7,
     /// The operator revoked this client's access, or it expired.
     AccessRevoked = 8,
+    /// The client resumed this connection's session on a newer connection.
+    Resumed = 9,
+    /// The client gave this connection up (a handshake that took too long, a liveness
+    /// probe not needed) and carries on: unlike `Normal`, its session is not over.
+    Retrying = 10,
 }
 
 impl CloseCode {
@@ -39,6 +44,8 @@ impl CloseCode {
             6 => Self::Shutdown,
             7 => Self::RateLimited,
             8 => Self::AccessRevoked,
+            9 => Self::Resumed,
+            10 => Self::Retrying,
             _ => return None,
         })
     }
@@ -65,6 +72,8 @@ impl CloseCode {
             Self::AccessRevoked => {
                 "access revoked: the server's operator removed this client or its token, or it expired"
             }
+            Self::Resumed => "the session moved to a newer connection of the same client",
+            Self::Retrying => "the client gave this connection up and is trying another",
         }
     }
 }
@@ -111,7 +120,7 @@ mod tests {
 
     #[test]
     fn codes_round_trip() {
-        for c in 0..8u64 {
+        for c in 0..11u64 {
             assert_eq!(CloseCode::from_u64(c).unwrap().as_u32() as u64, c);
         }
         assert_eq!(CloseCode::from_u64(99), None);

@@ -45,3 +45,6 @@ pub const PROTOCOL_VERSION: u16 = 1;
 /// servers accept both, clients send it only when they have a key, so token-only
 /// clients and servers of either age keep talking.
 pub const KEY_AUTH_VERSION: u16 = 2;
+/// The version of an auth request that asks for a resumable session, or resumes one
+/// ([`message::AuthRequestV3`]). Clients fall back to 1 or 2 when a server refuses it.
+pub const RESUME_VERSION: u16 = 3;

@@ -57,6 +57,36 @@ impl fmt::Debug for AuthRequestV2 {
     }
 }
 
+/// An auth request that asks for a resumable session ([`crate::RESUME_VERSION`]): the
+/// credentials of [`AuthRequestV2`], and the session to resume, if any. The server
+/// answers [`AuthResponse::Resumable`].
+#[derive(Clone, Serialize, Deserialize, Zeroize, ZeroizeOnDrop)]
+pub struct AuthRequestV3 {
+    pub version: u16,
+    pub token: Option<String>,
+    #[zeroize(skip)]
+    pub proof: Option<KeyProof>,
+    #[zeroize(skip)]
+    pub resume: Option<crate::resume::ResumeClaim>,
+}
+
+impl fmt::Debug for AuthRequestV3 {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("AuthRequestV3")
+            .field("version", &self.version)
+            .field("token", &self.token.as_ref().map(|_| "<redacted>"))
+            .field("proof", &self.proof)
+            .field(
+                "resume",
+                &self
+                    .resume
+                    .as_ref()
+                    .map(|c| crate::resume::SessionId(c.session)),
+            )
+            .finish()
+    }
+}
+
 /// A client key's signature over this very connection's TLS exporter value
 /// ([`crate::key::SecretKey::prove`]): a captured proof is worthless on any other
 /// connection.
@@ -73,6 +103,7 @@ pub struct KeyProof {
 pub enum AnyAuthRequest {
     V1(AuthRequest),
     V2(AuthRequestV2),
+    V3(AuthRequestV3),
     /// A version this side does not know: refuse it by its number.
     Unknown(u16),
 }
@@ -85,6 +116,7 @@ impl AnyAuthRequest {
         Ok(match version {
             crate::PROTOCOL_VERSION => Self::V1(crate::frame::decode_body(body)?),
             crate::KEY_AUTH_VERSION => Self::V2(crate::frame::decode_body(body)?),
+            crate::RESUME_VERSION => Self::V3(crate::frame::decode_body(body)?),
             v => Self::Unknown(v),
         })
     }
@@ -97,6 +129,15 @@ pub enum AuthResponse {
         version: u16,
         /// Per-connection limit on concurrent TCP streams plus UDP flows.
         max_streams: u32,
+    },
+    /// The answer to an [`AuthRequestV3`]: the session's ticket (the same one again when
+    /// the session was resumed), and whether the claimed session was found. A client
+    /// whose claim was not honoured resets the connections it kept for that session.
+    Resumable {
+        version: u16,
+        max_streams: u32,
+        ticket: crate::resume::SessionTicket,
+        resumed: bool,
     },
 }
 

@@ -44,13 +44,13 @@ impl fmt::Debug for SessionTicket {
 
 impl SessionTicket {
     /// A fresh ticket from the operating system's random source.
-    pub fn generate() -> Result<Self, getrandom::Error> {
+    pub fn generate() -> Result<Self, crate::token::RandomError> {
         let mut t = Self {
             session: [0; 16],
             secret: [0; 32],
         };
-        getrandom::fill(&mut t.session)?;
-        getrandom::fill(&mut t.secret)?;
+        getrandom::fill(&mut t.session).map_err(crate::token::RandomError)?;
+        getrandom::fill(&mut t.secret).map_err(crate::token::RandomError)?;
         Ok(t)
     }
 
@@ -114,6 +114,11 @@ pub struct ResumeClaim {
 /// [`crate::message::StreamHeader`]).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ResumableHeader {
+    /// A stream that is not resumed if the connection is lost (a dynamic SOCKS / HTTP
+    /// CONNECT stream): as [`crate::message::StreamHeader`] in other sessions.
+    Plain { forward_id: u16 },
+    /// The stream carrying the session's [`Acks`], both ways (one per connection).
+    Acks,
     /// A new TCP connection of a forward, numbered by the client (numbers are never
     /// reused within a session). The user's bytes follow.
     Open { forward_id: u16, stream: u64 },
@@ -203,6 +208,8 @@ mod tests {
             stream: 9,
             received: u64::MAX,
         });
+        rt(ResumableHeader::Plain { forward_id: 2 });
+        rt(ResumableHeader::Acks);
         rt(ResumeReply::Resumed { received: 12345 });
         rt(ResumeReply::Unknown);
         rt(Acks {

@@ -9,6 +9,7 @@ use porthole_engine::client::proxy::{ProxyAuth, ProxyKind, ProxySpec};
 use porthole_engine::client::{ClientConfig, ForwardSpec, PublishSpec};
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::quic_params::QuicParams;
+use porthole_engine::resume::ResumeSettings;
 use porthole_proto::key::{EndpointId, SecretKey};
 use porthole_proto::token::AuthToken;
 use porthole_transport_iroh::IrohOptions;
@@ -16,7 +17,7 @@ use tracing::warn;
 
 use super::{
     ManualSettings, Plan, TransportFile, WatchSettings, config_path, direct_paths, iroh_options,
-    list, manual_settings, nodepass_plan, quic_params, watch_settings,
+    list, manual_settings, nodepass_plan, quic_params, resume_settings, watch_settings,
 };
 use crate::cli::{ClientArgs, Mode};
 use crate::config::raw::{ClientFile, check_forward, check_publish, relay_setting};
@@ -50,6 +51,7 @@ pub struct ClientSettings {
     pub publishes: Vec<PublishSpec>,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
+    pub resume: ResumeSettings,
     pub udp_idle_timeout: Duration,
     pub watch: WatchSettings,
 }
@@ -67,6 +69,7 @@ impl ClientSettings {
         c.proxy_auth = self.proxy_auth.clone();
         c.udp_idle_timeout = self.udp_idle_timeout;
         c.silent_after = self.quic.silent_after();
+        c.resume = self.resume;
         c
     }
 }
@@ -157,6 +160,7 @@ fn client_settings(
         proxies,
         proxy_auth,
         quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
+        resume: resume_settings(&args.resume, f.map(|f| &f.resume))?,
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout

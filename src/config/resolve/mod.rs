@@ -8,6 +8,7 @@ use anyhow::{Context, Result, bail};
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::policy::{AllowList, Policy};
 use porthole_engine::quic_params::QuicParams;
+use porthole_engine::resume::ResumeSettings;
 use porthole_engine::server::ServerConfig;
 use porthole_proto::key::SecretKey;
 use porthole_proto::token::AuthToken;
@@ -16,11 +17,13 @@ use porthole_transport_iroh::{DnsSetting, IrohOptions, RelaySetting};
 use tracing::warn;
 
 use super::raw::{
-    ClientFile, DirectPathsTable, QuicTable, ServerFile, StatusTable, Stun, relay_setting,
+    ClientFile, DirectPathsTable, QuicTable, ResumeTable, ServerFile, StatusTable, Stun,
+    relay_setting,
 };
 use super::{Role, read_server};
 use crate::cli::{
-    ConfigArgs, DirectPathArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ServerArgs, WatchArgs,
+    ConfigArgs, DirectPathArgs, IrohArgs, ManualArgs, Mode, QuicArgs, ResumeArgs, ServerArgs,
+    WatchArgs,
 };
 use crate::secrets;
 
@@ -99,6 +102,7 @@ pub struct ServerSettings {
     pub max_sessions: usize,
     /// QUIC tuning, the same in iroh and manual mode.
     pub quic: QuicParams,
+    pub resume: ResumeSettings,
     pub udp_idle_timeout: Duration,
     pub watch: WatchSettings,
 }
@@ -169,6 +173,7 @@ impl ServerSettings {
         c.max_sessions = self.max_sessions;
         c.max_streams = self.quic.max_streams;
         c.udp_idle_timeout = self.udp_idle_timeout;
+        c.resume = self.resume;
         c
     }
 }
@@ -397,6 +402,7 @@ fn server_settings(
         binds,
         max_sessions,
         quic: quic_params(&args.quic, f.map(|f| &f.quic))?,
+        resume: resume_settings(&args.resume, f.map(|f| &f.resume))?,
         udp_idle_timeout: args
             .iroh
             .udp_idle_timeout
@@ -456,6 +462,46 @@ fn direct_paths(args: &DirectPathArgs, file: Option<&DirectPathsTable>) -> PathR
             file.map(|f| f.pin.as_slice()).unwrap_or_default(),
         ),
     }
+}
+
+/// Resuming: the command line over the file's `[resume]` table over the defaults.
+fn resume_settings(args: &ResumeArgs, file: Option<&ResumeTable>) -> Result<ResumeSettings> {
+    const MIB: usize = 1 << 20;
+    let mut r = ResumeSettings::default();
+    let grace = args.resume_grace.or(file.and_then(|f| f.grace));
+    if let Some(g) = grace {
+        if g > Duration::from_secs(24 * 3600) {
+            bail!("--resume-grace / [resume] grace: {g:?} is over the 24h limit");
+        }
+        r.grace = g;
+    }
+    let buffer = args.resume_buffer.or(file.and_then(|f| f.buffer_mib));
+    if let Some(b) = buffer {
+        if !(1..=1024).contains(&b) {
+            bail!("--resume-buffer / [resume] buffer_mib: {b} MiB is outside 1 to 1024");
+        }
+        r.stream_buffer = b * MIB;
+    }
+    let session = args
+        .resume_session_buffer
+        .or(file.and_then(|f| f.session_buffer_mib));
+    if let Some(b) = session {
+        if !(1..=16 * 1024).contains(&b) {
+            bail!(
+                "--resume-session-buffer / [resume] session_buffer_mib: {b} MiB is outside 1 to 16384"
+            );
+        }
+        r.session_buffer = b * MIB;
+    }
+    if r.session_buffer < r.stream_buffer {
+        bail!(
+            "the session's resume buffer ({} MiB) is smaller than one connection's ({} MiB): \
+             raise --resume-session-buffer or lower --resume-buffer",
+            r.session_buffer / MIB,
+            r.stream_buffer / MIB
+        );
+    }
+    Ok(r)
 }
 
 /// QUIC tuning: the command line over the file's `[quic]` table over the defaults.

@@ -85,7 +85,7 @@ pub(super) fn start_services(lab: &mut Lab, ns: &str) {
 }
 
 /// The client's forwards in both modes: 8000 -> 7000 (TCP and UDP), 8001 -> 7001 (TCP).
-const FORWARDS: [&str; 12] = [
+pub(super) const FORWARDS: [&str; 12] = [
     "--source",
     "tcp://127.0.0.1:7000",
     "--target",
@@ -117,7 +117,13 @@ pub(super) fn start_iroh_tunnel(lab: &mut Lab) -> (usize, Instant) {
 /// Starts [`iroh_server`] (secrets written first by the caller) and waits until it
 /// serves; returns its process index and its ticket.
 pub(super) fn start_iroh_server(lab: &mut Lab) -> (usize, String) {
-    let s = lab.spawn("server", iroh_server(lab));
+    let server = iroh_server(lab);
+    start_iroh_server_with(lab, server)
+}
+
+/// [`start_iroh_server`] with `server`, an [`iroh_server`] with more flags.
+pub(super) fn start_iroh_server_with(lab: &mut Lab, server: Command) -> (usize, String) {
+    let s = lab.spawn("server", server);
     let ticket = lab.procs[s]
         .wait_line("Ticket: ", Duration::from_secs(30))
         .trim_start_matches("Ticket: ")

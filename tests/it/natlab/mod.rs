@@ -17,6 +17,7 @@ pub mod lab;
 mod matrix;
 mod outage;
 mod publish;
+mod resume;
 mod sharing;
 mod windows;
 mod wireguard;

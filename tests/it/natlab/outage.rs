@@ -225,7 +225,7 @@ fn new_public_ip() {
 /// The client NAT's address after [`new_public_ip`]'s renumbering.
 const NEW_IP: &str = "198.18.0.21";
 
-fn json_u64(json: &str, key: &str) -> u64 {
+pub(super) fn json_u64(json: &str, key: &str) -> u64 {
     let at = json
         .find(&format!("\"{key}\":"))
         .unwrap_or_else(|| panic!("{key} in {json}"));

@@ -49,6 +49,7 @@ pub(crate) async fn replacement<K: Connector>(
     current: &K::Conn,
     connector: &K,
     config: &ClientConfig,
+    book: Option<&std::sync::Arc<super::resumable::BookOf<K::Conn>>>,
 ) -> Session<K::Conn> {
     let mut last = current.frames_received();
     let mut heard = Instant::now();
@@ -68,7 +69,7 @@ pub(crate) async fn replacement<K: Connector>(
             silent = ?heard.elapsed(),
             "nothing heard from the server: checking with a fresh connection"
         );
-        let probe = tokio::time::timeout(PROBE_LIMIT, session::establish(connector, config));
+        let probe = tokio::time::timeout(PROBE_LIMIT, session::establish(connector, config, book));
         let fresh = match probe.await {
             Ok(Ok(fresh)) => fresh,
             Ok(Err(_)) | Err(_) => {
@@ -78,6 +79,11 @@ pub(crate) async fn replacement<K: Connector>(
                 continue;
             }
         };
+        // A resumable session answers at once: the server either moved the session to
+        // the fresh connection (closing the old one) or no longer knows it.
+        if fresh.book.is_some() {
+            return fresh;
+        }
         tokio::time::sleep(confirm_window(heard.elapsed())).await;
         let frames = current.frames_received();
         if frames == last {
@@ -91,7 +97,7 @@ pub(crate) async fn replacement<K: Connector>(
         debug!("the server answers the tunnel again: the fresh connection is not needed");
         fresh
             .conn
-            .close(CloseCode::Normal.as_u32(), b"liveness probe, not needed");
+            .close(CloseCode::Retrying.as_u32(), b"liveness probe, not needed");
         (last, heard) = (frames, Instant::now());
     }
 }

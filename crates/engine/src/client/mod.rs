@@ -4,6 +4,7 @@
 mod liveness;
 pub mod proxy;
 mod publish;
+mod resumable;
 mod session;
 mod tcp;
 mod udp;
@@ -88,6 +89,9 @@ pub struct ClientConfig {
     pub proxies: Vec<proxy::ProxySpec>,
     /// What the proxies require from their users (always, off loopback).
     pub proxy_auth: Option<proxy::ProxyAuth>,
+    /// Resumable sessions: how long TCP connections wait for a lost tunnel to come back,
+    /// and the replay bounds (`--resume-grace`, `[resume]`).
+    pub resume: crate::resume::ResumeSettings,
 }
 
 impl ClientConfig {
@@ -117,6 +121,7 @@ impl ClientConfig {
             telemetry: Telemetry::new(Role::Client),
             proxies: Vec::new(),
             proxy_auth: None,
+            resume: Default::default(),
         }
     }
 }
@@ -179,6 +184,12 @@ pub(crate) fn fatal_close(end: &ConnectionEnd) -> Option<ClientError> {
     }
 }
 
+/// Whether the server closed the connection because the session moved to a newer one.
+fn is_resumed_elsewhere(end: &ConnectionEnd) -> bool {
+    matches!(end, ConnectionEnd::Peer { code, .. }
+        if CloseCode::from_u64(*code) == Some(CloseCode::Resumed))
+}
+
 /// What the client is doing, for logs, tests and status displays.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Status {
@@ -216,7 +227,7 @@ pub async fn check_in<K: Connector>(
 ) -> Result<Session<K::Conn>, CheckInError> {
     let mut config = config.clone();
     config.forwards.clear();
-    match session::establish(connector, &config).await {
+    match session::establish(connector, &config, None).await {
         Ok(s) => Ok(s),
         Err(session::EstablishError::Fatal(e)) => Err(CheckInError::Fatal(e)),
         Err(session::EstablishError::Retry(why)) => Err(CheckInError::Retry(why)),
@@ -438,6 +449,10 @@ async fn connection_loop<C: Connector>(
     let mut announced = false;
     // A fresh session that replaced one whose server no longer answered.
     let mut replacement = None;
+    let book = config
+        .resume
+        .enabled()
+        .then(|| Arc::new(resumable::BookOf::<C::Conn>::new(config.resume)));
     loop {
         let attempt = match replacement.take() {
             Some(fresh) => Ok(fresh),
@@ -445,7 +460,7 @@ async fn connection_loop<C: Connector>(
                 config.telemetry.retry_in(Duration::ZERO);
                 tokio::select! {
                     _ = shutdown.cancelled() => return Ok(()),
-                    r = session::establish(connector, config) => r,
+                    r = session::establish(connector, config, book.as_ref()) => r,
                 }
             }
         };
@@ -476,15 +491,22 @@ async fn connection_loop<C: Connector>(
                         .carry(session.clone(), config.clone())
                         .in_current_span(),
                 );
+                let probe = liveness::replacement(&session.conn, connector, config, book.as_ref());
+                let mut probe = std::pin::pin!(probe);
                 let end = tokio::select! {
                     end = session.conn.closed() => end,
-                    fresh = liveness::replacement(&session.conn, connector, config) => {
+                    fresh = &mut probe => {
                         // Its streams are reset: users' connections end now, with RST.
                         session.conn.close(CloseCode::Normal.as_u32(), b"replaced");
                         let _ = sessions.send(None);
                         rx.abort();
-                        warn!("tunnel lost: the server no longer answers it (restarted?); \
-                               continuing on a fresh connection");
+                        if fresh.resumed {
+                            info!("the tunnel moved to a fresh connection (the old one went silent); \
+                                   its connections resume there");
+                        } else {
+                            warn!("tunnel lost: the server no longer answers it (restarted?); \
+                                   continuing on a fresh connection");
+                        }
                         let reason = "the server stopped answering".to_string();
                         config.telemetry.tunnel_down(TunnelState::Reconnecting, reason.clone(), None);
                         let _ = status.send(Status::Reconnecting { reason });
@@ -499,6 +521,22 @@ async fn connection_loop<C: Connector>(
                 };
                 let _ = sessions.send(None);
                 rx.abort();
+                // The server moved the session to a newer connection: our liveness probe's,
+                // whose handshake is finishing. Continue on it.
+                if is_resumed_elsewhere(&end) {
+                    let wait = config.handshake_timeout;
+                    if let Ok(fresh) = tokio::time::timeout(wait, &mut probe).await {
+                        info!(
+                            "the tunnel moved to a fresh connection (the old one went silent); \
+                               its connections resume there"
+                        );
+                        replacement = Some(fresh);
+                        continue;
+                    }
+                }
+                if let Some(book) = &book {
+                    book.lost();
+                }
                 if let Some(fatal) = fatal_close(&end) {
                     error!("{fatal}");
                     return Err(fatal);
@@ -559,6 +597,28 @@ impl Carried {
     async fn carry<C: Connection>(self, session: Arc<Session<C>>, config: Arc<ClientConfig>) {
         let cancel = CancellationToken::new();
         let _ended = cancel.clone().drop_guard();
+        if let Some(book) = &session.book {
+            let tasks = TaskTracker::new();
+            tasks.spawn(
+                resumable::acknowledge(session.conn.clone(), book.clone()).in_current_span(),
+            );
+            if session.resumed {
+                let (conn, book) = (session.conn.clone(), book.clone());
+                tasks.spawn(
+                    async move {
+                        let r = book.streams.resume_on(&conn).await;
+                        info!(
+                            resumed = r.resumed,
+                            reset = r.unknown,
+                            failed = r.failed,
+                            "connections resumed on the new tunnel"
+                        );
+                    }
+                    .in_current_span(),
+                );
+            }
+            tasks.close();
+        }
         let reverse = if config.publishes.is_empty() {
             None
         } else {

@@ -14,7 +14,7 @@ use std::time::Duration;
 use bytes::Bytes;
 use porthole_proto::datagram::FlowKey;
 use porthole_proto::message::{
-    DYNAMIC_FORWARD, DynamicReply, DynamicTarget, RejectReason, StreamHeader, Unreachable,
+    DYNAMIC_FORWARD, DynamicReply, DynamicTarget, RejectReason, Unreachable,
 };
 use porthole_proto::socks::{self, Reply};
 use subtle::ConstantTimeEq;
@@ -200,14 +200,10 @@ impl Proxy {
             })?;
         let tunnel = |e: &dyn std::fmt::Display| Refused::Tunnel(format!("tunnel: {e}"));
         let (mut send, mut recv) = session.conn.open_bi().await.map_err(|e| tunnel(&e))?;
-        write_frame(
-            &mut send,
-            &StreamHeader {
-                forward_id: DYNAMIC_FORWARD,
-            },
-        )
-        .await
-        .map_err(|e| tunnel(&e))?;
+        session
+            .plain_header(&mut send, DYNAMIC_FORWARD)
+            .await
+            .map_err(|e| tunnel(&e))?;
         write_frame(
             &mut send,
             &DynamicTarget {

@@ -5,10 +5,13 @@ use std::time::Duration;
 use porthole_proto::close::CloseCode;
 use porthole_proto::key::PROOF_EXPORTER_LABEL;
 use porthole_proto::message::{
-    AuthRequest, AuthRequestV2, AuthResponse, ControlRequest, ControlResponse,
+    AuthRequest, AuthRequestV2, AuthRequestV3, AuthResponse, ControlRequest, ControlResponse,
+    StreamHeader,
 };
-use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION};
+use porthole_proto::resume::{EXPORTER_LABEL, ResumableHeader};
+use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION, RESUME_VERSION};
 use std::collections::HashMap;
+use std::sync::Arc;
 use std::sync::atomic::{AtomicU32, Ordering};
 
 use bytes::Bytes;
@@ -16,6 +19,7 @@ use porthole_proto::source::Source;
 use tokio::sync::{Mutex, mpsc};
 use tracing::debug;
 
+use super::resumable::BookOf;
 use super::{ClientConfig, ClientError};
 use crate::control::{ControlError, read_frame, write_frame};
 use crate::transport::{Connection, ConnectionEnd, Connector};
@@ -33,6 +37,10 @@ pub struct Session<C: Connection> {
     next_request: AtomicU32,
     /// Forwards opened on demand, by source text, and where their datagrams go.
     dynamic: std::sync::Mutex<DynamicUdp>,
+    /// The resumable session this connection carries, if the server gave one.
+    pub(crate) book: Option<Arc<BookOf<C>>>,
+    /// The server found the session we claimed: our kept connections move here.
+    pub(crate) resumed: bool,
 }
 
 /// UDP destinations of SOCKS associations: a forward per destination (opened on the
@@ -44,10 +52,12 @@ struct DynamicUdp {
 }
 
 impl<C: Connection> Session<C> {
-    fn new(conn: C, ids: Ids, control: (C::Send, C::Recv)) -> Self {
+    fn new(conn: C, ids: Ids<C>, control: (C::Send, C::Recv)) -> Self {
         let Ids {
             forward_ids,
             publish_ids,
+            book,
+            resumed,
         } = ids;
         let next = (forward_ids.len() + publish_ids.len()) as u32;
         Self {
@@ -57,6 +67,21 @@ impl<C: Connection> Session<C> {
             control: Mutex::new(control),
             next_request: AtomicU32::new(next),
             dynamic: Default::default(),
+            book,
+            resumed,
+        }
+    }
+
+    /// Starts a stream that is not resumed (a dynamic one) with its header: a plain
+    /// stream header, or its resumable-session equivalent.
+    pub(crate) async fn plain_header(
+        &self,
+        send: &mut C::Send,
+        forward_id: u16,
+    ) -> Result<(), ControlError> {
+        match self.book {
+            Some(_) => write_frame(send, &ResumableHeader::Plain { forward_id }).await,
+            None => write_frame(send, &StreamHeader { forward_id }).await,
         }
     }
 
@@ -122,6 +147,7 @@ pub(crate) enum EstablishError {
 pub(crate) async fn establish<K: Connector>(
     connector: &K,
     config: &ClientConfig,
+    book: Option<&Arc<BookOf<K::Conn>>>,
 ) -> Result<Session<K::Conn>, EstablishError> {
     let conn = match tokio::time::timeout(config.connect_timeout, connector.connect()).await {
         Ok(Ok(c)) => c,
@@ -133,7 +159,8 @@ pub(crate) async fn establish<K: Connector>(
             )));
         }
     };
-    match tokio::time::timeout(config.handshake_timeout, handshake(&conn, config)).await {
+    let book = book.filter(|b| b.wanted());
+    match tokio::time::timeout(config.handshake_timeout, handshake(&conn, config, book)).await {
         Ok(Ok((ids, control))) => Ok(Session::new(conn, ids, control)),
         Ok(Err(HandshakeError::Refused(e))) => {
             conn.close(CloseCode::Normal.as_u32(), b"forward refused");
@@ -143,10 +170,21 @@ pub(crate) async fn establish<K: Connector>(
             // The server usually closed the connection with a reason: wait briefly for it.
             let end = tokio::time::timeout(Duration::from_secs(2), conn.closed()).await;
             conn.close(CloseCode::Normal.as_u32(), b"");
+            // A server that predates resumable sessions refuses their auth version: ask
+            // it for a plain session next time.
+            if let (Some(book), Ok(ConnectionEnd::Peer { code, .. })) = (book, &end)
+                && CloseCode::from_u64(*code) == Some(CloseCode::UnsupportedVersion)
+            {
+                book.unsupported();
+                return Err(EstablishError::Retry(
+                    "the server predates resumable sessions; asking for a plain one".into(),
+                ));
+            }
             Err(classify(end.ok(), e, !config.publishes.is_empty()))
         }
         Err(_) => {
-            conn.close(CloseCode::Normal.as_u32(), b"handshake timeout");
+            // Not Normal: a server that moved our session here keeps it for a resume.
+            conn.close(CloseCode::Retrying.as_u32(), b"handshake timeout");
             Err(EstablishError::Retry(format!(
                 "the server did not answer the handshake within {:?}",
                 config.handshake_timeout
@@ -167,41 +205,67 @@ impl From<ControlError> for HandshakeError {
 }
 
 /// What the server answered the handshake's requests with.
-struct Ids {
+struct Ids<C: Connection> {
     forward_ids: Vec<u16>,
     publish_ids: Vec<u16>,
+    book: Option<Arc<BookOf<C>>>,
+    resumed: bool,
+}
+
+fn no_exporter(what: &str) -> ControlError {
+    ControlError::Io(std::io::Error::other(format!(
+        "the connection has no TLS exporter for the {what}"
+    )))
 }
 
 async fn handshake<C: Connection>(
     conn: &C,
     config: &ClientConfig,
-) -> Result<(Ids, (C::Send, C::Recv)), HandshakeError> {
+    book: Option<&Arc<BookOf<C>>>,
+) -> Result<(Ids<C>, (C::Send, C::Recv)), HandshakeError> {
     let (mut send, mut recv) = conn.open_bi().await.map_err(ControlError::Io)?;
-    match &config.key {
-        // A key proves itself on this connection (and the token stays home).
-        Some(key) => {
-            let exporter = conn.keying_material(PROOF_EXPORTER_LABEL).ok_or_else(|| {
-                ControlError::Io(std::io::Error::other(
-                    "the connection has no TLS exporter for the key proof",
-                ))
-            })?;
-            let auth = AuthRequestV2 {
-                version: KEY_AUTH_VERSION,
-                token: None,
-                proof: Some(key.prove(&exporter)),
-            };
-            write_frame(&mut send, &auth).await?;
-        }
-        None => {
-            let auth = AuthRequest {
-                version: PROTOCOL_VERSION,
-                token: config
-                    .token
-                    .as_ref()
-                    .map(|t| t.expose().to_string())
-                    .unwrap_or_default(),
-            };
-            write_frame(&mut send, &auth).await?;
+    let key_proof = |key: &porthole_proto::key::SecretKey| {
+        conn.keying_material(PROOF_EXPORTER_LABEL)
+            .map(|exporter| key.prove(&exporter))
+            .ok_or_else(|| no_exporter("key proof"))
+    };
+    if let Some(book) = book {
+        // Resumable: the credentials of version 2, and our claim to the session.
+        let exporter = conn
+            .keying_material(EXPORTER_LABEL)
+            .ok_or_else(|| no_exporter("session resume"))?;
+        let auth = AuthRequestV3 {
+            version: RESUME_VERSION,
+            token: match config.key {
+                Some(_) => None,
+                None => config.token.as_ref().map(|t| t.expose().to_string()),
+            },
+            proof: config.key.as_ref().map(key_proof).transpose()?,
+            resume: book.claim(&exporter),
+        };
+        write_frame(&mut send, &auth).await?;
+    } else {
+        match &config.key {
+            // A key proves itself on this connection (and the token stays home).
+            Some(key) => {
+                let auth = AuthRequestV2 {
+                    version: KEY_AUTH_VERSION,
+                    token: None,
+                    proof: Some(key_proof(key)?),
+                };
+                write_frame(&mut send, &auth).await?;
+            }
+            None => {
+                let auth = AuthRequest {
+                    version: PROTOCOL_VERSION,
+                    token: config
+                        .token
+                        .as_ref()
+                        .map(|t| t.expose().to_string())
+                        .unwrap_or_default(),
+                };
+                write_frame(&mut send, &auth).await?;
+            }
         }
     }
     // Pipeline the forward requests behind the token: one round trip for everything.
@@ -217,11 +281,41 @@ async fn handshake<C: Connection>(
         };
         write_frame(&mut send, &req).await?;
     }
-    let AuthResponse::Accepted {
-        version,
-        max_streams,
-    } = read_frame(&mut recv).await?;
-    debug!(version, max_streams, "authenticated");
+    let (session_book, resumed) = match read_frame(&mut recv).await? {
+        AuthResponse::Accepted {
+            version,
+            max_streams,
+        } => {
+            debug!(version, max_streams, "authenticated");
+            if let Some(book) = book {
+                book.answered_plain();
+            }
+            (None, false)
+        }
+        AuthResponse::Resumable {
+            version,
+            max_streams,
+            ticket,
+            resumed,
+        } => {
+            debug!(
+                version,
+                max_streams, resumed, "authenticated (resumable session)"
+            );
+            match book {
+                Some(book) => {
+                    book.answered(ticket, resumed);
+                    (Some(Arc::clone(book)), resumed)
+                }
+                // Not asked for: a server that answers so is broken.
+                None => {
+                    return Err(HandshakeError::Stream(ControlError::Io(
+                        std::io::Error::other("a resumable session that was not asked for"),
+                    )));
+                }
+            }
+        }
+    };
     let mut ids = Vec::with_capacity(config.forwards.len());
     for (i, f) in config.forwards.iter().enumerate() {
         match read_frame::<ControlResponse, _>(&mut recv).await? {
@@ -276,6 +370,8 @@ async fn handshake<C: Connection>(
     let ids = Ids {
         forward_ids: ids,
         publish_ids,
+        book: session_book,
+        resumed,
     };
     Ok((ids, (send, recv)))
 }

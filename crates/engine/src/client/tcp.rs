@@ -6,6 +6,7 @@ use std::time::Duration;
 
 use porthole_proto::message::StreamHeader;
 use porthole_proto::proxy_header;
+use porthole_proto::resume::ResumableHeader;
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::sync::CancellationToken;
@@ -13,6 +14,8 @@ use tracing::{Instrument, debug, info_span, warn};
 
 use super::{ProxyProtocol, Sessions};
 use crate::control::write_frame;
+use crate::resume::carry::Link;
+use crate::resume::streams::alive_of;
 use crate::splice::{Controls, SpliceEnd, abort_tcp, splice, tune_tcp};
 use crate::telemetry::{ForwardLive, Side, StreamMeter};
 use crate::transport::Connection;
@@ -96,7 +99,18 @@ async fn handle<C: Connection>(
         }
     };
     // The header goes out with (or just before) the user's first bytes: no round trip.
-    if let Err(e) = write_frame(&mut send, &StreamHeader { forward_id }).await {
+    let resumable = session.book.clone().map(|b| {
+        let stream = b.next_stream();
+        (b, stream)
+    });
+    let started = match &resumable {
+        Some((_, stream)) => {
+            let stream = *stream;
+            write_frame(&mut send, &ResumableHeader::Open { forward_id, stream }).await
+        }
+        None => write_frame(&mut send, &StreamHeader { forward_id }).await,
+    };
+    if let Err(e) = started {
         warn!("cannot start stream: {e}");
         abort_tcp(&tcp);
         return;
@@ -110,15 +124,40 @@ async fn handle<C: Connection>(
         None => Vec::new(),
     };
     ahead.extend_from_slice(&early);
-    if !ahead.is_empty()
-        && let Err(e) = send.write_all(&ahead).await
-    {
-        warn!("cannot start stream: {e}");
-        abort_tcp(&tcp);
-        return;
-    }
     tune_tcp(&tcp);
-    match splice(tcp, send, recv, Controls::meter(&meter)).await {
+    let end = match resumable {
+        // Resumable: what goes ahead is part of the stream, kept for replay like the rest.
+        Some((book, stream)) => {
+            let first = Link {
+                send,
+                recv,
+                peer_received: 0,
+                alive: alive_of(&session.conn),
+            };
+            // The carry outlives this connection: it holds nothing of the session.
+            drop(session);
+            let ctl = Controls::meter(&meter);
+            match book
+                .streams
+                .carry(stream, tcp, first, Some(ahead.into()), ctl)
+                .await
+            {
+                Some(end) => end,
+                None => return warn!(stream, "stream number in use (a bug): dropped"),
+            }
+        }
+        None => {
+            if !ahead.is_empty()
+                && let Err(e) = send.write_all(&ahead).await
+            {
+                warn!("cannot start stream: {e}");
+                abort_tcp(&tcp);
+                return;
+            }
+            splice(tcp, send, recv, Controls::meter(&meter)).await
+        }
+    };
+    match end {
         SpliceEnd::Clean { up, down } => debug!(sent = up, received = down, "closed"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(sent = up, received = down, "aborted: {error}")

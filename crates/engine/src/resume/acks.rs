@@ -5,7 +5,7 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, PoisonError};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use porthole_proto::resume::{Acks, MAX_ACKS_PER_FRAME};
 use tokio::io::{AsyncRead, AsyncWrite};
@@ -18,44 +18,102 @@ use crate::control::{ControlError, read_frame_or_eof, write_frame};
 /// limit, long enough to batch a busy session's streams into one frame.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(20);
 
-/// The streams of one session by number, as the acknowledgements see them.
+/// Finished streams remembered at most (their last offsets, for a peer that missed them).
+const MAX_FINISHED: usize = 65536;
+
+/// The streams of one session by number, as the acknowledgements see them: the live
+/// ones, and for a while those that finished cleanly, whose last offset the peer still
+/// needs (its carry ends once it knows we have its FIN).
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
-    streams: Arc<Mutex<HashMap<u64, Arc<Shared>>>>,
+    inner: Arc<Mutex<Inner>>,
+}
+
+#[derive(Debug, Default)]
+struct Inner {
+    live: HashMap<u64, Arc<Shared>>,
+    /// Final received offset and when the stream finished.
+    finished: HashMap<u64, (u64, Instant)>,
+    /// How long a finished stream's offset is kept (the session's grace period).
+    keep: Duration,
 }
 
 impl Ledger {
+    /// Remembers finished streams for `keep`.
+    pub fn new(keep: Duration) -> Self {
+        Self {
+            inner: Arc::new(Mutex::new(Inner {
+                keep,
+                ..Inner::default()
+            })),
+        }
+    }
+
     pub fn insert(&self, stream: u64, shared: Arc<Shared>) {
-        self.lock().insert(stream, shared);
+        self.lock().live.insert(stream, shared);
     }
 
+    /// The stream ended in error: the peer learns it from the stream (or not at all).
     pub fn remove(&self, stream: u64) {
-        self.lock().remove(&stream);
+        self.lock().live.remove(&stream);
     }
 
+    /// The stream ended cleanly: its last offset is still sent, and answers a resume.
+    pub fn finish(&self, stream: u64) {
+        let now = Instant::now();
+        let mut inner = self.lock();
+        let Some(shared) = inner.live.remove(&stream) else {
+            return;
+        };
+        let keep = inner.keep;
+        inner
+            .finished
+            .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
+        if inner.finished.len() >= MAX_FINISHED
+            && let Some(oldest) = inner
+                .finished
+                .iter()
+                .min_by_key(|(_, (_, at))| *at)
+                .map(|(s, _)| *s)
+        {
+            inner.finished.remove(&oldest);
+        }
+        inner.finished.insert(stream, (shared.received(), now));
+    }
+
+    /// A live stream's shared state.
     pub fn get(&self, stream: u64) -> Option<Arc<Shared>> {
-        self.lock().get(&stream).cloned()
+        self.lock().live.get(&stream).cloned()
     }
 
+    /// A finished stream's last received offset.
+    pub fn finished(&self, stream: u64) -> Option<u64> {
+        self.lock().finished.get(&stream).map(|(n, _)| *n)
+    }
+
+    /// Live streams.
     pub fn len(&self) -> usize {
-        self.lock().len()
+        self.lock().live.len()
     }
 
     pub fn is_empty(&self) -> bool {
         self.len() == 0
     }
 
-    /// Each stream's received count now.
+    /// Each stream's received count now, live and finished.
     fn received(&self) -> Vec<(u64, u64)> {
-        self.lock()
+        let inner = self.lock();
+        inner
+            .live
             .iter()
             .map(|(&stream, shared)| (stream, shared.received()))
+            .chain(inner.finished.iter().map(|(&s, (n, _))| (s, *n)))
             .collect()
     }
 
-    fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, Arc<Shared>>> {
-        // The map stays consistent whatever a panicking holder did.
-        self.streams.lock().unwrap_or_else(PoisonError::into_inner)
+    fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
+        // The maps stay consistent whatever a panicking holder did.
+        self.inner.lock().unwrap_or_else(PoisonError::into_inner)
     }
 }
 
@@ -115,8 +173,8 @@ mod tests {
     #[tokio::test]
     async fn offsets_reach_the_peers_streams_batched_and_only_when_changed() {
         let (mut a, mut b) = tokio::io::duplex(1 << 16);
-        let ours = Ledger::default();
-        let theirs = Ledger::default();
+        let ours = Ledger::new(Duration::from_secs(60));
+        let theirs = Ledger::new(Duration::from_secs(60));
         // Many streams: more than one frame's worth.
         let mut shared = Vec::new();
         for stream in 0..(MAX_ACKS_PER_FRAME as u64 * 2 + 5) {
@@ -146,9 +204,13 @@ mod tests {
         .await
         .expect("every stream acknowledged");
 
-        // A later change goes too; a stream that left is not a problem.
+        // A later change goes too, also for a stream that finished meanwhile; a stream
+        // that left is not a problem.
         ours.remove(0);
         shared[7].0.add_received(100);
+        shared[8].0.add_received(5);
+        ours.finish(8);
+        assert_eq!(ours.finished(8), Some(8 * 3 + 1 + 5));
         tokio::time::timeout(Duration::from_secs(5), async {
             while !all_acked() {
                 tokio::time::sleep(Duration::from_millis(2)).await;
@@ -169,7 +231,7 @@ mod tests {
         let (mut a, mut b) = tokio::io::duplex(1024);
         use tokio::io::AsyncWriteExt;
         a.write_all(&[0, 3, 0xff, 0xff, 0xff]).await.unwrap();
-        let ledger = Ledger::default();
+        let ledger = Ledger::new(Duration::from_secs(1));
         assert!(receive(&mut b, &ledger).await.is_err());
     }
 }

@@ -267,7 +267,12 @@ impl<S: SendStream> Up<S> {
             }
             let event = match self.send.as_mut() {
                 None if orphan => return Err(no_resume()),
-                None => Event::Cmd(cmds.recv().await),
+                // Parked: a command, or (all sent) the last acknowledgement, which may
+                // come over a newer connection without this stream being resumed.
+                None => tokio::select! {
+                    c = cmds.recv() => Event::Cmd(c),
+                    _ = self.replay.acked().changed(), if self.eof && self.fin_sent => continue,
+                },
                 Some((send, _)) => {
                     let step = step_up(
                         tcp,

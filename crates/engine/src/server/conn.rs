@@ -8,9 +8,10 @@ use porthole_proto::key::PROOF_EXPORTER_LABEL;
 use porthole_proto::message::{
     AnyAuthRequest, AuthResponse, ControlRequest, ControlResponse, RejectReason, clamp_detail,
 };
+use porthole_proto::resume::ResumeClaim;
 use porthole_proto::source::Source;
 use porthole_proto::token::AuthToken;
-use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION};
+use porthole_proto::{KEY_AUTH_VERSION, PROTOCOL_VERSION, RESUME_VERSION};
 use tokio::sync::OwnedSemaphorePermit;
 use tokio_util::sync::CancellationToken;
 use tokio_util::task::TaskTracker;
@@ -53,7 +54,7 @@ pub(crate) async fn serve<C: Connection>(
     }
 
     let auth = tokio::time::timeout(config.auth_timeout, authenticate(&conn, config));
-    let (mut control_send, mut control_recv, rule, credential) = match auth.await {
+    let (mut control_send, mut control_recv, rule, credential, claim) = match auth.await {
         Ok(Ok(streams)) => streams,
         Ok(Err(AuthFailure::Close(code, reason, log))) => {
             config.telemetry.refused(match code {
@@ -114,15 +115,55 @@ pub(crate) async fn serve<C: Connection>(
     };
     drop(pending);
 
-    let accepted = AuthResponse::Accepted {
-        version: PROTOCOL_VERSION,
-        max_streams: config.max_streams,
+    // A client that asked for a resumable session gets one (the one it claims, if its
+    // claim holds), unless this server has resuming turned off.
+    let book = match claim {
+        Some(claim) if config.resume.enabled() => {
+            let max = config.max_sessions.saturating_mul(4).max(16);
+            match shared.resumable.open(
+                &conn,
+                claim.as_ref(),
+                (&rule.name, &credential),
+                &config.resume,
+                max,
+            ) {
+                Ok(opened) => Some(opened),
+                Err(e) => {
+                    warn!("no resumable session (no random numbers: {e})");
+                    None
+                }
+            }
+        }
+        _ => None,
+    };
+    let accepted = match &book {
+        Some((book, resumed)) => AuthResponse::Resumable {
+            version: RESUME_VERSION,
+            max_streams: config.max_streams,
+            ticket: book.ticket.clone(),
+            resumed: *resumed,
+        },
+        None => AuthResponse::Accepted {
+            version: PROTOCOL_VERSION,
+            max_streams: config.max_streams,
+        },
     };
     if let Err(e) = write_frame(&mut control_send, &accepted).await {
         debug!("could not answer auth: {e}");
         return;
     }
-    info!("client authenticated");
+    let book = book.map(|(book, resumed)| {
+        let generation = book.attach(&conn);
+        let parked = book.streams.len();
+        match resumed {
+            true => info!(session = %book.id(), "client authenticated, session resumed ({parked} connection(s) waiting)"),
+            false => info!(session = %book.id(), "client authenticated (resumable session)"),
+        }
+        (book, generation)
+    });
+    if book.is_none() {
+        info!("client authenticated");
+    }
     let path_of = conn.clone();
     let session = config
         .telemetry
@@ -182,14 +223,24 @@ pub(crate) async fn serve<C: Connection>(
         session: session.forwards(),
         shared: shared.clone(),
     });
+    let resumable = book.as_ref().map(|(book, _)| super::tcp::Resumable {
+        streams: book.streams.clone(),
+        alive: crate::resume::streams::alive_of(&conn),
+    });
     let streams = async {
         let mut n: u64 = 0;
         while let Ok((send, recv)) = conn.accept_bi().await {
             n += 1;
-            tasks.spawn(
-                super::tcp::handle_stream(send, recv, ctx.clone())
-                    .instrument(info_span!("stream", n)),
-            );
+            let span = info_span!("stream", n);
+            match &resumable {
+                Some(r) => tasks.spawn(
+                    super::tcp::handle_resumable(send, recv, ctx.clone(), r.clone())
+                        .instrument(span),
+                ),
+                None => {
+                    tasks.spawn(super::tcp::handle_stream(send, recv, ctx.clone()).instrument(span))
+                }
+            };
         }
         conn.closed().await
     };
@@ -211,6 +262,39 @@ pub(crate) async fn serve<C: Connection>(
     drop(publishing);
     tasks.close();
     info!("client disconnected: {end}");
+    if let Some((book, generation)) = book {
+        keep_or_end(&shared, &book, generation, &end);
+    }
+}
+
+/// After a resumable session's connection ended: keep the session for the grace period
+/// if the connection was lost, give it up if the client closed it, leave it alone if it
+/// already moved to a newer connection.
+fn keep_or_end<C: Connection>(
+    shared: &Shared,
+    book: &Arc<super::resumable::Book<C>>,
+    generation: u64,
+    end: &ConnectionEnd,
+) {
+    if book.generation() != generation {
+        return;
+    }
+    // Only a client that stops closes with Normal; any other close of its (a handshake
+    // it gave up, a probe) keeps the session for a resume, as a lost connection does.
+    let client_stopped = matches!(end, ConnectionEnd::Peer { code, .. }
+        if CloseCode::from_u64(*code) == Some(CloseCode::Normal));
+    if client_stopped || matches!(end, ConnectionEnd::Local) {
+        shared
+            .resumable
+            .end(book, &format!("connection closed: {end}"));
+    } else {
+        info!(
+            session = %book.id(),
+            "keeping the session for {:?} for the client to resume",
+            book.streams.settings().grace
+        );
+        shared.resumable.lost(book, generation);
+    }
 }
 
 /// What the control stream works on.
@@ -336,10 +420,13 @@ async fn serve_control<C: Connection>(
     }
 }
 
+/// A resumable session asked for, and the claim to an earlier one if any.
+type ResumeAsk = Option<Option<ResumeClaim>>;
+
 async fn authenticate<C: Connection>(
     conn: &C,
     config: &ServerConfig,
-) -> Result<(C::Send, C::Recv, Arc<ClientRule>, Credential), AuthFailure> {
+) -> Result<(C::Send, C::Recv, Arc<ClientRule>, Credential, ResumeAsk), AuthFailure> {
     let (send, mut recv) = conn
         .accept_bi()
         .await
@@ -361,16 +448,17 @@ async fn authenticate<C: Connection>(
         }
         Err(e) => return Err(AuthFailure::Gone(e.to_string())),
     };
-    let (token, proof) = match request {
-        AnyAuthRequest::V1(r) => (Some(r.token.clone()), None),
-        AnyAuthRequest::V2(r) => (r.token.clone(), r.proof.clone()),
+    let (token, proof, resume) = match request {
+        AnyAuthRequest::V1(r) => (Some(r.token.clone()), None, None),
+        AnyAuthRequest::V2(r) => (r.token.clone(), r.proof.clone(), None),
+        AnyAuthRequest::V3(r) => (r.token.clone(), r.proof.clone(), Some(r.resume.clone())),
         AnyAuthRequest::Unknown(v) => {
             return Err(AuthFailure::Close(
                 CloseCode::UnsupportedVersion,
                 b"unsupported protocol version",
                 format!(
                     "client speaks protocol version {v}, this server speaks \
-                     {PROTOCOL_VERSION} and {KEY_AUTH_VERSION}"
+                     {PROTOCOL_VERSION}, {KEY_AUTH_VERSION} and {RESUME_VERSION}"
                 ),
             ));
         }
@@ -407,7 +495,7 @@ async fn authenticate<C: Connection>(
             format!("client {}: access expired", rule.name),
         ));
     }
-    Ok((send, recv, rule, credential))
+    Ok((send, recv, rule, credential, resume))
 }
 
 /// A client's claim on one of its `max_sessions`, given back on drop, and what the

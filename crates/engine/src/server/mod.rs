@@ -4,6 +4,7 @@
 mod conn;
 mod forwards;
 mod publish;
+mod resumable;
 mod tcp;
 mod udp;
 
@@ -50,6 +51,9 @@ pub struct ServerConfig {
     /// A TCP stream's header must arrive within this.
     pub header_timeout: Duration,
     pub udp_idle_timeout: Duration,
+    /// Resumable sessions: how long a lost one's connections are kept, and the replay
+    /// bounds (`--resume-grace`, `[resume]`).
+    pub resume: crate::resume::ResumeSettings,
     /// Where the server counts what it does (status, metrics); clone it before `run`.
     pub telemetry: Telemetry,
 }
@@ -75,6 +79,7 @@ impl ServerConfig {
             dial_timeout: Duration::from_secs(10),
             header_timeout: Duration::from_secs(10),
             udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
+            resume: Default::default(),
             telemetry: Telemetry::new(Role::Server),
         }
     }
@@ -94,6 +99,8 @@ pub(crate) struct Shared {
     pub publishers: publish::Publishers,
     /// Numbers sessions (who holds a published route).
     pub next_session: std::sync::atomic::AtomicU64,
+    /// Resumable sessions, across connections.
+    pub resumable: Arc<resumable::Registry>,
 }
 
 /// What all sessions of one client share.
@@ -182,6 +189,7 @@ pub async fn run<A: Acceptor>(
         per_client: Default::default(),
         publishers: Default::default(),
         next_session: Default::default(),
+        resumable: Default::default(),
         config,
     });
     let access = shared.config.access.current();

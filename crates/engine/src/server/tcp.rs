@@ -20,10 +20,14 @@ use super::{ClientShared, Shared};
 use crate::access::ClientRule;
 use crate::control::read_frame;
 use crate::control::write_frame;
+use crate::resume::acks::ACK_INTERVAL;
+use crate::resume::carry::{Alive, Link};
+use crate::resume::streams::Streams;
 use crate::splice::{Controls, SpliceEnd, splice, tune_tcp};
 use crate::telemetry::{ForwardLive, SessionForwards};
 use crate::telemetry::{Refusal, Side};
 use crate::transport::{RecvStream, SendStream};
+use porthole_proto::resume::ResumableHeader;
 
 /// What every stream of one session shares.
 pub(crate) struct StreamCtx {
@@ -38,47 +42,134 @@ pub(crate) struct StreamCtx {
     pub shared: Arc<Shared>,
 }
 
+/// What a stream of a resumable session needs besides the session's context.
+pub(crate) struct Resumable<S, R> {
+    pub streams: Arc<Streams<S, R>>,
+    /// Whether this connection is still up (for the links of carries on it).
+    pub alive: Alive,
+}
+
+impl<S, R> Clone for Resumable<S, R> {
+    fn clone(&self) -> Self {
+        Self {
+            streams: Arc::clone(&self.streams),
+            alive: Arc::clone(&self.alive),
+        }
+    }
+}
+
+fn refuse<S: SendStream, R: RecvStream>(send: &mut S, recv: &mut R, code: StreamCode) {
+    send.reset(code.as_u32());
+    recv.stop(code.as_u32());
+}
+
+/// The stream's first frame, within the header timeout; the stream is refused otherwise.
+async fn read_header<T, S, R>(send: &mut S, recv: &mut R, ctx: &StreamCtx) -> Option<T>
+where
+    T: serde::de::DeserializeOwned,
+    S: SendStream,
+    R: RecvStream,
+{
+    let timeout = ctx.shared.config.header_timeout;
+    match tokio::time::timeout(timeout, read_frame::<T, _>(recv)).await {
+        Ok(Ok(h)) => Some(h),
+        Ok(Err(e)) => {
+            debug!("bad stream header: {e}");
+            refuse(send, recv, StreamCode::BadHeader);
+            None
+        }
+        Err(_) => {
+            debug!("stream header timed out");
+            refuse(send, recv, StreamCode::BadHeader);
+            None
+        }
+    }
+}
+
 pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
     mut send: S,
     mut recv: R,
     ctx: Arc<StreamCtx>,
+) {
+    let Some(header) = read_header::<StreamHeader, _, _>(&mut send, &mut recv, &ctx).await else {
+        return;
+    };
+    forward(send, recv, &ctx, header.forward_id, None).await
+}
+
+/// A stream of a resumable session: a new resumable TCP connection, one resumed, the
+/// session's acknowledgements, or a plain (dynamic) stream.
+pub(crate) async fn handle_resumable<S: SendStream, R: RecvStream>(
+    mut send: S,
+    mut recv: R,
+    ctx: Arc<StreamCtx>,
+    r: Resumable<S, R>,
+) {
+    let Some(header) = read_header::<ResumableHeader, _, _>(&mut send, &mut recv, &ctx).await
+    else {
+        return;
+    };
+    match header {
+        ResumableHeader::Plain { forward_id } => forward(send, recv, &ctx, forward_id, None).await,
+        ResumableHeader::Open { forward_id, stream } => {
+            if forward_id == DYNAMIC_FORWARD || r.streams.get(stream).is_some() {
+                warn!(
+                    stream,
+                    "resumable stream refused: dynamic, or its number is in use"
+                );
+                return refuse(&mut send, &mut recv, StreamCode::BadHeader);
+            }
+            forward(send, recv, &ctx, forward_id, Some((&r, stream))).await
+        }
+        ResumableHeader::Resume { stream, received } => {
+            match r
+                .streams
+                .answer_resume(stream, received, send, recv, r.alive.clone())
+                .await
+            {
+                Ok(true) => debug!(stream, "resumed"),
+                Ok(false) => info!(stream, "resume of a connection that ended here: reset"),
+                Err(e) => debug!(stream, "resume failed: {e}"),
+            }
+        }
+        ResumableHeader::Acks => {
+            let ledger = r.streams.ledger();
+            let sending = crate::resume::acks::send(&mut send, ledger, ACK_INTERVAL);
+            let receiving = crate::resume::acks::receive(&mut recv, ledger);
+            // Either end: the connection is going, or the peer broke the protocol.
+            tokio::select! {
+                e = sending => debug!("acknowledgements not sent: {e:?}"),
+                e = receiving => debug!("acknowledgements ended: {e:?}"),
+            }
+        }
+    }
+}
+
+/// A TCP forward's stream: dial the forward's target and carry the connection (as
+/// resumable stream `stream` when given).
+async fn forward<S: SendStream, R: RecvStream>(
+    mut send: S,
+    mut recv: R,
+    ctx: &Arc<StreamCtx>,
+    forward_id: u16,
+    resumable: Option<(&Resumable<S, R>, u64)>,
 ) {
     let StreamCtx {
         forwards,
         client,
         shared,
         ..
-    } = &*ctx;
+    } = &**ctx;
     let config = &shared.config;
-    let refuse = |send: &mut S, recv: &mut R, code: StreamCode| {
-        send.reset(code.as_u32());
-        recv.stop(code.as_u32());
-    };
-    let header = match tokio::time::timeout(
-        config.header_timeout,
-        read_frame::<StreamHeader, _>(&mut recv),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            debug!("bad stream header: {e}");
-            return refuse(&mut send, &mut recv, StreamCode::BadHeader);
-        }
-        Err(_) => {
-            debug!("stream header timed out");
-            return refuse(&mut send, &mut recv, StreamCode::BadHeader);
-        }
-    };
-    if header.forward_id == DYNAMIC_FORWARD {
-        return dynamic(send, recv, &ctx).await;
+    if forward_id == DYNAMIC_FORWARD {
+        return dynamic(send, recv, ctx).await;
     }
     let Some(forward) = forwards
-        .get(header.forward_id)
+        .get(forward_id)
         .filter(|f| f.source.protocol == Protocol::Tcp && !f.closed.is_cancelled())
     else {
         warn!(
-            forward_id = header.forward_id,
+            forward_id,
             "stream for a forward this connection never opened"
         );
         return refuse(&mut send, &mut recv, StreamCode::UnknownForward);
@@ -105,7 +196,22 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
         from_tcp: Some(&client.caps.down),
         to_tcp: Some(&client.caps.up),
     };
-    match splice(tcp, send, recv, ctl).await {
+    let end = match resumable {
+        None => splice(tcp, send, recv, ctl).await,
+        Some((r, stream)) => {
+            let first = Link {
+                send,
+                recv,
+                peer_received: 0,
+                alive: r.alive.clone(),
+            };
+            match r.streams.carry(stream, tcp, first, None, ctl).await {
+                Some(end) => end,
+                None => return warn!(stream, "resumable stream number in use: refused"),
+            }
+        }
+    };
+    match end {
         SpliceEnd::Clean { up, down } => debug!(to_target = down, from_target = up, "stream done"),
         SpliceEnd::Aborted { up, down, error } => {
             debug!(
@@ -121,10 +227,6 @@ pub(crate) async fn handle_stream<S: SendStream, R: RecvStream>(
 /// client's rules in force, and the answer goes back before any data.
 async fn dynamic<S: SendStream, R: RecvStream>(mut send: S, mut recv: R, ctx: &StreamCtx) {
     let config = &ctx.shared.config;
-    let refuse = |send: &mut S, recv: &mut R, code: StreamCode| {
-        send.reset(code.as_u32());
-        recv.stop(code.as_u32());
-    };
     let target = match tokio::time::timeout(
         config.header_timeout,
         read_frame::<DynamicTarget, _>(&mut recv),

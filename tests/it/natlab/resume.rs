@@ -1,0 +1,101 @@
+//! Resumable sessions: open TCP connections outlive the QUIC connection under them. The
+//! tunnel runs with a 5 s idle timeout, and the client's uplink is cut for longer: the
+//! connection is lost for certain, the users' connections stay open, and once the path
+//! returns the client's new connection resumes them with every byte intact (hold-check
+//! verifies each echoed byte, in order).
+
+use std::time::Duration;
+
+use super::lab::{Impair, LAB_LOCK, Lab, Nat};
+use super::matrix::{
+    FORWARDS, check, iroh_client, iroh_server, start_iroh_server_with, start_services,
+    write_secrets,
+};
+use super::outage::json_u64;
+
+/// Longer than the idle timeout below, so the QUIC connection dies.
+const CUT: Duration = Duration::from_secs(15);
+/// From the path's return to the interactive stream's next echo: a liveness probe every
+/// second or a reconnect after backoff, then one round trip for the resume.
+const RECOVERY: Duration = Duration::from_secs(10);
+/// Both ends: the connection is given up after 5 s of silence.
+const SHORT_IDLE: [&str; 4] = ["--idle-timeout", "5s", "--keep-alive", "1s"];
+
+lab_test!(
+    iroh_connections_resume_after_an_outage_longer_than_the_idle_timeout,
+    resume_after_loss(false)
+);
+lab_test!(
+    iroh_connections_resume_after_a_new_public_ip_and_a_lost_connection,
+    resume_after_loss(true)
+);
+
+fn resume_after_loss(renumber: bool) {
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(
+        Nat::Cone,
+        Nat::Cone,
+        Some(Impair {
+            delay_ms: 10,
+            loss: 0.0,
+        }),
+    );
+    let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
+    write_secrets(&lab);
+    start_services(&mut lab, &host_b);
+    let mut server = iroh_server(&lab);
+    server.args(SHORT_IDLE);
+    let (s, ticket) = start_iroh_server_with(&mut lab, server);
+    let mut client = iroh_client(&lab, &ticket);
+    client.args(FORWARDS).args(SHORT_IDLE);
+    let c = lab.spawn("client", client);
+    lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
+    );
+
+    let total = CUT + Duration::from_secs(25);
+    let mut hold = lab.tool(&host_a);
+    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
+        .args([
+            "--bulk-mbit",
+            "50",
+            "--seconds",
+            &total.as_secs().to_string(),
+        ]);
+    let h = lab.spawn("hold-check", hold);
+    std::thread::sleep(Duration::from_secs(5));
+    lab.net.set_uplink('a', false).unwrap();
+    if renumber {
+        lab.net.set_public_ip('a', "198.18.0.21").unwrap();
+    }
+    std::thread::sleep(CUT);
+    lab.net.set_uplink('a', true).unwrap();
+    let out = lab.procs[h].wait_line("\"ok\":true", total + Duration::from_secs(90));
+    eprintln!("hold-check across a {CUT:?} outage (idle timeout 5 s): {out}");
+
+    // The QUIC connection really was lost, on both ends...
+    lab.procs[s].wait_line("keeping the session", Duration::from_secs(5));
+    // ...and the connections moved to the new one.
+    let resumed = lab.procs[c].wait_line("connections resumed", Duration::from_secs(5));
+    assert!(resumed.contains("resumed=2"), "{resumed}");
+    let gap = Duration::from_millis(json_u64(&out, "max_gap_ms"));
+    assert!(
+        gap >= CUT - Duration::from_secs(1),
+        "the interactive stream never waited for the outage ({gap:?}): was the uplink cut?"
+    );
+    assert!(
+        gap <= CUT + RECOVERY,
+        "traffic took {:?} to flow again after the path returned",
+        gap.saturating_sub(CUT)
+    );
+    assert!(json_u64(&out, "bulk_bytes") > 0);
+    // New connections work too.
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
+    );
+}
