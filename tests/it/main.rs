@@ -17,6 +17,7 @@ mod process;
 mod proxy;
 mod proxy_protocol;
 mod publish;
+mod resume;
 mod secrets;
 mod support;
 mod tunnel;

@@ -8,53 +8,81 @@ use std::time::Duration;
 
 use super::lab::{Impair, LAB_LOCK, Lab, Nat};
 use super::matrix::{
-    FORWARDS, check, iroh_client, iroh_server, start_iroh_server_with, start_services,
-    write_secrets,
+    FORWARDS, LAB_STUN, check, iroh_client, iroh_server, start_iroh_server_with,
+    start_manual_tunnel, start_services, write_secrets,
 };
 use super::outage::json_u64;
+use super::sharing::Mode;
 
 /// Longer than the idle timeout below, so the QUIC connection dies.
 const CUT: Duration = Duration::from_secs(15);
-/// From the path's return to the interactive stream's next echo: a liveness probe every
-/// second or a reconnect after backoff, then one round trip for the resume.
-const RECOVERY: Duration = Duration::from_secs(10);
+/// From the path's return to the interactive stream's next echo: the client's next
+/// connection attempt (reconnect backoff, jittered: attempts ~0.25, 0.5, 1, 2, 4, 8 s
+/// apart while the path is down), its handshake, then one round trip for the resume...
+const RECOVERY: Duration = Duration::from_secs(15);
+/// ...when the relay carries the tunnel, whose connection the client redials first...
+const RELAYED_RECOVERY: Duration = Duration::from_secs(20);
+/// ...and in manual mode, whose attempts during the cut wait out the connect timeout.
+const MANUAL_RECOVERY: Duration = Duration::from_secs(40);
 /// Both ends: the connection is given up after 5 s of silence.
 const SHORT_IDLE: [&str; 4] = ["--idle-timeout", "5s", "--keep-alive", "1s"];
 
 lab_test!(
     iroh_connections_resume_after_an_outage_longer_than_the_idle_timeout,
-    resume_after_loss(false)
+    resume_after_loss(Mode::Iroh, Nat::Cone, false)
+);
+lab_test!(
+    iroh_relayed_connections_resume_after_an_outage_longer_than_the_idle_timeout,
+    resume_after_loss(Mode::Iroh, Nat::Symmetric, false)
 );
 lab_test!(
     iroh_connections_resume_after_a_new_public_ip_and_a_lost_connection,
-    resume_after_loss(true)
+    resume_after_loss(Mode::Iroh, Nat::Cone, true)
+);
+lab_test!(
+    manual_connections_resume_after_an_outage_longer_than_the_idle_timeout,
+    resume_after_loss(Mode::Manual, Nat::Cone, false)
 );
 
-fn resume_after_loss(renumber: bool) {
+/// Both sides behind `nat` (symmetric: the relay carries the tunnel, before and after).
+/// Manual mode's client redials the punched path, whose NAT mappings outlive the cut.
+fn resume_after_loss(mode: Mode, nat: Nat, renumber: bool) {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new(
-        Nat::Cone,
-        Nat::Cone,
+        nat,
+        nat,
         Some(Impair {
             delay_ms: 10,
             loss: 0.0,
         }),
     );
     let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
-    write_secrets(&lab);
-    start_services(&mut lab, &host_b);
-    let mut server = iroh_server(&lab);
-    server.args(SHORT_IDLE);
-    let (s, ticket) = start_iroh_server_with(&mut lab, server);
-    let mut client = iroh_client(&lab, &ticket);
-    client.args(FORWARDS).args(SHORT_IDLE);
-    let c = lab.spawn("client", client);
+    let (s, c) = match mode {
+        Mode::Iroh => {
+            write_secrets(&lab);
+            start_services(&mut lab, &host_b);
+            let mut server = iroh_server(&lab);
+            server.args(SHORT_IDLE);
+            let (s, ticket) = start_iroh_server_with(&mut lab, server);
+            let mut client = iroh_client(&lab, &ticket);
+            client.args(FORWARDS).args(SHORT_IDLE);
+            (s, lab.spawn("client", client))
+        }
+        Mode::Manual => {
+            let extra: Vec<&str> = LAB_STUN.iter().chain(&SHORT_IDLE).copied().collect();
+            let (s, c, _) = start_manual_tunnel(&mut lab, &host_b, &host_a, &extra, "40s");
+            (s, c)
+        }
+    };
     lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
     check(
         &lab,
         &host_a,
         &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
     );
+    if nat == Nat::Symmetric {
+        lab.procs[c].wait_line("path=relay", Duration::from_secs(10));
+    }
 
     let total = CUT + Duration::from_secs(25);
     let mut hold = lab.tool(&host_a);
@@ -73,7 +101,7 @@ fn resume_after_loss(renumber: bool) {
     }
     std::thread::sleep(CUT);
     lab.net.set_uplink('a', true).unwrap();
-    let out = lab.procs[h].wait_line("\"ok\":true", total + Duration::from_secs(90));
+    let out = lab.procs[h].wait_line("\"ok\":true", total + Duration::from_secs(120));
     eprintln!("hold-check across a {CUT:?} outage (idle timeout 5 s): {out}");
 
     // The QUIC connection really was lost, on both ends...
@@ -86,8 +114,13 @@ fn resume_after_loss(renumber: bool) {
         gap >= CUT - Duration::from_secs(1),
         "the interactive stream never waited for the outage ({gap:?}): was the uplink cut?"
     );
+    let recovery = match (mode, nat) {
+        (Mode::Manual, _) => MANUAL_RECOVERY,
+        (_, Nat::Symmetric) => RELAYED_RECOVERY,
+        _ => RECOVERY,
+    };
     assert!(
-        gap <= CUT + RECOVERY,
+        gap <= CUT + recovery,
         "traffic took {:?} to flow again after the path returned",
         gap.saturating_sub(CUT)
     );

@@ -184,6 +184,9 @@ pub(crate) fn fatal_close(end: &ConnectionEnd) -> Option<ClientError> {
     }
 }
 
+/// Longest pause between connection attempts while connections wait for a resume.
+const RESUME_RETRY: Duration = Duration::from_secs(2);
+
 /// Whether the server closed the connection because the session moved to a newer one.
 fn is_resumed_elsewhere(end: &ConnectionEnd) -> bool {
     matches!(end, ConnectionEnd::Peer { code, .. }
@@ -557,7 +560,11 @@ async fn connection_loop<C: Connector>(
                 let _ = status.send(Status::Reconnecting {
                     reason: why.clone(),
                 });
-                let delay = backoff.next().unwrap_or(config.backoff_max);
+                let mut delay = backoff.next().unwrap_or(config.backoff_max);
+                // Connections waiting for a resume want the path's return noticed soon.
+                if book.as_ref().is_some_and(|b| !b.streams.is_empty()) {
+                    delay = delay.min(RESUME_RETRY);
+                }
                 let state = if announced {
                     TunnelState::Reconnecting
                 } else {

@@ -3,7 +3,7 @@
 //! drop those bytes from its replay. They ride one stream of their own (a frame of
 //! [`Acks`] per batch), not the data streams: the data path stays unframed.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::time::{Duration, Instant};
 
@@ -32,8 +32,11 @@ pub struct Ledger {
 #[derive(Debug, Default)]
 struct Inner {
     live: HashMap<u64, Arc<Shared>>,
-    /// Final received offset and when the stream finished.
-    finished: HashMap<u64, (u64, Instant)>,
+    /// Final received offset of each finished stream...
+    finished: HashMap<u64, u64>,
+    /// ...and the finished streams in the order they finished (sent once per ack stream,
+    /// so a busy session's thousands of short connections are not sent every tick).
+    order: VecDeque<(Instant, u64)>,
     /// How long a finished stream's offset is kept (the session's grace period).
     keep: Duration,
 }
@@ -66,19 +69,15 @@ impl Ledger {
             return;
         };
         let keep = inner.keep;
-        inner
-            .finished
-            .retain(|_, (_, at)| now.saturating_duration_since(*at) < keep);
-        if inner.finished.len() >= MAX_FINISHED
-            && let Some(oldest) = inner
-                .finished
-                .iter()
-                .min_by_key(|(_, (_, at))| *at)
-                .map(|(s, _)| *s)
-        {
-            inner.finished.remove(&oldest);
+        while let Some(&(at, old)) = inner.order.front() {
+            if now.saturating_duration_since(at) < keep && inner.order.len() < MAX_FINISHED {
+                break;
+            }
+            inner.order.pop_front();
+            inner.finished.remove(&old);
         }
-        inner.finished.insert(stream, (shared.received(), now));
+        inner.finished.insert(stream, shared.received());
+        inner.order.push_back((now, stream));
     }
 
     /// A live stream's shared state.
@@ -88,7 +87,7 @@ impl Ledger {
 
     /// A finished stream's last received offset.
     pub fn finished(&self, stream: u64) -> Option<u64> {
-        self.lock().finished.get(&stream).map(|(n, _)| *n)
+        self.lock().finished.get(&stream).copied()
     }
 
     /// Live streams.
@@ -100,15 +99,23 @@ impl Ledger {
         self.len() == 0
     }
 
-    /// Each stream's received count now, live and finished.
-    fn received(&self) -> Vec<(u64, u64)> {
+    /// Each live stream's received count now, and the final count of the streams that
+    /// finished at or after `since` (all of them with `None`).
+    fn received(&self, since: Option<Instant>) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
         let inner = self.lock();
-        inner
+        let live = inner
             .live
             .iter()
             .map(|(&stream, shared)| (stream, shared.received()))
-            .chain(inner.finished.iter().map(|(&s, (n, _))| (s, *n)))
-            .collect()
+            .collect();
+        let finished = inner
+            .order
+            .iter()
+            .rev()
+            .take_while(|(at, _)| since.is_none_or(|since| *at >= since))
+            .filter_map(|(_, s)| inner.finished.get(s).map(|n| (*s, *n)))
+            .collect();
+        (live, finished)
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, Inner> {
@@ -124,22 +131,30 @@ pub async fn send<W: AsyncWrite + Unpin>(
     ledger: &Ledger,
     interval: Duration,
 ) -> Result<(), ControlError> {
+    // What this ack stream has sent of each live stream.
     let mut sent: HashMap<u64, u64> = HashMap::new();
     let mut tick = tokio::time::interval(interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    // The first batch on a stream carries every finished stream (the peer may have
+    // missed them on a lost connection), later ones those finished since the last.
+    let mut since = None;
     loop {
         tick.tick().await;
-        let now = ledger.received();
-        let changed: Vec<(u64, u64)> = now
+        let now = Instant::now();
+        let (live, finished) = ledger.received(since);
+        since = Some(now);
+        let mut changed: Vec<(u64, u64)> = live
             .iter()
             .copied()
             .filter(|(stream, received)| sent.get(stream) != Some(received))
             .collect();
         // Forget streams that left the ledger.
-        if sent.len() > now.len() {
-            let live: HashMap<u64, u64> = now.into_iter().collect();
+        if sent.len() > live.len() {
+            let live: HashMap<u64, u64> = live.into_iter().collect();
             sent.retain(|s, _| live.contains_key(s));
         }
+        sent.extend(changed.iter().copied());
+        changed.extend(finished);
         for batch in changed.chunks(MAX_ACKS_PER_FRAME) {
             write_frame(
                 w,
@@ -149,7 +164,6 @@ pub async fn send<W: AsyncWrite + Unpin>(
             )
             .await?;
         }
-        sent.extend(changed);
     }
 }
 

@@ -351,52 +351,59 @@ async fn step_up<S: SendStream>(
     buf: &mut BytesMut,
     ctl: Controls<'_>,
 ) -> Result<(), Failed> {
+    // Kept bytes this link has not had (after a resume) go first.
     if let Some(chunk) = replay.chunk_at(*sent) {
         let n = chunk.len() as u64;
         hand_over_fairly(send, chunk).await.map_err(Failed::Link)?;
         *sent += n;
         return Ok(());
     }
-    if let Some(chunk) = unkept {
+    if unkept.is_none() {
+        if *eof {
+            if !*fin_sent {
+                send.shutdown().await.map_err(Failed::Link)?;
+                *fin_sent = true;
+            } else {
+                replay.acked().changed().await;
+                replay.release();
+            }
+            return Ok(());
+        }
+        if buf.capacity() < COPY_BUF / 4 {
+            buf.reserve(COPY_BUF);
+        }
+        let n = match tcp.read_buf(buf).await {
+            Ok(n) => n,
+            // A reset ends the stream like EOF does (FIN behind the data), then is returned.
+            Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
+                *reset = Some(e);
+                0
+            }
+            Err(e) => return Err(Failed::Tcp(e)),
+        };
+        if n == 0 {
+            *eof = true;
+            return Ok(());
+        }
+        let before = *count;
+        *count += n as u64;
+        ctl.meter.from_tcp(n as u64);
+        if before < BULK_AFTER && *count >= BULK_AFTER {
+            send.set_priority(BULK_PRIORITY);
+        }
+        *unkept = Some(buf.split().freeze());
+        if let Some(cap) = ctl.from_tcp {
+            cap.take(n as u64).await;
+        }
+    }
+    // Read, kept, written in one step (one select per chunk). Everything kept before
+    // was sent (above), so the chunk goes right behind it.
+    if let Some(chunk) = unkept.clone() {
         replay.keep(chunk.clone()).await;
         *unkept = None;
-        return Ok(());
-    }
-    if *eof {
-        if !*fin_sent {
-            send.shutdown().await.map_err(Failed::Link)?;
-            *fin_sent = true;
-        } else {
-            replay.acked().changed().await;
-            replay.release();
-        }
-        return Ok(());
-    }
-    if buf.capacity() < COPY_BUF / 4 {
-        buf.reserve(COPY_BUF);
-    }
-    let n = match tcp.read_buf(buf).await {
-        Ok(n) => n,
-        // A reset ends the stream like EOF does (FIN behind the data), then is returned.
-        Err(e) if e.kind() == io::ErrorKind::ConnectionReset => {
-            *reset = Some(e);
-            0
-        }
-        Err(e) => return Err(Failed::Tcp(e)),
-    };
-    if n == 0 {
-        *eof = true;
-        return Ok(());
-    }
-    let before = *count;
-    *count += n as u64;
-    ctl.meter.from_tcp(n as u64);
-    if before < BULK_AFTER && *count >= BULK_AFTER {
-        send.set_priority(BULK_PRIORITY);
-    }
-    *unkept = Some(buf.split().freeze());
-    if let Some(cap) = ctl.from_tcp {
-        cap.take(n as u64).await;
+        let n = chunk.len() as u64;
+        hand_over_fairly(send, chunk).await.map_err(Failed::Link)?;
+        *sent += n;
     }
     Ok(())
 }

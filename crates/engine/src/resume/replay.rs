@@ -222,12 +222,15 @@ impl Replay {
         if at < self.start || at >= self.end() {
             return None;
         }
-        let mut skip = (at - self.start) as usize;
-        for c in &self.chunks {
-            if skip < c.len() {
-                return Some(c.slice(skip..));
+        // From the back: the sender asks for the newest chunk almost always (only a
+        // resend after a resume starts further in front).
+        let mut chunk_end = self.end();
+        for c in self.chunks.iter().rev() {
+            let chunk_start = chunk_end - c.len() as u64;
+            if at >= chunk_start {
+                return Some(c.slice((at - chunk_start) as usize..));
             }
-            skip -= c.len();
+            chunk_end = chunk_start;
         }
         None
     }
