@@ -43,6 +43,10 @@ lab_test!(
     manual_connections_resume_after_an_outage_longer_than_the_idle_timeout,
     resume_after_loss(Mode::Manual, Nat::Cone, false)
 );
+lab_test!(
+    iroh_relayed_connections_survive_the_loss_of_their_relay,
+    relay_lost()
+);
 
 /// Both sides behind `nat` (symmetric: the relay carries the tunnel, before and after).
 /// Manual mode's client redials the punched path, whose NAT mappings outlive the cut.
@@ -126,6 +130,123 @@ fn resume_after_loss(mode: Mode, nat: Nat, renumber: bool) {
     );
     assert!(json_u64(&out, "bulk_bytes") > 0);
     // New connections work too.
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
+    );
+}
+
+/// The second relay's address on the lab's internet (next to the lab's relay).
+const RELAY2_IP: &str = "198.18.0.14";
+
+/// Both sides behind symmetric NATs (the relay carries everything), two relays
+/// configured: the one carrying the tunnel is killed for good. The connections carry on
+/// over the other relay, every byte intact.
+fn relay_lost() {
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(
+        Nat::Symmetric,
+        Nat::Symmetric,
+        Some(Impair {
+            delay_ms: 10,
+            loss: 0.0,
+        }),
+    );
+    let (host_a, host_b, relay_ns) = (lab.a.clone(), lab.b.clone(), lab.relay.clone());
+    // A second relay on its own address and certificate; both CAs trusted.
+    let ok = std::process::Command::new("ip")
+        .args(["netns", "exec", &relay_ns, "ip", "addr", "add"])
+        .args([&format!("{RELAY2_IP}/24"), "dev", "r-eth0"])
+        .status()
+        .unwrap();
+    assert!(ok.success(), "adding the second relay's address");
+    let out = crate::support::process::bin()
+        .args(["generate-relay-cert", "--name", RELAY2_IP, "--out-dir"])
+        .arg(lab.path("tls2"))
+        .output()
+        .unwrap();
+    assert!(out.status.success());
+    let cas = lab.path("cas.pem");
+    let both = std::fs::read_to_string(lab.ca()).unwrap()
+        + &std::fs::read_to_string(lab.path("tls2/ca.pem")).unwrap();
+    std::fs::write(&cas, both).unwrap();
+    let mut relay2 = lab.cmd(&relay_ns);
+    relay2
+        .args(["relay", "--http-bind", &format!("{RELAY2_IP}:80")])
+        .args(["--https-bind", &format!("{RELAY2_IP}:443")])
+        .args(["--tls-cert", &lab.path("tls2/cert.pem")])
+        .args(["--tls-key", &lab.path("tls2/key.pem")])
+        .args(["--quic-bind", &format!("{RELAY2_IP}:7842")]);
+    let r2 = lab.spawn("relay2", relay2);
+    lab.procs[r2].wait_line("relay URL", Duration::from_secs(20));
+    let relays = [
+        "--relay-url".to_string(),
+        lab.relay_url(),
+        "--relay-url".to_string(),
+        format!("https://{RELAY2_IP}/?quic-port=7842"),
+        "--relay-ca".to_string(),
+        cas.clone(),
+    ];
+
+    write_secrets(&lab);
+    start_services(&mut lab, &host_b);
+    let mut server = lab.cmd(&host_b);
+    server
+        .args(["server", "--secret-file", &lab.path("server.key")])
+        .args(["--auth-tokens-file", &lab.path("tokens.txt")])
+        .args(&relays)
+        .args(["--dns-server", "none", "--no-portmap"])
+        .args([
+            "--allowed-tcp",
+            "127.0.0.0/8",
+            "--allowed-udp",
+            "127.0.0.0/8",
+        ]);
+    let (_, ticket) = start_iroh_server_with(&mut lab, server);
+    let mut client = lab.cmd(&host_a);
+    client
+        .args(["client", "--ticket", &ticket])
+        .args(["--auth-token-file", &lab.path("tokens.txt")])
+        .args(["--relay-ca", &cas, "--dns-server", "none", "--no-portmap"])
+        .args(FORWARDS);
+    let c = lab.spawn("client", client);
+    lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
+    );
+    let path = lab.procs[c].wait_line("path=relay", Duration::from_secs(10));
+    let in_use = if path.contains(RELAY2_IP) { r2 } else { 0 };
+    assert_eq!(
+        lab.procs[0].name, "relay",
+        "the lab's relay is its first process"
+    );
+
+    let total = Duration::from_secs(50);
+    let mut hold = lab.tool(&host_a);
+    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
+        .args([
+            "--bulk-mbit",
+            "50",
+            "--seconds",
+            &total.as_secs().to_string(),
+        ]);
+    let h = lab.spawn("hold-check", hold);
+    std::thread::sleep(Duration::from_secs(5));
+    eprintln!("killing {} (in use: {path})", lab.procs[in_use].name);
+    lab.procs[in_use].kill();
+    let out = lab.procs[h].wait_line("\"ok\":true", total + Duration::from_secs(120));
+    eprintln!("hold-check across the loss of a relay: {out}");
+    assert!(json_u64(&out, "bulk_bytes") > 0);
+    // The tunnel runs over the other relay now; new connections work.
+    let other = if in_use == 0 {
+        RELAY2_IP.to_string()
+    } else {
+        super::lab::RELAY_IP.to_string()
+    };
+    lab.procs[c].wait_line(&format!("relay=https://{other}"), Duration::from_secs(5));
     check(
         &lab,
         &host_a,

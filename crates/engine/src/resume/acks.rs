@@ -9,6 +9,7 @@ use std::time::{Duration, Instant};
 
 use porthole_proto::resume::{Acks, MAX_ACKS_PER_FRAME};
 use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::sync::Notify;
 
 use super::carry::Shared;
 use crate::control::{ControlError, read_frame_or_eof, write_frame};
@@ -27,6 +28,8 @@ const MAX_FINISHED: usize = 65536;
 #[derive(Debug, Clone, Default)]
 pub struct Ledger {
     inner: Arc<Mutex<Inner>>,
+    /// Streams that received much since the last acknowledgement wake the sender.
+    nudge: Arc<Notify>,
 }
 
 #[derive(Debug, Default)]
@@ -49,7 +52,13 @@ impl Ledger {
                 keep,
                 ..Inner::default()
             })),
+            nudge: Arc::default(),
         }
+    }
+
+    /// New shared state for a stream of this ledger (its bytes nudge the sender).
+    pub fn shared(&self) -> Arc<Shared> {
+        Arc::new(Shared::nudging(Arc::clone(&self.nudge)))
     }
 
     pub fn insert(&self, stream: u64, shared: Arc<Shared>) {
@@ -139,7 +148,10 @@ pub async fn send<W: AsyncWrite + Unpin>(
     // missed them on a lost connection), later ones those finished since the last.
     let mut since = None;
     loop {
-        tick.tick().await;
+        tokio::select! {
+            _ = tick.tick() => {}
+            _ = ledger.nudge.notified() => {}
+        }
         let now = Instant::now();
         let (live, finished) = ledger.received(since);
         since = Some(now);

@@ -55,9 +55,24 @@ pub struct Link<S, R> {
 pub struct Shared {
     received: AtomicU64,
     acked: Arc<Acked>,
+    /// Woken each time [`NUDGE_EVERY`] more bytes were received: acknowledging them
+    /// before the next tick lets the peer drop them sooner (less memory held, and on a
+    /// fast path the replay never fills between ticks).
+    nudge: Option<Arc<tokio::sync::Notify>>,
 }
 
+/// Received bytes between nudges of the acknowledgement sender.
+pub const NUDGE_EVERY: u64 = 1 << 20;
+
 impl Shared {
+    /// State whose received bytes nudge `nudge` every [`NUDGE_EVERY`].
+    pub fn nudging(nudge: Arc<tokio::sync::Notify>) -> Self {
+        Self {
+            nudge: Some(nudge),
+            ..Self::default()
+        }
+    }
+
     /// Bytes read from the peer so far, plus one once its FIN was read: what to
     /// acknowledge, and where a resume starts.
     pub fn received(&self) -> u64 {
@@ -65,7 +80,12 @@ impl Shared {
     }
 
     pub(crate) fn add_received(&self, n: u64) {
-        self.received.fetch_add(n, Ordering::AcqRel);
+        let before = self.received.fetch_add(n, Ordering::AcqRel);
+        if let Some(nudge) = &self.nudge
+            && before / NUDGE_EVERY != (before + n) / NUDGE_EVERY
+        {
+            nudge.notify_one();
+        }
     }
 
     /// Where the peer's acknowledgements of our sending direction go.
@@ -288,9 +308,11 @@ impl<S: SendStream> Up<S> {
                         ctl,
                     );
                     tokio::select! {
+                        // The work first: commands are rare, and polling the channel on
+                        // every wake-up of a busy stream costs.
                         biased;
-                        c = cmds.recv(), if !orphan => Event::Cmd(c),
                         r = step => Event::Step(r),
+                        c = cmds.recv(), if !orphan => Event::Cmd(c),
                     }
                 }
             };
@@ -436,9 +458,9 @@ impl<R: RecvStream> Down<R> {
                 return Err(no_resume());
             }
             let reading = self.pending.is_none() && !self.peer_fin;
+            // The work first, commands last (as on the sending side).
             let event = tokio::select! {
                 biased;
-                c = cmds.recv(), if !orphan => Event::Cmd(c),
                 r = write_pending(tcp, &mut self.pending), if self.pending.is_some() => {
                     let n = r?;
                     self.count += n as u64;
@@ -446,6 +468,7 @@ impl<R: RecvStream> Down<R> {
                     continue;
                 }
                 r = read_some(&mut self.recv, &mut chunks), if reading && self.recv.is_some() => Event::Step(r),
+                c = cmds.recv(), if !orphan => Event::Cmd(c),
             };
             match event {
                 Event::Cmd(None) => orphan = true,

@@ -13,7 +13,7 @@ use tracing::debug;
 
 use super::ResumeSettings;
 use super::acks::Ledger;
-use super::carry::{self, Handle, Link, Shared};
+use super::carry::{self, Handle, Link};
 use super::replay::{Budget, Replay};
 use crate::control::{ControlError, read_frame, write_frame};
 use crate::splice::{Controls, SpliceEnd};
@@ -74,7 +74,7 @@ impl<S: SendStream, R: RecvStream> Streams<S, R> {
         ahead: Option<Bytes>,
         ctl: Controls<'_>,
     ) -> Option<SpliceEnd> {
-        let shared = Arc::new(Shared::default());
+        let shared = self.ledger.shared();
         let mut replay = Replay::new(
             self.settings.stream_buffer,
             self.budget.clone(),
