@@ -163,13 +163,13 @@ class Path_:
         relay = ["--relay-url", f"https://{RELAY_IP}/?quic-port=7842", "--relay-ca", tls / "ca.pem",
                  "--dns-server", "none", "--no-portmap"]
         s = self.spawn(case, "server", "server", [PORTHOLE, "server", "--auth-tokens-file", self.work / "tokens.txt",
-                                                  "--allowed-tcp", "127.0.0.0/8"] + relay + extra)
+                                                  "--allowed-tcp", "127.0.0.0/8"] + relay + extra + bench.EXTRA)
         s.wait_for("Ticket: ", 30)
         ticket = [l for l in s.text().splitlines() if l.startswith("Ticket: ")][0].split()[1]
         c = self.spawn(case, "client", "client", [PORTHOLE, "client", "--ticket", ticket, "--auth-token-file",
                                                   self.work / "tokens.txt", "--source",
                                                   f"tcp://127.0.0.1:{IPERF_PORT}", "--listen",
-                                                  f"127.0.0.1:{LOCAL[case]}"] + relay + extra)
+                                                  f"127.0.0.1:{LOCAL[case]}"] + relay + extra + bench.EXTRA)
         c.wait_for("tunnel up", 60)
         return c
 

@@ -544,6 +544,22 @@ impl Net {
         self.iptables(&nat, &args)
     }
 
+    /// Drops (`allowed` false) or stops dropping UDP from side `'a'` or `'b'`'s LAN to the
+    /// other NAT's public address: the peers then cannot punch a direct path and meet
+    /// through the relay (its HTTPS and QUIC address discovery stay reachable).
+    pub fn set_direct_udp(&self, side: char, allowed: bool) -> Result<()> {
+        let nat = format!("{}-nat{side}", self.prefix);
+        if !self.namespaces.contains(&nat) {
+            return Err(format!("no single NAT on side {side:?}"));
+        }
+        let other = if side == 'a' { NAT_B_IP } else { NAT_A_IP };
+        let op = if allowed { "-D" } else { "-I" };
+        self.iptables(
+            &nat,
+            &[op, "FORWARD", "-p", "udp", "-d", other, "-j", "DROP"],
+        )
+    }
+
     /// Gives side `'a'` or `'b'`'s NAT a new public address, as when an ISP renumbers a
     /// line or a phone moves to another network: `ip` is added, the old address removed.
     /// MASQUERADE forgets every mapping that used the old one, so each flow leaves from a

@@ -47,6 +47,10 @@ lab_test!(
     iroh_relayed_connections_survive_the_loss_of_their_relay,
     relay_lost()
 );
+lab_test!(
+    iroh_connections_resume_from_a_relayed_onto_a_direct_path,
+    relay_to_direct()
+);
 
 /// Both sides behind `nat` (symmetric: the relay carries the tunnel, before and after).
 /// Manual mode's client redials the punched path, whose NAT mappings outlive the cut.
@@ -142,7 +146,12 @@ const RELAY2_IP: &str = "198.18.0.14";
 
 /// Both sides behind symmetric NATs (the relay carries everything), two relays
 /// configured: the one carrying the tunnel is killed for good. The connections carry on
-/// over the other relay, every byte intact.
+/// over the other relay, every byte intact: the connection is lost (iroh keeps sending to
+/// the server's last relay for as long as the connection lives), the client's next
+/// attempt reaches the server through the other relay, and the session resumes there.
+/// The short idle timeout keeps the test short (measured with the default 90 s: resumed
+/// 90-125 s after the kill, the first attempt after the loss sometimes waiting out its
+/// 30 s connect timeout on the dead relay).
 fn relay_lost() {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new(
@@ -157,7 +166,7 @@ fn relay_lost() {
     // A second relay on its own address and certificate; both CAs trusted.
     let ok = std::process::Command::new("ip")
         .args(["netns", "exec", &relay_ns, "ip", "addr", "add"])
-        .args([&format!("{RELAY2_IP}/24"), "dev", "r-eth0"])
+        .args([&format!("{RELAY2_IP}/24"), "dev", "eth0"])
         .status()
         .unwrap();
     assert!(ok.success(), "adding the second relay's address");
@@ -202,14 +211,16 @@ fn relay_lost() {
             "127.0.0.0/8",
             "--allowed-udp",
             "127.0.0.0/8",
-        ]);
+        ])
+        .args(SHORT_IDLE);
     let (_, ticket) = start_iroh_server_with(&mut lab, server);
     let mut client = lab.cmd(&host_a);
     client
         .args(["client", "--ticket", &ticket])
         .args(["--auth-token-file", &lab.path("tokens.txt")])
         .args(["--relay-ca", &cas, "--dns-server", "none", "--no-portmap"])
-        .args(FORWARDS);
+        .args(FORWARDS)
+        .args(SHORT_IDLE);
     let c = lab.spawn("client", client);
     lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
     check(
@@ -224,7 +235,7 @@ fn relay_lost() {
         "the lab's relay is its first process"
     );
 
-    let total = Duration::from_secs(50);
+    let total = Duration::from_secs(70);
     let mut hold = lab.tool(&host_a);
     hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
         .args([
@@ -240,6 +251,8 @@ fn relay_lost() {
     let out = lab.procs[h].wait_line("\"ok\":true", total + Duration::from_secs(120));
     eprintln!("hold-check across the loss of a relay: {out}");
     assert!(json_u64(&out, "bulk_bytes") > 0);
+    let resumed = lab.procs[c].wait_line("connections resumed", Duration::from_secs(5));
+    assert!(resumed.contains("resumed=2"), "{resumed}");
     // The tunnel runs over the other relay now; new connections work.
     let other = if in_use == 0 {
         RELAY2_IP.to_string()
@@ -252,4 +265,62 @@ fn relay_lost() {
         &host_a,
         &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
     );
+}
+
+/// Cone NATs, but UDP between them blocked: the tunnel starts on the relay. During a cut
+/// longer than the idle timeout the block goes; the client's next connection punches a
+/// direct path, and the connections resumed on it carry on there.
+fn relay_to_direct() {
+    let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
+    let mut lab = Lab::new(
+        Nat::Cone,
+        Nat::Cone,
+        Some(Impair {
+            delay_ms: 10,
+            loss: 0.0,
+        }),
+    );
+    let (host_a, host_b) = (lab.a.clone(), lab.b.clone());
+    lab.net.set_direct_udp('a', false).unwrap();
+    write_secrets(&lab);
+    start_services(&mut lab, &host_b);
+    let mut server = iroh_server(&lab);
+    server.args(SHORT_IDLE);
+    let (_, ticket) = start_iroh_server_with(&mut lab, server);
+    let mut client = iroh_client(&lab, &ticket);
+    client.args(FORWARDS).args(SHORT_IDLE);
+    let c = lab.spawn("client", client);
+    lab.procs[c].wait_line("tunnel up", Duration::from_secs(60));
+    lab.procs[c].wait_line("path=relay", Duration::from_secs(10));
+    check(
+        &lab,
+        &host_a,
+        &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
+    );
+    assert!(
+        lab.procs[c].first_seen("path=direct").is_none(),
+        "a direct path despite the block"
+    );
+
+    let total = CUT + Duration::from_secs(30);
+    let mut hold = lab.tool(&host_a);
+    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
+        .args([
+            "--bulk-mbit",
+            "50",
+            "--seconds",
+            &total.as_secs().to_string(),
+        ]);
+    let h = lab.spawn("hold-check", hold);
+    std::thread::sleep(Duration::from_secs(5));
+    lab.net.set_uplink('a', false).unwrap();
+    lab.net.set_direct_udp('a', true).unwrap();
+    std::thread::sleep(CUT);
+    lab.net.set_uplink('a', true).unwrap();
+    let out = lab.procs[h].wait_line("\"ok\":true", total + Duration::from_secs(120));
+    eprintln!("hold-check from a relayed onto a direct path: {out}");
+    let resumed = lab.procs[c].wait_line("connections resumed", Duration::from_secs(5));
+    assert!(resumed.contains("resumed=2"), "{resumed}");
+    lab.procs[c].wait_line("path=direct", Duration::from_secs(30));
+    assert!(json_u64(&out, "bulk_bytes") > 0);
 }

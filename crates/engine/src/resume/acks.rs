@@ -19,6 +19,9 @@ use crate::control::{ControlError, read_frame_or_eof, write_frame};
 /// limit, long enough to batch a busy session's streams into one frame.
 pub const ACK_INTERVAL: Duration = Duration::from_millis(20);
 
+/// (stream, received offset) pairs.
+type Offsets = Vec<(u64, u64)>;
+
 /// Finished streams remembered at most (their last offsets, for a peer that missed them).
 const MAX_FINISHED: usize = 65536;
 
@@ -110,7 +113,7 @@ impl Ledger {
 
     /// Each live stream's received count now, and the final count of the streams that
     /// finished at or after `since` (all of them with `None`).
-    fn received(&self, since: Option<Instant>) -> (Vec<(u64, u64)>, Vec<(u64, u64)>) {
+    fn received(&self, since: Option<Instant>) -> (Offsets, Offsets) {
         let inner = self.lock();
         let live = inner
             .live
