@@ -23,7 +23,9 @@ pub const ACK_INTERVAL: Duration = Duration::from_millis(20);
 type Offsets = Vec<(u64, u64)>;
 
 /// Finished streams remembered at most (their last offsets, for a peer that missed them).
-const MAX_FINISHED: usize = 65536;
+/// Only streams that finished within a round trip or so of a loss need it; the bound
+/// keeps a parked session small (~40 bytes each).
+const MAX_FINISHED: usize = 4096;
 
 /// The streams of one session by number, as the acknowledgements see them: the live
 /// ones, and for a while those that finished cleanly, whose last offset the peer still
