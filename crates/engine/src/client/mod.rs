@@ -187,6 +187,13 @@ pub(crate) fn fatal_close(end: &ConnectionEnd) -> Option<ClientError> {
 /// Longest pause between connection attempts while connections wait for a resume.
 const RESUME_RETRY: Duration = Duration::from_secs(2);
 
+/// The liveness probe's connection took the session over (both ways of noticing it).
+fn log_moved() {
+    info!(
+        "the tunnel moved to a fresh connection (the old one went silent); its connections resume there"
+    );
+}
+
 /// Whether the server closed the connection because the session moved to a newer one.
 fn is_resumed_elsewhere(end: &ConnectionEnd) -> bool {
     matches!(end, ConnectionEnd::Peer { code, .. }
@@ -504,8 +511,7 @@ async fn connection_loop<C: Connector>(
                         let _ = sessions.send(None);
                         rx.abort();
                         if fresh.resumed {
-                            info!("the tunnel moved to a fresh connection (the old one went silent); \
-                                   its connections resume there");
+                            log_moved();
                         } else {
                             warn!("tunnel lost: the server no longer answers it (restarted?); \
                                    continuing on a fresh connection");
@@ -529,10 +535,7 @@ async fn connection_loop<C: Connector>(
                 if is_resumed_elsewhere(&end) {
                     let wait = config.handshake_timeout;
                     if let Ok(fresh) = tokio::time::timeout(wait, &mut probe).await {
-                        info!(
-                            "the tunnel moved to a fresh connection (the old one went silent); \
-                               its connections resume there"
-                        );
+                        log_moved();
                         replacement = Some(fresh);
                         continue;
                     }

@@ -104,15 +104,6 @@ impl Ledger {
         self.lock().finished.get(&stream).copied()
     }
 
-    /// Live streams.
-    pub fn len(&self) -> usize {
-        self.lock().live.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.len() == 0
-    }
-
     /// Each live stream's received count now, and the final count of the streams that
     /// finished at or after `since` (all of them with `None`).
     fn received(&self, since: Option<Instant>) -> (Offsets, Offsets) {

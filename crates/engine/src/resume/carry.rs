@@ -236,6 +236,16 @@ pub async fn run<S: SendStream, R: RecvStream>(
     }
 }
 
+/// A stream of the current link failed: the peer's doing if its connection is still up
+/// (the error ends the carry), else the link is lost and this direction parks.
+fn link_failed<T>(half: &mut Option<(T, Alive)>, e: io::Error) -> io::Result<()> {
+    if half.as_ref().is_some_and(|(_, alive)| alive()) {
+        return Err(e);
+    }
+    *half = None;
+    Ok(())
+}
+
 fn no_resume() -> io::Error {
     io::Error::new(
         io::ErrorKind::ConnectionAborted,
@@ -344,13 +354,7 @@ impl<S: SendStream> Up<S> {
                 }
                 Event::Step(Ok(())) => {}
                 Event::Step(Err(Failed::Tcp(e))) => return Err(e),
-                Event::Step(Err(Failed::Link(e))) => {
-                    let alive = self.send.as_ref().is_some_and(|(_, alive)| alive());
-                    if alive {
-                        return Err(e);
-                    }
-                    self.send = None;
-                }
+                Event::Step(Err(Failed::Link(e))) => link_failed(&mut self.send, e)?,
             }
         }
     }
@@ -499,13 +503,7 @@ impl<R: RecvStream> Down<R> {
                     }
                 }
                 Event::Step(Err(Failed::Tcp(e))) => return Err(e),
-                Event::Step(Err(Failed::Link(e))) => {
-                    let alive = self.recv.as_ref().is_some_and(|(_, alive)| alive());
-                    if alive {
-                        return Err(e);
-                    }
-                    self.recv = None;
-                }
+                Event::Step(Err(Failed::Link(e))) => link_failed(&mut self.recv, e)?,
             }
         }
     }
