@@ -288,6 +288,13 @@ pub struct IrohArgs {
     /// Do not ask the home router for a port mapping (UPnP / PCP / NAT-PMP).
     #[arg(long)]
     pub no_portmap: bool,
+    /// Never punch a direct path beside a relayed tunnel. By default, when the tunnel runs
+    /// through a relay and one side's NAT is symmetric (which iroh's own hole punching
+    /// cannot cross), the client and server punch one with birthday probing and port
+    /// prediction, signalled over the tunnel, and move it there; both sides must allow it.
+    /// Needs two STUN servers that answer (--stun-server).
+    #[arg(long)]
+    pub no_upgrade: bool,
     /// Local UDP address for QUIC (repeatable; default all interfaces).
     #[arg(long = "bind", value_name = "ADDR")]
     pub bind: Vec<SocketAddr>,
@@ -364,7 +371,8 @@ pub struct DirectPathArgs {
 #[command(next_help_heading = "Manual mode (--mode manual)")]
 pub struct ManualArgs {
     /// STUN server for learning the public address (repeatable); `none` = local addresses
-    /// only (LAN). Default: stun.l.google.com:19302 and stun.cloudflare.com:3478.
+    /// only (LAN). Default: stun.l.google.com:19302 and stun.cloudflare.com:3478. iroh
+    /// mode uses them for the direct upgrade (`none` turns it off).
     #[arg(long = "stun-server", value_name = "HOST:PORT|none")]
     pub stun_servers: Vec<String>,
     /// The offer: the client writes it here, the server reads it from here (waiting for

@@ -3,6 +3,7 @@
 use anyhow::{Context, Result};
 use porthole_engine::client::Client;
 use porthole_transport_iroh::{IrohConnector, RelaySetting};
+use porthole_upgrade::{UpgradeOptions, UpgradingConnector};
 use tokio_util::sync::CancellationToken;
 
 use crate::cli::ClientArgs;
@@ -48,7 +49,11 @@ async fn run_iroh(s: &ClientSettings, t: &IrohClient, shutdown: CancellationToke
     let telemetry = config.telemetry.clone();
     let client = Client::bind(config).await?;
     let watching = super::watch::engine(&s.watch, &telemetry, &shutdown).await?;
-    let (endpoint, connector) = iroh_connector(s, t).await?;
+    let (endpoint, iroh) = iroh_connector(s, t).await?;
+    let upgrade = t.upgrade.as_ref().map(|stun| {
+        UpgradeOptions::new(stun.clone(), s.quic.clone(), t.options.direct_paths.clone())
+    });
+    let connector = UpgradingConnector::new(iroh, upgrade);
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;
     watching.finish().await;

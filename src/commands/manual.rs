@@ -41,6 +41,7 @@ pub async fn run_server(
         a = prepared.accept() => a?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    info!("{}", acceptor.punched());
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, "serving over the punched path");
     super::server::log_binds(&s.binds);
     porthole_engine::server::run(acceptor.clone(), config, shutdown).await?;
@@ -73,41 +74,25 @@ pub async fn run_client(
         c = prepared.connect(answer) => c?,
         _ = shutdown.cancelled() => return Ok(()),
     };
+    info!("{}", connector.punched());
     client.run(connector, shutdown).await?;
     watching.finish().await;
     Ok(())
 }
 
 async fn options(m: &ManualSettings, quic: &QuicParams) -> ManualOptions {
+    let stun = porthole_transport_quic::stun::resolve(&m.stun).await;
+    if stun.is_empty() && !m.stun.is_empty() {
+        warn!("no STUN server reachable: only local addresses will be offered (works on a LAN)");
+    }
     ManualOptions {
         bind: m.bind.unwrap_or(SocketAddr::from(([0, 0, 0, 0], 0))),
-        stun: resolve_stun(&m.stun).await,
+        stun,
         punch_timeout: m.punch_timeout,
         quic: quic.clone(),
         direct_paths: m.direct_paths.clone(),
         ..ManualOptions::default()
     }
-}
-
-/// Looks up STUN servers (IPv4, since manual mode punches over IPv4).
-async fn resolve_stun(servers: &[String]) -> Vec<SocketAddr> {
-    let mut out = Vec::new();
-    for s in servers {
-        match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
-            .await
-        {
-            Ok(Ok(addrs)) => match addrs.into_iter().find(|a| a.is_ipv4()) {
-                Some(a) => out.push(a),
-                None => warn!("STUN server {s} has no IPv4 address; skipped"),
-            },
-            Ok(Err(e)) => warn!("STUN server {s}: {e}; skipped"),
-            Err(_) => warn!("STUN server {s}: lookup timed out; skipped"),
-        }
-    }
-    if out.is_empty() && !servers.is_empty() {
-        warn!("no STUN server reachable: only local addresses will be offered (works on a LAN)");
-    }
-    out
 }
 
 fn write_blob(text: &str, file: Option<&Path>, what: &str, peer: &str) -> Result<()> {

@@ -5,6 +5,7 @@ use std::time::Duration;
 use anyhow::{Context, Result};
 use iroh::Watcher;
 use porthole_transport_iroh::{IrohAcceptor, RelaySetting};
+use porthole_upgrade::{Answerer, UpgradeOptions, UpgradingAcceptor};
 use tokio_util::sync::CancellationToken;
 use tracing::{info, warn};
 
@@ -22,7 +23,7 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
         ServerTransport::Manual(m) => super::manual::run_server(&settings, m, shutdown)
             .await
             .map_err(Exit::from),
-        ServerTransport::Iroh(opts) => run_iroh(&settings, opts, shutdown)
+        ServerTransport::Iroh(opts, upgrade) => run_iroh(&settings, opts, upgrade, shutdown)
             .await
             .map_err(Exit::from),
     }
@@ -31,6 +32,7 @@ pub async fn run(args: &ServerArgs) -> Result<(), Exit> {
 async fn run_iroh(
     s: &ServerSettings,
     opts: &porthole_transport_iroh::IrohOptions,
+    upgrade: &Option<Vec<String>>,
     shutdown: CancellationToken,
 ) -> Result<()> {
     if s.secret.is_none() {
@@ -38,7 +40,7 @@ async fn run_iroh(
             "no --secret-file: this server gets a new EndpointId on every start; create a stable one with: porthole generate-server-key --output server.key"
         );
     }
-    let (config, watching) = super::server::engine(s, &shutdown).await?;
+    let (mut config, watching) = super::server::engine(s, &shutdown).await?;
     let endpoint = porthole_transport_iroh::bind(opts, &s.quic)
         .await
         .context("starting the iroh endpoint")?;
@@ -50,7 +52,20 @@ async fn run_iroh(
     println!("Ticket: {ticket}");
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, max_sessions = s.max_sessions, "serving");
     log_binds(&s.binds);
-    let acceptor = IrohAcceptor::new(endpoint.clone(), &s.quic);
+    let iroh = IrohAcceptor::new(endpoint.clone(), &s.quic);
+    let acceptor = match upgrade {
+        Some(stun) => {
+            let options =
+                UpgradeOptions::new(stun.clone(), s.quic.clone(), opts.direct_paths.clone());
+            let (answerer, acceptor) = Answerer::new(options, iroh);
+            config.upgrade = Some(std::sync::Arc::new(answerer));
+            acceptor
+        }
+        None => {
+            info!("direct upgrade off: relayed tunnels stay relayed");
+            UpgradingAcceptor::iroh_only(iroh)
+        }
+    };
     porthole_engine::server::run(acceptor, config, shutdown).await?;
     endpoint.close().await;
     watching.finish().await;

@@ -276,6 +276,8 @@ pub struct ServerFile {
     #[serde(default)]
     pub bind: Vec<SocketAddr>,
     pub portmap: Option<bool>,
+    /// iroh mode: punch a direct path beside a relayed tunnel (default true).
+    pub upgrade: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
     /// Manual mode: STUN servers (`["none"]` for LAN only).
@@ -449,6 +451,8 @@ pub struct ClientFile {
     #[serde(default)]
     pub bind: Vec<SocketAddr>,
     pub portmap: Option<bool>,
+    /// iroh mode: punch a direct path beside a relayed tunnel (default true).
+    pub upgrade: Option<bool>,
     #[serde(default, with = "humantime_serde")]
     pub udp_idle_timeout: Option<Duration>,
     /// Manual mode: STUN servers (`["none"]` for LAN only).

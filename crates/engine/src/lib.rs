@@ -15,6 +15,7 @@ pub mod auth;
 pub mod client;
 pub mod control;
 pub mod direct_paths;
+pub mod either;
 pub mod net;
 pub mod pace;
 pub mod policy;
@@ -27,6 +28,7 @@ pub mod splice;
 pub mod telemetry;
 pub mod transport;
 pub mod udp;
+pub mod upgrade;
 pub mod windows;
 
 pub use porthole_proto as proto;

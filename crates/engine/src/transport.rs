@@ -137,4 +137,13 @@ pub trait Acceptor: Send + Sync + 'static {
 pub trait Connector: Send + Sync + 'static {
     type Conn: Connection;
     fn connect(&self) -> impl Future<Output = io::Result<Self::Conn>> + Send;
+
+    /// A direct connection to the same server, punched beside `conn` (a relayed one),
+    /// for the engine to move `conn`'s resumable session onto (see [`crate::upgrade`]).
+    /// Resolves only with a connection; a transport that cannot, or a path already
+    /// direct, never resolves. The engine drops the future when `conn`'s session ends.
+    fn upgrade(&self, conn: &Self::Conn) -> impl Future<Output = Self::Conn> + Send {
+        let _ = conn;
+        std::future::pending()
+    }
 }

@@ -17,6 +17,8 @@
 //! - [`resume`]: session tickets, resume claims, resumable stream headers and their
 //!   acknowledgements.
 //! - [`blob`] and [`probe`]: manual mode's copy-paste offer/answer blobs and hole-punching probes.
+//! - [`upgrade`]: the same blobs as frames, to punch a direct path beside a relayed
+//!   iroh connection.
 
 pub mod blob;
 pub mod close;
@@ -34,6 +36,7 @@ pub mod socks;
 pub mod source;
 pub mod ticket;
 pub mod token;
+pub mod upgrade;
 
 /// The QUIC ALPN of porthole's peer protocol, version 1.
 pub const ALPN: &[u8] = b"porthole/1";

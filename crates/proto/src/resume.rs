@@ -125,6 +125,10 @@ pub enum ResumableHeader {
     /// The stream `stream` continues on this connection; the client has received
     /// `received` of the server's direction. The server answers [`ResumeReply`] first.
     Resume { stream: u64, received: u64 },
+    /// The client offers to punch a direct path beside this (relayed) connection: a
+    /// [`crate::blob::Blob`] offer follows, the server answers
+    /// [`crate::upgrade::UpgradeAnswer`] (iroh mode's direct upgrade).
+    Upgrade,
 }
 
 /// The server's first frame on a resumed stream.
@@ -210,6 +214,7 @@ mod tests {
         });
         rt(ResumableHeader::Plain { forward_id: 2 });
         rt(ResumableHeader::Acks);
+        rt(ResumableHeader::Upgrade);
         rt(ResumeReply::Resumed { received: 12345 });
         rt(ResumeReply::Unknown);
         rt(Acks {

@@ -24,4 +24,6 @@ pub mod stun;
 pub mod tls;
 
 pub use conn::QuicConn;
-pub use session::{ManualAcceptor, ManualConnector, ManualOptions, PreparedClient, PreparedServer};
+pub use session::{
+    ManualAcceptor, ManualConnector, ManualOptions, PreparedClient, PreparedServer, PunchReport,
+};

@@ -177,10 +177,7 @@ impl PreparedClient {
             &answer,
         );
         let punched = punch::punch(self.socket, plan).await?;
-        info!(
-            "path=direct remote={} punched in {:.0?} via {}",
-            punched.remote, punched.elapsed, punched.method
-        );
+        let report = PunchReport::of(&punched);
         let endpoint = endpoint(punched.socket, None)?;
         let config = tls::client_config(&self.identity, answer.fingerprint, &self.opts.quic)?;
         Ok(ManualConnector {
@@ -188,6 +185,7 @@ impl PreparedClient {
             remote: punched.remote,
             config,
             quic: Arc::new(self.opts.quic.clone()),
+            report,
         })
     }
 }
@@ -239,15 +237,13 @@ impl PreparedServer {
             &self.offer,
         );
         let punched = punch::punch(self.socket, plan).await?;
-        info!(
-            "path=direct remote={} punched in {:.0?} via {}",
-            punched.remote, punched.elapsed, punched.method
-        );
+        let report = PunchReport::of(&punched);
         let config = tls::server_config(&self.identity, self.offer.fingerprint, &self.opts.quic)?;
         let endpoint = endpoint(punched.socket, Some(config))?;
         Ok(ManualAcceptor {
             endpoint,
             quic: Arc::new(self.opts.quic.clone()),
+            report,
         })
     }
 }
@@ -260,11 +256,46 @@ pub struct ManualConnector {
     config: quinn::ClientConfig,
     /// The connections' tuning (their windows' caps).
     quic: Arc<QuicParams>,
+    report: PunchReport,
 }
 
 impl ManualConnector {
     pub fn remote(&self) -> SocketAddr {
         self.remote
+    }
+
+    /// How the path was punched.
+    pub fn punched(&self) -> &PunchReport {
+        &self.report
+    }
+}
+
+/// How a path was punched: to where, how, how fast. Shows as the `path=direct` log
+/// line (the caller logs it: manual mode at once, an upgrade once it moved there).
+#[derive(Debug, Clone)]
+pub struct PunchReport {
+    pub remote: SocketAddr,
+    pub method: punch::Method,
+    pub elapsed: Duration,
+}
+
+impl PunchReport {
+    fn of(p: &punch::Punched) -> Self {
+        Self {
+            remote: p.remote,
+            method: p.method,
+            elapsed: p.elapsed,
+        }
+    }
+}
+
+impl std::fmt::Display for PunchReport {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(
+            f,
+            "path=direct remote={} punched in {:.0?} via {}",
+            self.remote, self.elapsed, self.method
+        )
     }
 }
 
@@ -290,11 +321,30 @@ pub struct ManualAcceptor {
     endpoint: quinn::Endpoint,
     /// The connections' tuning (their windows' caps).
     quic: Arc<QuicParams>,
+    report: PunchReport,
 }
 
 impl ManualAcceptor {
+    /// How the path was punched.
+    pub fn punched(&self) -> &PunchReport {
+        &self.report
+    }
+
     pub fn local_addr(&self) -> io::Result<SocketAddr> {
         self.endpoint.local_addr()
+    }
+
+    /// The one connection a direct upgrade expects: the first that arrives within
+    /// `wait`; the endpoint takes no other after it.
+    pub async fn accept_one(self, wait: Duration) -> io::Result<QuicConn> {
+        let handshake = tokio::time::timeout(wait, self.accept())
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "no connection arrived"))?
+            .ok_or_else(|| io::Error::other("the endpoint closed"))?;
+        self.endpoint.set_server_config(None);
+        tokio::time::timeout(wait, handshake)
+            .await
+            .map_err(|_| io::Error::new(io::ErrorKind::TimedOut, "the handshake did not finish"))?
     }
 
     pub async fn close(&self) {

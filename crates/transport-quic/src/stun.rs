@@ -13,7 +13,27 @@ use stun_rs::{
 };
 use tokio::net::UdpSocket;
 use tokio_util_free::Deadline;
-use tracing::{debug, trace};
+use tracing::{debug, trace, warn};
+
+/// Looks up STUN servers given as HOST:PORT, keeping each one's first IPv4 address
+/// (punching is over IPv4); a server that does not resolve within 5 s is skipped with a
+/// warning.
+pub async fn resolve(servers: &[String]) -> Vec<SocketAddr> {
+    let mut out = Vec::new();
+    for s in servers {
+        match tokio::time::timeout(Duration::from_secs(5), tokio::net::lookup_host(s.as_str()))
+            .await
+        {
+            Ok(Ok(addrs)) => match addrs.into_iter().find(|a| a.is_ipv4()) {
+                Some(a) => out.push(a),
+                None => warn!("STUN server {s} has no IPv4 address; skipped"),
+            },
+            Ok(Err(e)) => warn!("STUN server {s}: {e}; skipped"),
+            Err(_) => warn!("STUN server {s}: lookup timed out; skipped"),
+        }
+    }
+    out
+}
 
 /// Retransmission schedule of a binding request (RFC 8489 style, shortened).
 const RETRANSMIT: [u64; 5] = [0, 250, 500, 1000, 1500];

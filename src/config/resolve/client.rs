@@ -17,7 +17,8 @@ use tracing::warn;
 
 use super::{
     ManualSettings, Plan, TransportFile, WatchSettings, config_path, direct_paths, iroh_options,
-    list, manual_settings, nodepass_plan, quic_params, resume_settings, watch_settings,
+    list, manual_settings, nodepass_plan, quic_params, resume_settings, upgrade_stun,
+    watch_settings,
 };
 use crate::cli::{ClientArgs, Mode};
 use crate::config::raw::{ClientFile, check_forward, check_publish, relay_setting};
@@ -37,6 +38,8 @@ pub struct IrohClient {
     /// Direct addresses to try (the command line's or file's, plus the ticket's).
     pub server_addrs: Vec<SocketAddr>,
     pub options: IrohOptions,
+    /// The direct upgrade's STUN servers (`None`: off).
+    pub upgrade: Option<Vec<String>>,
 }
 
 #[derive(Debug)]
@@ -202,11 +205,14 @@ fn iroh_client(args: &ClientArgs, f: Option<&ClientFile>, rules: PathRules) -> R
         None => None,
     };
     let file = f.map(TransportFile::iroh).unwrap_or_default();
+    let stun = f.and_then(|f| f.stun.as_ref());
+    let upgrade = upgrade_stun(&args.iroh, &args.manual, &file, stun)?;
     let options = iroh_options(&args.iroh, file, ticket_relays, rules)?;
     Ok(IrohClient {
         server,
         server_addrs,
         options,
+        upgrade,
     })
 }
 

@@ -56,17 +56,40 @@ struct ManualFile<'a> {
     bind: &'a [SocketAddr],
 }
 
+/// The STUN servers: `--stun-server` over the file's `stun_servers` over the public
+/// defaults; empty when turned off (`none`).
+fn stun_servers(args: &ManualArgs, file: Option<&Stun>) -> Result<Vec<String>> {
+    Ok(
+        match Stun::parse("--stun-server", &args.stun_servers)?.or(file.cloned()) {
+            None => DEFAULT_STUN.iter().map(|s| s.to_string()).collect(),
+            Some(Stun::Off) => Vec::new(),
+            Some(Stun::Servers(v)) => v,
+        },
+    )
+}
+
+/// iroh mode's direct upgrade: the STUN servers it classifies NATs with, or `None` when
+/// it is off (`--no-upgrade`, `upgrade = false`, `--relay-only`, `--stun-server none`).
+fn upgrade_stun(
+    iroh: &IrohArgs,
+    manual: &ManualArgs,
+    file: &IrohFile<'_>,
+    stun: Option<&Stun>,
+) -> Result<Option<Vec<String>>> {
+    if iroh.no_upgrade || file.upgrade == Some(false) || iroh.relay_only {
+        return Ok(None);
+    }
+    let servers = stun_servers(manual, stun)?;
+    Ok((!servers.is_empty()).then_some(servers))
+}
+
 fn manual_settings(
     args: &ManualArgs,
     bind_args: &[SocketAddr],
     file: ManualFile<'_>,
     direct_paths: PathRules,
 ) -> Result<ManualSettings> {
-    let stun = match Stun::parse("--stun-server", &args.stun_servers)?.or(file.stun.cloned()) {
-        None => DEFAULT_STUN.iter().map(|s| s.to_string()).collect(),
-        Some(Stun::Off) => Vec::new(),
-        Some(Stun::Servers(v)) => v,
-    };
+    let stun = stun_servers(args, file.stun)?;
     let bind = list(bind_args, file.bind);
     if bind.len() > 1 {
         bail!("manual mode uses one UDP socket: give a single --bind address");
@@ -84,7 +107,8 @@ fn manual_settings(
 /// How the server meets its clients: the mode and its settings.
 #[derive(Debug)]
 pub enum ServerTransport {
-    Iroh(IrohOptions),
+    /// The endpoint's options, and the direct upgrade's STUN servers (`None`: off).
+    Iroh(IrohOptions, Option<Vec<String>>),
     Manual(ManualSettings),
 }
 
@@ -210,6 +234,7 @@ struct IrohFile<'a> {
     dns_server: Option<&'a DnsSetting>,
     bind: &'a [SocketAddr],
     portmap: Option<bool>,
+    upgrade: Option<bool>,
 }
 
 /// What server and client files say alike about the two transports (their keys are the
@@ -229,6 +254,7 @@ macro_rules! transport_file {
                     dns_server: self.dns_server.as_ref(),
                     bind: &self.bind,
                     portmap: self.portmap,
+                    upgrade: self.upgrade,
                 }
             }
 
@@ -387,10 +413,12 @@ fn server_settings(
         )?),
         _ => {
             let file = f.map(TransportFile::iroh).unwrap_or_default();
+            let stun = f.and_then(|f| f.stun.as_ref());
+            let upgrade = upgrade_stun(&args.iroh, &args.manual, &file, stun)?;
             let mut iroh = iroh_options(&args.iroh, file, None, rules)?;
             iroh.secret = secret.clone();
             iroh.accept = true;
-            ServerTransport::Iroh(iroh)
+            ServerTransport::Iroh(iroh, upgrade)
         }
     };
     Ok(ServerSettings {

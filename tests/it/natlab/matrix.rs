@@ -150,7 +150,8 @@ pub(super) fn iroh_client_in(lab: &Lab, ns: &str, ticket: &str) -> Command {
             "--dns-server",
             "none",
             "--no-portmap",
-        ]);
+        ])
+        .args(LAB_STUN);
     client
 }
 
@@ -180,16 +181,44 @@ pub(super) fn iroh_server(lab: &Lab) -> Command {
             "127.0.0.0/8",
             "--allowed-udp",
             "127.0.0.0/8",
-        ]);
+        ])
+        .args(LAB_STUN);
     server
 }
 
+/// The first byte's budget in every iroh row, the relay's included.
+const FIRST_BYTE_MS: u128 = 1000;
+/// How soon after the client's start a cone : symmetric pair must be direct (upgraded).
+const UPGRADED_WITHIN_MS: u128 = 2000;
+
 /// iroh mode: server on host B, client on host A, services on host B's loopback.
 fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -> Outcome {
+    iroh_pair_with(a, b, imp, expect_direct, &[])
+}
+
+/// [`iroh_pair`] with more server flags (`--no-upgrade`).
+fn iroh_pair_with(
+    a: Nat,
+    b: Nat,
+    imp: Option<Impair>,
+    expect_direct: Option<bool>,
+    server_flags: &[&str],
+) -> Outcome {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new(a, b, imp);
     let host_a = lab.a.clone();
-    let (c, started) = start_iroh_tunnel(&mut lab);
+    let c = {
+        write_secrets(&lab);
+        let host_b = lab.b.clone();
+        start_services(&mut lab, &host_b);
+        let mut server = iroh_server(&lab);
+        server.args(server_flags);
+        let (_, ticket) = start_iroh_server_with(&mut lab, server);
+        let mut client = iroh_client(&lab, &ticket);
+        client.args(FORWARDS);
+        (lab.spawn("client", client), Instant::now())
+    };
+    let (c, started) = c;
     let tcp = check(
         &lab,
         &host_a,
@@ -239,6 +268,7 @@ fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -
         std::thread::sleep(Duration::from_millis(100));
     }
     let direct_at = lab.procs[c].first_seen("path=direct");
+    let upgraded = lab.procs[c].first_seen("upgraded from the relay");
     let last = lab.procs[c].last_line("path=").unwrap_or_default();
     let path = if last.contains("path=direct") {
         "direct"
@@ -260,6 +290,25 @@ fn iroh_pair(a: Nat, b: Nat, imp: Option<Impair>, expect_direct: Option<bool>) -
             .unwrap_or_default(),
     };
     record(&outcome);
+    assert!(
+        outcome.ttfb_ms < FIRST_BYTE_MS,
+        "first byte later than {FIRST_BYTE_MS} ms: {outcome:?}"
+    );
+    // Where iroh cannot punch by itself (port-restricted cone : symmetric), the upgrade
+    // must, and soon.
+    let needs_upgrade = matches!(
+        (a, b),
+        (Nat::Cone, Nat::Symmetric) | (Nat::Symmetric, Nat::Cone)
+    );
+    if needs_upgrade && expect_direct == Some(true) {
+        let after = upgraded
+            .map(|t| t.duration_since(started).as_millis())
+            .unwrap_or_else(|| panic!("no upgrade: {outcome:?}"));
+        assert!(
+            after < UPGRADED_WITHIN_MS,
+            "upgraded only after {after} ms: {outcome:?}"
+        );
+    }
     match expect_direct {
         Some(true) => assert_eq!(
             outcome.path, "direct",
@@ -307,16 +356,53 @@ lab_test!(
     iroh_pair(Nat::DoubleCone, Nat::Cone, None, Some(true))
 );
 lab_test!(
-    iroh_cone_symmetric_works,
-    iroh_pair(Nat::Cone, Nat::Symmetric, None, None)
+    iroh_cone_symmetric_upgrades_to_direct,
+    iroh_pair(Nat::Cone, Nat::Symmetric, None, Some(true))
 );
 lab_test!(
-    iroh_symmetric_cone_works,
-    iroh_pair(Nat::Symmetric, Nat::Cone, None, None)
+    iroh_symmetric_cone_upgrades_to_direct,
+    iroh_pair(Nat::Symmetric, Nat::Cone, None, Some(true))
 );
 lab_test!(
-    iroh_symmetric_symmetric_works,
-    iroh_pair(Nat::Symmetric, Nat::Symmetric, None, None)
+    iroh_cone_symmetric_with_delay_and_loss_upgrades_to_direct,
+    iroh_pair(
+        Nat::Cone,
+        Nat::Symmetric,
+        Some(Impair {
+            delay_ms: 20,
+            loss: 0.01
+        }),
+        Some(true)
+    )
+);
+lab_test!(
+    iroh_symmetric_cone_with_delay_and_loss_upgrades_to_direct,
+    iroh_pair(
+        Nat::Symmetric,
+        Nat::Cone,
+        Some(Impair {
+            delay_ms: 20,
+            loss: 0.01
+        }),
+        Some(true)
+    )
+);
+lab_test!(
+    iroh_cone_symmetric_stays_relayed_when_the_server_says_no_upgrade,
+    {
+        let o = iroh_pair_with(
+            Nat::Cone,
+            Nat::Symmetric,
+            None,
+            Some(false),
+            &["--no-upgrade"],
+        );
+        assert!(o.note.contains("relay"), "{o:?}");
+    }
+);
+lab_test!(
+    iroh_symmetric_symmetric_stays_relayed,
+    iroh_pair(Nat::Symmetric, Nat::Symmetric, None, Some(false))
 );
 lab_test!(
     iroh_udp_blocked_uses_the_relay,

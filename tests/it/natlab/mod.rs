@@ -19,5 +19,6 @@ mod outage;
 mod publish;
 mod resume;
 mod sharing;
+mod upgrade;
 mod windows;
 mod wireguard;

@@ -8,6 +8,7 @@ mod resumable;
 mod session;
 mod tcp;
 mod udp;
+mod upgrade;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -192,6 +193,15 @@ fn log_moved() {
     info!(
         "the tunnel moved to a fresh connection (the old one went silent); its connections resume there"
     );
+}
+
+/// What took the session to another connection.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Moved {
+    /// The liveness probe: the server no longer answered the old one.
+    Probe,
+    /// A direct path punched beside the relayed one.
+    Direct,
 }
 
 /// Whether the server closed the connection because the session moved to a newer one.
@@ -501,15 +511,30 @@ async fn connection_loop<C: Connector>(
                         .carry(session.clone(), config.clone())
                         .in_current_span(),
                 );
+                // What may take the session to another connection: the liveness probe's
+                // (the server stopped answering this one) or a direct path beside a
+                // relayed one.
                 let probe = liveness::replacement(&session.conn, connector, config, book.as_ref());
-                let mut probe = std::pin::pin!(probe);
+                let direct = upgrade::direct(&session, connector, config, book.as_ref());
+                let moved = async {
+                    tokio::select! {
+                        fresh = probe => (fresh, Moved::Probe),
+                        fresh = direct => (fresh, Moved::Direct),
+                    }
+                };
+                let mut moved = std::pin::pin!(moved);
                 let end = tokio::select! {
                     end = session.conn.closed() => end,
-                    fresh = &mut probe => {
-                        // Its streams are reset: users' connections end now, with RST.
+                    (fresh, why) = &mut moved => {
+                        // Its streams are reset: users' connections end now, with RST
+                        // (unless they moved with the session).
                         session.conn.close(CloseCode::Normal.as_u32(), b"replaced");
                         let _ = sessions.send(None);
                         rx.abort();
+                        if why == Moved::Direct {
+                            replacement = Some(fresh);
+                            continue;
+                        }
                         if fresh.resumed {
                             log_moved();
                         } else {
@@ -530,12 +555,14 @@ async fn connection_loop<C: Connector>(
                 };
                 let _ = sessions.send(None);
                 rx.abort();
-                // The server moved the session to a newer connection: our liveness probe's,
-                // whose handshake is finishing. Continue on it.
+                // The server moved the session to a newer connection: our liveness probe's
+                // or the direct path's, whose handshake is finishing. Continue on it.
                 if is_resumed_elsewhere(&end) {
                     let wait = config.handshake_timeout;
-                    if let Ok(fresh) = tokio::time::timeout(wait, &mut probe).await {
-                        log_moved();
+                    if let Ok((fresh, why)) = tokio::time::timeout(wait, &mut moved).await {
+                        if why == Moved::Probe {
+                            log_moved();
+                        }
                         replacement = Some(fresh);
                         continue;
                     }

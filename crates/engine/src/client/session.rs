@@ -159,6 +159,15 @@ pub(crate) async fn establish<K: Connector>(
             )));
         }
     };
+    establish_on(conn, config, book).await
+}
+
+/// [`establish`] on a connection already made (a direct one a transport punched).
+pub(crate) async fn establish_on<C: Connection>(
+    conn: C,
+    config: &ClientConfig,
+    book: Option<&Arc<BookOf<C>>>,
+) -> Result<Session<C>, EstablishError> {
     let book = book.filter(|b| b.wanted());
     match tokio::time::timeout(config.handshake_timeout, handshake(&conn, config, book)).await {
         Ok(Ok((ids, control))) => Ok(Session::new(conn, ids, control)),

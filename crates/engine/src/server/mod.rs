@@ -54,6 +54,9 @@ pub struct ServerConfig {
     /// Resumable sessions: how long a lost one's connections are kept, and the replay
     /// bounds (`--resume-grace`, `[resume]`).
     pub resume: crate::resume::ResumeSettings,
+    /// Answers clients' offers to punch a direct path beside a relayed session
+    /// (`--no-upgrade` leaves it out: offers are declined).
+    pub upgrade: Option<Arc<dyn crate::upgrade::UpgradeAnswerer>>,
     /// Where the server counts what it does (status, metrics); clone it before `run`.
     pub telemetry: Telemetry,
 }
@@ -80,6 +83,7 @@ impl ServerConfig {
             header_timeout: Duration::from_secs(10),
             udp_idle_timeout: crate::udp::DEFAULT_IDLE_TIMEOUT,
             resume: Default::default(),
+            upgrade: None,
             telemetry: Telemetry::new(Role::Server),
         }
     }

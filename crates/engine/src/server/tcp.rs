@@ -28,6 +28,7 @@ use crate::telemetry::{ForwardLive, SessionForwards};
 use crate::telemetry::{Refusal, Side};
 use crate::transport::{RecvStream, SendStream};
 use porthole_proto::resume::ResumableHeader;
+use porthole_proto::upgrade::{Declined, UpgradeAnswer};
 
 /// What every stream of one session shares.
 pub(crate) struct StreamCtx {
@@ -130,6 +131,23 @@ pub(crate) async fn handle_resumable<S: SendStream, R: RecvStream>(
                 Ok(true) => debug!(stream, "resumed"),
                 Ok(false) => info!(stream, "resume of a connection that ended here: reset"),
                 Err(e) => debug!(stream, "resume failed: {e}"),
+            }
+        }
+        ResumableHeader::Upgrade => {
+            let client = ctx.rule.borrow().name.clone();
+            match &ctx.shared.config.upgrade {
+                Some(answerer) => {
+                    answerer
+                        .answer(client, Box::new(send), Box::new(recv))
+                        .await
+                }
+                None => {
+                    let declined = UpgradeAnswer::Declined(Declined::Disabled);
+                    if let Err(e) = crate::control::write_frame(&mut send, &declined).await {
+                        debug!("could not decline an upgrade: {e}");
+                    }
+                    let _ = tokio::io::AsyncWriteExt::shutdown(&mut send).await;
+                }
             }
         }
         ResumableHeader::Acks => {

@@ -1,0 +1,264 @@
+//! The client's half: offer, punch, connect; paced across the run's sessions.
+
+use std::io;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use porthole_engine::control::{read_frame, write_frame};
+use porthole_engine::either::Either;
+use porthole_engine::transport::{Connection, Connector, PathKind};
+use porthole_proto::resume::ResumableHeader;
+use porthole_proto::upgrade::{Declined, IROH_FIRST_MS, UpgradeAnswer, UpgradeOffer};
+use porthole_transport_iroh::{IrohConn, IrohConnector};
+use porthole_transport_quic::{PreparedClient, PunchReport, QuicConn};
+use tokio::time::Instant;
+use tracing::{debug, info, warn};
+
+use crate::Conn;
+use crate::options::{self, UpgradeOptions};
+
+/// How long the server may take to gather its candidates and answer.
+const ANSWER_WAIT: Duration = Duration::from_secs(15);
+/// How long the QUIC handshake on a punched path may take.
+const CONNECT_WAIT: Duration = Duration::from_secs(10);
+/// How often a direct iroh path is looked at again (it may fall back to the relay).
+const LOOK_AGAIN: Duration = Duration::from_millis(500);
+/// After an answer that will not change soon (no path between these NATs, upgrades
+/// off on the server), the pause before asking again.
+const AFTER_NO: Duration = Duration::from_secs(30 * 60);
+
+/// The engine's connector in iroh mode: iroh connections, and direct ones punched
+/// beside a relayed session when `upgrader` is set.
+#[derive(Debug, Clone)]
+pub struct UpgradingConnector {
+    iroh: IrohConnector,
+    upgrader: Option<Arc<Upgrader>>,
+}
+
+impl UpgradingConnector {
+    /// `options: None` is `--no-upgrade`: iroh connections only.
+    pub fn new(iroh: IrohConnector, options: Option<UpgradeOptions>) -> Self {
+        Self {
+            iroh,
+            upgrader: options.map(|o| Arc::new(Upgrader::new(o))),
+        }
+    }
+}
+
+impl Connector for UpgradingConnector {
+    type Conn = Conn;
+
+    async fn connect(&self) -> io::Result<Conn> {
+        self.iroh.connect().await.map(Either::Left)
+    }
+
+    fn upgrade(&self, conn: &Conn) -> impl Future<Output = Conn> + Send {
+        let upgrader = self.upgrader.clone();
+        let conn = conn.clone();
+        async move {
+            match (upgrader, conn) {
+                (Some(u), Either::Left(iroh)) => Either::Right(u.upgrade(&iroh).await),
+                // Off, or already on a punched path.
+                _ => std::future::pending().await,
+            }
+        }
+    }
+}
+
+/// Punches direct paths for the client's relayed sessions, one attempt at a time and
+/// fewer the more of them failed.
+#[derive(Debug)]
+pub struct Upgrader {
+    options: UpgradeOptions,
+    pace: Mutex<Pace>,
+}
+
+#[derive(Debug)]
+struct Pace {
+    failures: u32,
+    /// No attempt before this.
+    next: Instant,
+}
+
+/// Why an attempt got no direct connection.
+enum Failed {
+    /// The server said no.
+    Declined(Declined),
+    /// Our side's NAT could not be classified (STUN unanswered or not configured).
+    NoStun,
+    /// Anything on the way (stream, punch, handshake).
+    Other(String),
+}
+
+impl Upgrader {
+    pub fn new(options: UpgradeOptions) -> Self {
+        Self {
+            options,
+            pace: Mutex::new(Pace {
+                failures: 0,
+                next: Instant::now(),
+            }),
+        }
+    }
+
+    /// A direct connection to `relayed`'s server; waits while `relayed` runs on a direct
+    /// path of its own and between failed attempts.
+    pub async fn upgrade(&self, relayed: &IrohConn) -> QuicConn {
+        let mut since = None;
+        loop {
+            let next = self
+                .pace
+                .lock()
+                .map(|p| p.next)
+                .unwrap_or_else(|p| p.into_inner().next);
+            tokio::time::sleep_until(next).await;
+            let relayed_since = relayed_since(relayed, &mut since).await;
+            let started = Instant::now();
+            let failed = match self.attempt(relayed, relayed_since).await {
+                Ok(Some((conn, punched))) => {
+                    info!(
+                        "path=direct remote={} upgraded from the relay in {:.0?} (punched in {:.0?} via {})",
+                        conn.inner().remote_address(),
+                        started.elapsed(),
+                        punched.elapsed,
+                        punched.method
+                    );
+                    self.record(None);
+                    return conn;
+                }
+                // iroh found a direct path of its own meanwhile.
+                Ok(None) => continue,
+                Err(Failed::Declined(Declined::IrohFirst)) => {
+                    let turn = relayed_since + Duration::from_millis(IROH_FIRST_MS);
+                    tokio::time::sleep_until(turn.max(Instant::now() + LOOK_AGAIN)).await;
+                    continue;
+                }
+                Err(f) => f,
+            };
+            let (why, wait) = match failed {
+                Failed::Declined(d @ (Declined::Disabled | Declined::NoPath)) => {
+                    (d.explain().to_string(), Some(AFTER_NO))
+                }
+                Failed::Declined(d) => (d.explain().to_string(), None),
+                Failed::NoStun => (
+                    "our NAT could not be classified (it takes two STUN servers that answer: --stun-server)"
+                        .to_string(),
+                    Some(AFTER_NO),
+                ),
+                Failed::Other(e) => (e, None),
+            };
+            let pause = self.record(Some(wait));
+            warn!("no direct upgrade: {why}; staying on the relay, next attempt in {pause:.0?}");
+        }
+    }
+
+    /// Counts an attempt's outcome (`None`: success; `Some(wait)`: a failure, with its
+    /// own pause or the backoff's) and returns the pause before the next one.
+    fn record(&self, failed: Option<Option<Duration>>) -> Duration {
+        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+        let pause = match failed {
+            None => {
+                pace.failures = 0;
+                Duration::ZERO
+            }
+            Some(wait) => {
+                pace.failures = pace.failures.saturating_add(1);
+                wait.unwrap_or_else(|| options::retry_after(pace.failures))
+            }
+        };
+        pace.next = Instant::now() + pause;
+        pause
+    }
+
+    /// One offer, answer, punch and handshake; `Ok(None)` if the iroh connection went
+    /// direct by itself meanwhile (nothing to upgrade).
+    async fn attempt(
+        &self,
+        relayed: &IrohConn,
+        relayed_since: Instant,
+    ) -> Result<Option<(QuicConn, PunchReport)>, Failed> {
+        let prepared = PreparedClient::new(self.options.manual().await)
+            .await
+            .map_err(|e| Failed::Other(e.to_string()))?;
+        if prepared.offer().nat == porthole_proto::blob::NatKind::Unknown {
+            return Err(Failed::NoStun);
+        }
+        if !is_relayed(relayed) {
+            return Ok(None);
+        }
+        debug!(nat = %prepared.offer().nat, "offering the server a direct upgrade");
+        let (mut send, mut recv) = relayed
+            .open_bi()
+            .await
+            .map_err(|e| Failed::Other(format!("upgrade stream: {e}")))?;
+        let asked = async {
+            write_frame(&mut send, &ResumableHeader::Upgrade).await?;
+            let offer = UpgradeOffer {
+                offer: prepared.offer().clone(),
+                relayed_ms: relayed_since.elapsed().as_millis() as u64,
+            };
+            write_frame(&mut send, &offer).await?;
+            read_frame::<UpgradeAnswer, _>(&mut recv).await
+        };
+        let answer = match tokio::time::timeout(ANSWER_WAIT, asked).await {
+            Ok(Ok(UpgradeAnswer::Answer(blob))) => blob,
+            Ok(Ok(UpgradeAnswer::Declined(d))) => return Err(Failed::Declined(d)),
+            Ok(Err(e)) => return Err(Failed::Other(format!("the server's answer: {e}"))),
+            Err(_) => {
+                return Err(Failed::Other(format!(
+                    "the server did not answer within {ANSWER_WAIT:?}"
+                )));
+            }
+        };
+        // The punch has its own deadline; this one is only a backstop.
+        let punching = prepared.connect(answer);
+        let connector = tokio::time::timeout(self.options.punch_timeout * 2, punching)
+            .await
+            .map_err(|_| Failed::Other("punching did not finish".into()))?
+            .map_err(|e| Failed::Other(error_chain(&e)))?;
+        if !is_relayed(relayed) {
+            return Ok(None);
+        }
+        match tokio::time::timeout(CONNECT_WAIT, connector.connect()).await {
+            Ok(Ok(conn)) => Ok(Some((conn, connector.punched().clone()))),
+            Ok(Err(e)) => Err(Failed::Other(format!("QUIC on the punched path: {e}"))),
+            Err(_) => Err(Failed::Other(format!(
+                "QUIC on the punched path did not connect within {CONNECT_WAIT:?}"
+            ))),
+        }
+    }
+}
+
+/// Waits until the connection runs through the relay; returns since when it has done
+/// so without a break seen (`since` keeps that across calls; the path is looked at
+/// every [`LOOK_AGAIN`]: a fresh connection's is not known at once, and a direct one
+/// may fall back).
+async fn relayed_since(conn: &IrohConn, since: &mut Option<Instant>) -> Instant {
+    loop {
+        if is_relayed(conn) {
+            return *since.get_or_insert_with(Instant::now);
+        }
+        *since = None;
+        tokio::time::sleep(LOOK_AGAIN).await;
+    }
+}
+
+/// Whether the connection's data goes through a relay now.
+fn is_relayed(conn: &IrohConn) -> bool {
+    matches!(
+        Connection::path(conn).map(|p| p.kind),
+        Some(PathKind::Relay(_))
+    )
+}
+
+/// An error with its sources, for one log line.
+fn error_chain(e: &dyn std::error::Error) -> String {
+    let mut s = e.to_string();
+    let mut next = e.source();
+    while let Some(cause) = next {
+        s.push_str(": ");
+        s.push_str(&cause.to_string());
+        next = cause.source();
+    }
+    s
+}
