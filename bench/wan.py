@@ -41,18 +41,22 @@ STUNNEL_PORT = 8443
 RELAY_IP = "198.18.0.10"
 STUN = ["--stun-server", f"{RELAY_IP}:3478", "--stun-server", f"{RELAY_IP}:3479"]
 # The local port each tunnel's client listens on, on host A.
-LOCAL = {"stunnel": 15201, "iroh-direct": 25201, "manual": 35201, "iroh-relay": 45201}
-CASES = ["kernel", "stunnel", "iroh-direct", "manual", "iroh-relay"]
-TUNNELS = ["iroh-direct", "manual", "iroh-relay"]
+LOCAL = {"stunnel": 15201, "iroh-direct": 25201, "manual": 35201, "iroh-relay": 45201,
+         "iroh-upgraded": 55201}
+# iroh-upgraded: iroh mode moved onto a path the direct upgrade punched (needs
+# --server-nat symmetric, where iroh alone stays on the relay); manual is the same QUIC
+# stack on a path punched from the start.
+CASES = ["kernel", "stunnel", "iroh-direct", "manual", "iroh-relay", "iroh-upgraded"]
+TUNNELS = ["iroh-direct", "manual", "iroh-relay", "iroh-upgraded"]
 CELLS = [(1, "up"), (1, "down"), (4, "up"), (4, "down")]
 
 
 class Lab:
     """`porthole-labtool lab`: the network lives as long as its stdin is open."""
 
-    def __init__(self, work, rtt_ms, loss, rate_mbit, queue_ms, tcp_wmem_max=None):
+    def __init__(self, work, rtt_ms, loss, rate_mbit, queue_ms, tcp_wmem_max=None, server_nat="cone"):
         self.log = open(work / "lab.log", "w")
-        argv = [LABTOOL, "lab", "--delay-ms", str(rtt_ms // 2), "--loss", str(loss),
+        argv = [LABTOOL, "lab", "--server-nat", server_nat, "--delay-ms", str(rtt_ms // 2), "--loss", str(loss),
                 "--rate-mbit", str(rate_mbit), "--queue-ms", str(queue_ms), "--offloads-off",
                 "--dnat-tcp", str(IPERF_PORT), "--dnat-tcp", str(STUNNEL_PORT)]
         if tcp_wmem_max:
@@ -125,7 +129,8 @@ class Path_:
         for case in self.cases:
             try:
                 {"kernel": lambda: None, "stunnel": self.start_stunnel, "iroh-direct": self.start_iroh_direct,
-                 "manual": self.start_manual, "iroh-relay": self.start_iroh_relay}[case]()
+                 "manual": self.start_manual, "iroh-relay": self.start_iroh_relay,
+                 "iroh-upgraded": self.start_iroh_upgraded}[case]()
             except Exception as e:  # a case that cannot start is reported, not fatal
                 self.errors[case] = str(e).splitlines()[0] if str(e) else type(e).__name__
                 print(f"wan: {case} did not start: {e}", file=sys.stderr, flush=True)
@@ -162,6 +167,8 @@ class Path_:
         tls = self.work / "tls"
         relay = ["--relay-url", f"https://{RELAY_IP}/?quic-port=7842", "--relay-ca", tls / "ca.pem",
                  "--dns-server", "none", "--no-portmap"]
+        if case != "iroh-upgraded":
+            relay.append("--no-upgrade")
         s = self.spawn(case, "server", "server", [PORTHOLE, "server", "--auth-tokens-file", self.work / "tokens.txt",
                                                   "--allowed-tcp", "127.0.0.0/8"] + relay + extra + bench.EXTRA)
         s.wait_for("Ticket: ", 30)
@@ -176,6 +183,10 @@ class Path_:
     def start_iroh_direct(self):
         c = self.iroh("iroh-direct", [])
         wait_path(c, "path=direct", 30)
+
+    def start_iroh_upgraded(self):
+        c = self.iroh("iroh-upgraded", STUN)
+        wait_path(c, "upgraded from the relay", 30)
 
     def start_iroh_relay(self):
         c = self.iroh("iroh-relay", ["--relay-only"])
@@ -233,7 +244,7 @@ def path_name(rtt, loss):
 
 
 def measure_path(work, rtt, loss, args):
-    lab = Lab(work, rtt, loss, args.rate, args.queue_ms, args.tcp_wmem_max)
+    lab = Lab(work, rtt, loss, args.rate, args.queue_ms, args.tcp_wmem_max, args.server_nat)
     p = Path_(work, lab, args.cases)
     try:
         p.start()
@@ -307,6 +318,15 @@ def targets(results):
                     gap = abs(up - down) / max(up, down)
                     checks.append((f"{name}: {case} {s} stream(s) up and down within 10 %", gap <= 0.10,
                                    f"{up:.0f} / {down:.0f} Mbit/s"))
+        for base in ("manual", "iroh-direct"):
+            if "iroh-upgraded" not in res["cases"] or base not in res["cases"]:
+                continue
+            ratios = {k: cell(res, "iroh-upgraded", k) / cell(res, base, k)
+                      for k in ("1-up", "1-down", "4-up", "4-down") if cell(res, base, k)}
+            if ratios:
+                checks.append((f"{name}: upgraded path >= 0.9x {base} (direct from the start)",
+                               min(ratios.values()) >= 0.9,
+                               ", ".join(f"{k} {v:.2f}x" for k, v in ratios.items())))
         if "iroh-relay" in res["cases"] and "iroh-direct" in res["cases"]:
             r = [cell(res, "iroh-relay", k) / cell(res, "iroh-direct", k)
                  for k in ("1-up", "1-down") if cell(res, "iroh-direct", k)]
@@ -362,7 +382,10 @@ def main():
     ap.add_argument("--quick", action="store_true", help="4 s tests, one round, no docs update")
     ap.add_argument("--rtts", default="50,150", help="round-trip times in ms (comma-separated)")
     ap.add_argument("--losses", default="0,0.001,0.01", help="loss per packet per direction (comma-separated)")
-    ap.add_argument("--cases", default=",".join(CASES))
+    ap.add_argument("--cases", default=",".join(c for c in CASES if c != "iroh-upgraded"))
+    ap.add_argument("--server-nat", default="cone", choices=["cone", "symmetric"],
+                    help="the server side's NAT (symmetric: iroh alone stays relayed; the "
+                         "iroh-upgraded case needs it, iroh-direct cannot have it)")
     ap.add_argument("--seconds", type=int, default=8)
     ap.add_argument("--repeat", type=int, default=3, help="rounds (medians reported)")
     ap.add_argument("--rate", type=int, default=500, help="bottleneck, Mbit/s")
@@ -383,6 +406,10 @@ def main():
     unknown = set(args.cases) - set(CASES)
     if unknown:
         ap.error(f"unknown case(s) {sorted(unknown)}: {', '.join(CASES)}")
+    if args.server_nat == "symmetric" and "iroh-direct" in args.cases:
+        ap.error("iroh-direct cannot go direct with --server-nat symmetric (iroh-upgraded measures that path)")
+    if "iroh-upgraded" in args.cases and args.server_nat != "symmetric":
+        ap.error("iroh-upgraded needs --server-nat symmetric (else iroh goes direct by itself)")
     if "stunnel" not in args.cases:
         args.cases.insert(0, "stunnel")
     rtts = [int(x) for x in args.rtts.split(",") if x]

@@ -53,19 +53,20 @@ async fn run_iroh(
     info!(tcp = %s.policy.tcp, udp = %s.policy.udp, max_sessions = s.max_sessions, "serving");
     log_binds(&s.binds);
     let iroh = IrohAcceptor::new(endpoint.clone(), &s.quic);
-    let acceptor = match upgrade {
+    let punched = match upgrade {
         Some(stun) => {
             let options =
                 UpgradeOptions::new(stun.clone(), s.quic.clone(), opts.direct_paths.clone());
-            let (answerer, acceptor) = Answerer::new(options, iroh);
+            let (answerer, punched) = Answerer::new(options);
             config.upgrade = Some(std::sync::Arc::new(answerer));
-            acceptor
+            Some(punched)
         }
         None => {
             info!("direct upgrade off: relayed tunnels stay relayed");
-            UpgradingAcceptor::iroh_only(iroh)
+            None
         }
     };
+    let acceptor = UpgradingAcceptor::new(iroh, punched);
     porthole_engine::server::run(acceptor, config, shutdown).await?;
     endpoint.close().await;
     watching.finish().await;

@@ -21,3 +21,4 @@ mod resume;
 mod secrets;
 mod support;
 mod tunnel;
+mod upgrade;

@@ -23,7 +23,10 @@
 //!   port-restricted filtering);
 //! - `Symmetric`: MASQUERADE --random-fully (a random port per destination);
 //! - `UdpBlocked`: cone, plus every forwarded UDP packet dropped (only TCP gets out);
-//! - `DoubleCone`: a carrier-grade NAT in front of a home NAT, both cone.
+//! - `DoubleCone`: a carrier-grade NAT in front of a home NAT, both cone;
+//! - `FullCone`: cone, and UDP from anyone to a mapped port reaches the host;
+//! - `Restricted`: cone, and UDP to a mapped port reaches the host from any port of an
+//!   address the host sent to (the `recent` match).
 //!
 //! The WAN uplink of each NAT (its egress towards the internet) can be impaired: this
 //! kernel has no `sch_netem`, so delay and loss come from an NFQUEUE served by
@@ -56,6 +59,12 @@ pub enum Nat {
     Symmetric,
     UdpBlocked,
     DoubleCone,
+    /// Cone mapping, and any host may send to a mapped port (endpoint-independent
+    /// filtering).
+    FullCone,
+    /// Cone mapping, and a host the inside sent to may send from any port
+    /// (address-dependent filtering).
+    Restricted,
 }
 
 impl Nat {
@@ -65,6 +74,8 @@ impl Nat {
             Nat::Symmetric => "symmetric",
             Nat::UdpBlocked => "udp-blocked",
             Nat::DoubleCone => "double-nat (cgn+cone)",
+            Nat::FullCone => "full cone",
+            Nat::Restricted => "restricted cone",
         }
     }
 }
@@ -77,8 +88,10 @@ impl std::str::FromStr for Nat {
             "symmetric" => Ok(Nat::Symmetric),
             "udp-blocked" => Ok(Nat::UdpBlocked),
             "double-cone" => Ok(Nat::DoubleCone),
+            "full-cone" => Ok(Nat::FullCone),
+            "restricted" => Ok(Nat::Restricted),
             _ => Err(format!(
-                "unknown NAT {s:?}: cone, symmetric, udp-blocked or double-cone"
+                "unknown NAT {s:?}: cone, symmetric, udp-blocked, double-cone, full-cone or restricted"
             )),
         }
     }
@@ -360,6 +373,37 @@ impl Net {
         Ok(())
     }
 
+    /// The filtering of the full and the restricted cone, for UDP to `host`: MASQUERADE
+    /// keeps ports, so a packet that opens no known flow is sent on to the same port of
+    /// `host` (DNAT without a port), from anyone (full cone) or only from addresses
+    /// `host` has sent to (restricted: the `recent` match remembers them).
+    fn open_filtering(&self, ns: &str, nat: Nat, wan: &str, lan: &str, host: &str) -> Result<()> {
+        let from_known: &[&str] = match nat {
+            Nat::FullCone => &[],
+            Nat::Restricted => &["-m", "recent", "--name", "peers", "--rcheck", "--rsource"],
+            _ => return Ok(()),
+        };
+        if nat == Nat::Restricted {
+            self.iptables(
+                ns,
+                &[
+                    "-I", "FORWARD", "-i", lan, "-o", wan, "-p", "udp", "-m", "recent", "--name",
+                    "peers", "--rdest", "--set",
+                ],
+            )?;
+        }
+        let mut dnat = vec!["-t", "nat", "-A", "PREROUTING", "-i", wan, "-p", "udp"];
+        dnat.extend_from_slice(from_known);
+        dnat.extend_from_slice(&["-j", "DNAT", "--to-destination", host]);
+        self.iptables(ns, &dnat)?;
+        self.iptables(
+            ns,
+            &[
+                "-A", "FORWARD", "-i", wan, "-o", lan, "-p", "udp", "-d", host, "-j", "ACCEPT",
+            ],
+        )
+    }
+
     /// TCP `port` on the router's WAN address leads to `host:port` (a deliberate hole).
     fn dnat_tcp(&self, ns: &str, wan: &str, lan: &str, host: &str, port: u16) -> Result<()> {
         let port = port.to_string();
@@ -518,6 +562,7 @@ impl Net {
             None
         };
         self.router(&nat_ns, nat, "wan", "brlan")?;
+        self.open_filtering(&nat_ns, nat, "wan", "brlan", &format!("{lan_net}.2"))?;
         if side == 'b' {
             for &port in &spec.server_dnat_tcp {
                 self.dnat_tcp(&nat_ns, "wan", "brlan", HOST_B_IP, port)?;

@@ -233,3 +233,54 @@ impl ClientCertVerifier for Pinned {
         self.algs.supported_schemes()
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A QUIC handshake on loopback: the server presents `server` and pins
+    /// `client_pin`, the client presents `client` and pins `server_pin`.
+    async fn handshake(
+        server: &Identity,
+        client_pin: [u8; 32],
+        client: &Identity,
+        server_pin: [u8; 32],
+    ) -> bool {
+        let params = QuicParams::default();
+        let runtime = Arc::new(quinn::TokioRuntime);
+        let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let addr = socket.local_addr().unwrap();
+        let config = server_config(server, client_pin, &params).unwrap();
+        let ep = quinn::Endpoint::new(Default::default(), Some(config), socket, runtime.clone())
+            .unwrap();
+        let accepted = tokio::spawn(async move {
+            let incoming = ep.accept().await?;
+            incoming.await.ok()
+        });
+        let csock = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let cep = quinn::Endpoint::new(Default::default(), None, csock, runtime).unwrap();
+        let config = client_config(client, server_pin, &params).unwrap();
+        let dialed = cep.connect_with(config, addr, SERVER_NAME).unwrap();
+        let client_ok = tokio::time::timeout(std::time::Duration::from_secs(5), dialed)
+            .await
+            .is_ok_and(|r| r.is_ok());
+        let server_ok = tokio::time::timeout(std::time::Duration::from_secs(5), accepted)
+            .await
+            .is_ok_and(|r| r.is_ok_and(|c| c.is_some()));
+        client_ok && server_ok
+    }
+
+    #[tokio::test]
+    async fn each_side_accepts_only_the_pinned_certificate() {
+        let (server, client, stranger) = (
+            Identity::generate().unwrap(),
+            Identity::generate().unwrap(),
+            Identity::generate().unwrap(),
+        );
+        assert!(handshake(&server, client.fingerprint, &client, server.fingerprint).await);
+        // A client with another certificate is refused by the server...
+        assert!(!handshake(&server, client.fingerprint, &stranger, server.fingerprint).await);
+        // ...and a server with another certificate by the client.
+        assert!(!handshake(&stranger, client.fingerprint, &client, server.fingerprint).await);
+    }
+}

@@ -24,7 +24,7 @@ pub mod server;
 
 pub use client::UpgradingConnector;
 pub use options::UpgradeOptions;
-pub use server::{Answerer, UpgradingAcceptor};
+pub use server::{Answerer, Punched, UpgradingAcceptor};
 
 use porthole_engine::either::Either;
 use porthole_transport_iroh::IrohConn;

@@ -57,8 +57,9 @@ impl Drop for Turn {
 }
 
 impl Answerer {
-    /// An answerer and the acceptor that serves `iroh`'s connections and the punched ones.
-    pub fn new(options: UpgradeOptions, iroh: IrohAcceptor) -> (Self, UpgradingAcceptor) {
+    /// An answerer, and the direct connections it punches (for
+    /// [`UpgradingAcceptor::new`]).
+    pub fn new(options: UpgradeOptions) -> (Self, Punched) {
         let (punched, direct) = mpsc::channel(QUEUE);
         let answerer = Self {
             options: Arc::new(options),
@@ -66,11 +67,7 @@ impl Answerer {
             busy: Default::default(),
             punched,
         };
-        let acceptor = UpgradingAcceptor {
-            iroh,
-            direct: tokio::sync::Mutex::new(Some(direct)),
-        };
-        (answerer, acceptor)
+        (answerer, Punched(direct))
     }
 
     fn turn(&self, client: &str) -> Option<Turn> {
@@ -81,7 +78,8 @@ impl Answerer {
         })
     }
 
-    async fn run(self, client: String, mut send: UpgradeSend, mut recv: UpgradeRecv) {
+    /// Answers the offer on `recv` (the header already read) on `send`, then punches.
+    pub async fn run(self, client: String, mut send: UpgradeSend, mut recv: UpgradeRecv) {
         let slot = self.slots.clone().try_acquire_owned().ok();
         let turn = self.turn(&client);
         let offer = match tokio::time::timeout(OFFER_WAIT, read_frame::<UpgradeOffer, _>(&mut recv))
@@ -183,16 +181,27 @@ impl UpgradeAnswerer for Answerer {
 #[derive(Debug)]
 pub struct UpgradingAcceptor {
     iroh: IrohAcceptor,
-    /// `None` once every [`Answerer`] is gone.
-    direct: tokio::sync::Mutex<Option<mpsc::Receiver<QuicConn>>>,
+    /// `None` without an [`Answerer`].
+    direct: tokio::sync::Mutex<Option<Punched>>,
+}
+
+/// The direct connections an [`Answerer`] punched, in the order they were.
+#[derive(Debug)]
+pub struct Punched(mpsc::Receiver<QuicConn>);
+
+impl Punched {
+    /// The next one; `None` once the answerer is gone.
+    pub async fn next(&mut self) -> Option<QuicConn> {
+        self.0.recv().await
+    }
 }
 
 impl UpgradingAcceptor {
-    /// iroh connections only (`--no-upgrade`).
-    pub fn iroh_only(iroh: IrohAcceptor) -> Self {
+    /// `iroh`'s connections, and `punched`'s (`None`: `--no-upgrade`).
+    pub fn new(iroh: IrohAcceptor, punched: Option<Punched>) -> Self {
         Self {
             iroh,
-            direct: tokio::sync::Mutex::new(None),
+            direct: tokio::sync::Mutex::new(punched),
         }
     }
 }
@@ -207,7 +216,7 @@ impl Acceptor for UpgradingAcceptor {
         let mut direct = self.direct.lock().await;
         let punched = async {
             match direct.as_mut() {
-                Some(rx) => rx.recv().await,
+                Some(p) => p.next().await,
                 None => std::future::pending().await,
             }
         };

@@ -279,7 +279,10 @@ fn iroh_pair_with(
     };
     let outcome = Outcome {
         mode: "iroh",
-        pair: pair_name(a, b, imp),
+        pair: match server_flags {
+            [] => pair_name(a, b, imp),
+            flags => format!("{} (server {})", pair_name(a, b, imp), flags.join(" ")),
+        },
         path: path.to_string(),
         ttfb_ms: ttfb,
         direct_after_ms: direct_at.map(|t| t.duration_since(started).as_millis()),
@@ -385,6 +388,44 @@ lab_test!(
             loss: 0.01
         }),
         Some(true)
+    )
+);
+lab_test!(
+    iroh_restricted_symmetric_goes_direct,
+    iroh_pair(Nat::Restricted, Nat::Symmetric, None, Some(true))
+);
+lab_test!(
+    iroh_symmetric_restricted_goes_direct,
+    iroh_pair(Nat::Symmetric, Nat::Restricted, None, Some(true))
+);
+lab_test!(
+    iroh_full_cone_symmetric_goes_direct,
+    iroh_pair(Nat::FullCone, Nat::Symmetric, None, Some(true))
+);
+lab_test!(
+    iroh_symmetric_full_cone_goes_direct,
+    iroh_pair(Nat::Symmetric, Nat::FullCone, None, Some(true))
+);
+// Without the upgrade, iroh alone: the symmetric side's packets open a filter that
+// looks at addresses only (or none).
+lab_test!(
+    iroh_restricted_symmetric_goes_direct_without_the_upgrade,
+    iroh_pair_with(
+        Nat::Restricted,
+        Nat::Symmetric,
+        None,
+        Some(true),
+        &["--no-upgrade"]
+    )
+);
+lab_test!(
+    iroh_full_cone_symmetric_goes_direct_without_the_upgrade,
+    iroh_pair_with(
+        Nat::FullCone,
+        Nat::Symmetric,
+        None,
+        Some(true),
+        &["--no-upgrade"]
     )
 );
 lab_test!(
