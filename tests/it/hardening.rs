@@ -668,3 +668,32 @@ async fn a_session_resumes_only_with_its_secret_and_its_client() {
         ResumeReply::Unknown
     );
 }
+
+/// A connection that takes a session over replaces the one it ran on: at the session
+/// limit it is still let in (a liveness probe's, a direct upgrade's), while one more
+/// session is not.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_session_moves_to_a_new_connection_even_at_the_session_limit() {
+    let t = server_with_tokens(&[TOKEN], |_| vec!["--max-sessions".into(), "1".into()]);
+    let a = raw(&t).await;
+    let (_ctl, mut rx) = a.auth_v3(TOKEN, None).await;
+    let AuthResponse::Resumable { ticket, .. } = read_frame::<AuthResponse>(&mut rx).await else {
+        panic!("a new resumable session was asked for");
+    };
+    let b = raw(&t).await;
+    let _b_auth = b.auth_v3(TOKEN, None).await;
+    assert_eq!(
+        b.closed_with(Duration::from_secs(5)).await,
+        u64::from(CloseCode::ServerBusy.as_u32()),
+        "a second session got past --max-sessions 1"
+    );
+    let e = raw(&t).await;
+    let (resumed, again) = e
+        .resumes(TOKEN, Some(ticket.claim(&e.resume_exporter())))
+        .await;
+    assert!(resumed && again.session == ticket.session);
+    assert_eq!(
+        a.closed_with(Duration::from_secs(5)).await,
+        u64::from(CloseCode::Resumed.as_u32())
+    );
+}

@@ -78,7 +78,14 @@ struct Pace {
     failures: u32,
     /// No attempt before this.
     next: Instant,
+    /// When the last attempt succeeded: a relayed session soon after means the direct
+    /// path did not last, which counts as a failure (no loop of upgrades and falls back).
+    succeeded: Option<Instant>,
 }
+
+/// A direct path that carried the tunnel for less than this before it was back on the
+/// relay counts as a failed attempt.
+const SHORT_LIVED: Duration = Duration::from_secs(120);
 
 /// Why an attempt got no direct connection.
 enum Failed {
@@ -97,6 +104,7 @@ impl Upgrader {
             pace: Mutex::new(Pace {
                 failures: 0,
                 next: Instant::now(),
+                succeeded: None,
             }),
         }
     }
@@ -104,6 +112,7 @@ impl Upgrader {
     /// A direct connection to `relayed`'s server; waits while `relayed` runs on a direct
     /// path of its own and between failed attempts.
     pub async fn upgrade(&self, relayed: &IrohConn) -> QuicConn {
+        self.back_on_the_relay();
         let mut since = None;
         loop {
             let next = self
@@ -152,6 +161,23 @@ impl Upgrader {
         }
     }
 
+    /// A relayed session after an upgrade: if the direct path was short-lived, the next
+    /// attempt waits as after a failure.
+    fn back_on_the_relay(&self) {
+        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some(at) = pace.succeeded.take()
+            && at.elapsed() < SHORT_LIVED
+        {
+            pace.failures = pace.failures.saturating_add(1);
+            let pause = options::retry_after(pace.failures);
+            pace.next = Instant::now() + pause;
+            info!(
+                "the direct path lasted {:.0?}; next upgrade attempt in {pause:.0?}",
+                at.elapsed()
+            );
+        }
+    }
+
     /// Counts an attempt's outcome (`None`: success; `Some(wait)`: a failure, with its
     /// own pause or the backoff's) and returns the pause before the next one.
     fn record(&self, failed: Option<Option<Duration>>) -> Duration {
@@ -159,6 +185,7 @@ impl Upgrader {
         let pause = match failed {
             None => {
                 pace.failures = 0;
+                pace.succeeded = Some(Instant::now());
                 Duration::ZERO
             }
             Some(wait) => {

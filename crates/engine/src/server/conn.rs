@@ -93,7 +93,17 @@ pub(crate) async fn serve<C: Connection>(
         _ => rule.name.clone(),
     };
     tracing::Span::current().record("client", tracing::field::display(&client));
-    let Some(client_slot) = ClientSlot::take(&shared, &rule) else {
+    // A connection that takes over a session of this client (a resume, a direct upgrade)
+    // replaces the one it ran on, which is closed as it moves: it is not one more.
+    let replacing = match &claim {
+        Some(Some(c)) if config.resume.enabled() => {
+            shared
+                .resumable
+                .honours(&conn, c, (&rule.name, &credential))
+        }
+        _ => false,
+    };
+    let Some(client_slot) = ClientSlot::take(&shared, &rule, replacing) else {
         warn!(
             "client {} is at its session limit ({}); refusing",
             rule.name,
@@ -104,14 +114,18 @@ pub(crate) async fn serve<C: Connection>(
         return;
     };
 
-    let Ok(_session) = shared.sessions.clone().try_acquire_owned() else {
-        warn!(
-            "session limit ({}) reached; refusing client",
-            config.max_sessions
-        );
-        config.telemetry.refused(Refusal::SessionLimit);
-        conn.close(CloseCode::ServerBusy.as_u32(), b"server busy");
-        return;
+    let _session = match shared.sessions.clone().try_acquire_owned() {
+        Ok(permit) => Some(permit),
+        Err(_) if replacing => None,
+        Err(_) => {
+            warn!(
+                "session limit ({}) reached; refusing client",
+                config.max_sessions
+            );
+            config.telemetry.refused(Refusal::SessionLimit);
+            conn.close(CloseCode::ServerBusy.as_u32(), b"server busy");
+            return;
+        }
     };
     drop(pending);
 
@@ -507,12 +521,14 @@ struct ClientSlot {
 }
 
 impl ClientSlot {
-    fn take(shared: &Arc<Shared>, rule: &ClientRule) -> Option<Self> {
+    /// One more session of `rule`'s client, within its limit unless it is `replacing`
+    /// one of them.
+    fn take(shared: &Arc<Shared>, rule: &ClientRule, replacing: bool) -> Option<Self> {
         let mut open = shared.per_client.lock().unwrap_or_else(|e| e.into_inner());
         let (n, client) = open
             .entry(rule.name.clone())
             .or_insert_with(|| (0, Arc::new(ClientShared::new(rule))));
-        if rule.max_sessions.is_some_and(|max| *n >= max) {
+        if !replacing && rule.max_sessions.is_some_and(|max| *n >= max) {
             return None;
         }
         *n += 1;

@@ -147,6 +147,18 @@ impl Registry {
         Ok((book, false))
     }
 
+    /// Whether `claim` on `conn` would move a session of this client here (so the new
+    /// connection replaces one instead of adding one: it does not count against the
+    /// session limits).
+    pub fn honours<C: Connection>(
+        &self,
+        conn: &C,
+        claim: &ResumeClaim,
+        (client, credential): (&str, &Credential),
+    ) -> bool {
+        self.find::<C>(conn, claim, client, credential).is_ok()
+    }
+
     fn find<C: Connection>(
         &self,
         conn: &C,
