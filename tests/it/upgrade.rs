@@ -34,6 +34,14 @@ async fn client(stun: &[std::net::SocketAddr]) -> PreparedClient {
     .unwrap()
 }
 
+/// Two STUN servers on loopback (a NAT needs two to be classified), and their names.
+async fn two_stun() -> (porthole_relay::StunHandle, Vec<String>) {
+    let any = "127.0.0.1:0".parse().unwrap();
+    let stun = porthole_relay::spawn_stun(&[any, any]).await.unwrap();
+    let names = stun.addrs().iter().map(|a| a.to_string()).collect();
+    (stun, names)
+}
+
 /// Hands `offer` to a run of `answerer` for `name` over an in-memory stream, and returns
 /// its answer.
 async fn ask(answerer: &Answerer, name: &str, offer: &UpgradeOffer) -> UpgradeAnswer {
@@ -51,13 +59,7 @@ async fn ask(answerer: &Answerer, name: &str, offer: &UpgradeOffer) -> UpgradeAn
 #[tokio::test(flavor = "multi_thread", worker_threads = 4)]
 async fn an_accepted_offer_ends_in_one_pinned_connection() {
     init_tracing();
-    let stun = porthole_relay::spawn_stun(&[
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    ])
-    .await
-    .unwrap();
-    let names: Vec<String> = stun.addrs().iter().map(|a| a.to_string()).collect();
+    let (stun, names) = two_stun().await;
     let (answerer, mut punched) = Answerer::new(server_options(names));
 
     // Loopback is no NAT at all: iroh would punch that by itself, so the server waits
@@ -109,13 +111,7 @@ async fn an_accepted_offer_ends_in_one_pinned_connection() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn offers_that_cannot_or_must_not_be_punched_are_declined() {
     init_tracing();
-    let stun = porthole_relay::spawn_stun(&[
-        "127.0.0.1:0".parse().unwrap(),
-        "127.0.0.1:0".parse().unwrap(),
-    ])
-    .await
-    .unwrap();
-    let names: Vec<String> = stun.addrs().iter().map(|a| a.to_string()).collect();
+    let (stun, names) = two_stun().await;
     let (answerer, _punched) = Answerer::new(server_options(names));
     let prepared = client(stun.addrs()).await;
     let good = UpgradeOffer {

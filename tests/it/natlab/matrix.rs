@@ -186,6 +186,12 @@ pub(super) fn iroh_server(lab: &Lab) -> Command {
     server
 }
 
+/// 20 ms and 1 % loss on each NAT's uplink: 40 ms round trips, a lossy path.
+const LOSSY: Impair = Impair {
+    delay_ms: 20,
+    loss: 0.01,
+};
+
 /// The first byte's budget in every iroh row, the relay's included.
 const FIRST_BYTE_MS: u128 = 1000;
 /// How soon after the client's start a cone : symmetric pair must be direct (upgraded).
@@ -344,15 +350,7 @@ lab_test!(
 );
 lab_test!(
     iroh_cone_cone_with_delay_and_loss_goes_direct,
-    iroh_pair(
-        Nat::Cone,
-        Nat::Cone,
-        Some(Impair {
-            delay_ms: 20,
-            loss: 0.01
-        }),
-        Some(true)
-    )
+    iroh_pair(Nat::Cone, Nat::Cone, Some(LOSSY), Some(true))
 );
 lab_test!(
     iroh_double_nat_to_cone_goes_direct,
@@ -368,27 +366,11 @@ lab_test!(
 );
 lab_test!(
     iroh_cone_symmetric_with_delay_and_loss_upgrades_to_direct,
-    iroh_pair(
-        Nat::Cone,
-        Nat::Symmetric,
-        Some(Impair {
-            delay_ms: 20,
-            loss: 0.01
-        }),
-        Some(true)
-    )
+    iroh_pair(Nat::Cone, Nat::Symmetric, Some(LOSSY), Some(true))
 );
 lab_test!(
     iroh_symmetric_cone_with_delay_and_loss_upgrades_to_direct,
-    iroh_pair(
-        Nat::Symmetric,
-        Nat::Cone,
-        Some(Impair {
-            delay_ms: 20,
-            loss: 0.01
-        }),
-        Some(true)
-    )
+    iroh_pair(Nat::Symmetric, Nat::Cone, Some(LOSSY), Some(true))
 );
 lab_test!(
     iroh_restricted_symmetric_goes_direct,
