@@ -87,6 +87,44 @@ struct Pace {
 /// relay counts as a failed attempt.
 const SHORT_LIVED: Duration = Duration::from_secs(120);
 
+impl Pace {
+    fn new(now: Instant) -> Self {
+        Self {
+            failures: 0,
+            next: now,
+            succeeded: None,
+        }
+    }
+
+    /// An attempt moved the tunnel onto a direct path. The failures are cleared only once
+    /// that path has lasted ([`Pace::back_on_the_relay`]).
+    fn succeeded(&mut self, now: Instant) {
+        self.succeeded = Some(now);
+        self.next = now;
+    }
+
+    /// An attempt failed; the next waits `wait`, or the backoff's pause. Returns the pause.
+    fn failed(&mut self, wait: Option<Duration>, now: Instant) -> Duration {
+        self.failures = self.failures.saturating_add(1);
+        let pause = wait.unwrap_or_else(|| options::retry_after(self.failures));
+        self.next = now + pause;
+        pause
+    }
+
+    /// The tunnel runs through the relay again (a new relayed session). After a direct
+    /// path that lasted, the failures are cleared; after a short-lived one it counts as
+    /// one more failure, so a path that keeps dying is punched less and less often:
+    /// returns how long it lasted and the pause.
+    fn back_on_the_relay(&mut self, now: Instant) -> Option<(Duration, Duration)> {
+        let lasted = now.saturating_duration_since(self.succeeded.take()?);
+        if lasted >= SHORT_LIVED {
+            self.failures = 0;
+            return None;
+        }
+        Some((lasted, self.failed(None, now)))
+    }
+}
+
 /// Why an attempt got no direct connection.
 enum Failed {
     /// The server said no.
@@ -101,11 +139,7 @@ impl Upgrader {
     pub fn new(options: UpgradeOptions) -> Self {
         Self {
             options,
-            pace: Mutex::new(Pace {
-                failures: 0,
-                next: Instant::now(),
-                succeeded: None,
-            }),
+            pace: Mutex::new(Pace::new(Instant::now())),
         }
     }
 
@@ -161,20 +195,10 @@ impl Upgrader {
         }
     }
 
-    /// A relayed session after an upgrade: if the direct path was short-lived, the next
-    /// attempt waits as after a failure.
     fn back_on_the_relay(&self) {
         let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some(at) = pace.succeeded.take()
-            && at.elapsed() < SHORT_LIVED
-        {
-            pace.failures = pace.failures.saturating_add(1);
-            let pause = options::retry_after(pace.failures);
-            pace.next = Instant::now() + pause;
-            info!(
-                "the direct path lasted {:.0?}; next upgrade attempt in {pause:.0?}",
-                at.elapsed()
-            );
+        if let Some((lasted, pause)) = pace.back_on_the_relay(Instant::now()) {
+            info!("the direct path lasted {lasted:.0?}; next upgrade attempt in {pause:.0?}");
         }
     }
 
@@ -182,19 +206,14 @@ impl Upgrader {
     /// own pause or the backoff's) and returns the pause before the next one.
     fn record(&self, failed: Option<Option<Duration>>) -> Duration {
         let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
-        let pause = match failed {
+        let now = Instant::now();
+        match failed {
             None => {
-                pace.failures = 0;
-                pace.succeeded = Some(Instant::now());
+                pace.succeeded(now);
                 Duration::ZERO
             }
-            Some(wait) => {
-                pace.failures = pace.failures.saturating_add(1);
-                wait.unwrap_or_else(|| options::retry_after(pace.failures))
-            }
-        };
-        pace.next = Instant::now() + pause;
-        pause
+            Some(wait) => pace.failed(wait, now),
+        }
     }
 
     /// One offer, answer, punch and handshake; `Ok(None)` if the iroh connection went
@@ -288,4 +307,34 @@ fn error_chain(e: &dyn std::error::Error) -> String {
         next = cause.source();
     }
     s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn failures_back_off_and_a_path_that_keeps_dying_is_punched_less_often() {
+        let t0 = Instant::now();
+        let mut p = Pace::new(t0);
+        assert_eq!(p.failed(None, t0), options::FIRST_RETRY);
+        assert_eq!(p.failed(None, t0), options::FIRST_RETRY * 2);
+        // A success, then the path dies after 10 s: one more failure, not a fresh start.
+        p.succeeded(t0);
+        let (lasted, pause) = p.back_on_the_relay(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(lasted, Duration::from_secs(10));
+        assert_eq!(pause, options::FIRST_RETRY * 4);
+        p.succeeded(t0);
+        let (_, pause) = p.back_on_the_relay(t0 + Duration::from_secs(10)).unwrap();
+        assert_eq!(pause, options::FIRST_RETRY * 8);
+        // A path that lasted clears the failures.
+        p.succeeded(t0);
+        assert!(p.back_on_the_relay(t0 + SHORT_LIVED).is_none());
+        assert_eq!(p.failed(None, t0), options::FIRST_RETRY);
+        // No upgrade since the last relayed session: nothing to count.
+        assert!(p.back_on_the_relay(t0).is_none());
+        // A "no" waits its own pause.
+        assert_eq!(p.failed(Some(AFTER_NO), t0), AFTER_NO);
+        assert_eq!(p.next, t0 + AFTER_NO);
+    }
 }
