@@ -42,12 +42,13 @@ async fn two_stun() -> (porthole_relay::StunHandle, Vec<String>) {
     (stun, names)
 }
 
-/// Hands `offer` to a run of `answerer` for `name` over an in-memory stream, and returns
-/// its answer.
-async fn ask(answerer: &Answerer, name: &str, offer: &UpgradeOffer) -> UpgradeAnswer {
+/// Hands `offer` to a run of `answerer` for session `session` over an in-memory stream,
+/// and returns its answer.
+async fn ask(answerer: &Answerer, session: &str, offer: &UpgradeOffer) -> UpgradeAnswer {
     let (ours, theirs) = tokio::io::duplex(64 * 1024);
     let (r, w) = tokio::io::split(theirs);
-    tokio::spawn(answerer.clone().run(name.into(), Box::new(w), Box::new(r)));
+    let stream = (Box::new(w) as _, Box::new(r) as _);
+    tokio::spawn(answerer.clone().run("c".into(), session.into(), stream));
     let (mut r, mut w) = tokio::io::split(ours);
     write_frame(&mut w, offer).await.unwrap();
     tokio::time::timeout(Duration::from_secs(10), read_frame(&mut r))
@@ -133,10 +134,11 @@ async fn offers_that_cannot_or_must_not_be_punched_are_declined() {
         UpgradeAnswer::Declined(Declined::BadOffer)
     );
 
-    // A client with an upgrade under way (its offer not even sent) gets no second one.
+    // A session with an upgrade under way (its offer not even sent) gets no second one.
     let (_held, theirs) = tokio::io::duplex(1024);
     let (r, w) = tokio::io::split(theirs);
-    tokio::spawn(answerer.clone().run("b".into(), Box::new(w), Box::new(r)));
+    let stream = (Box::new(w) as _, Box::new(r) as _);
+    tokio::spawn(answerer.clone().run("c".into(), "b".into(), stream));
     tokio::time::sleep(Duration::from_millis(100)).await;
     assert_eq!(
         ask(&answerer, "b", &good).await,

@@ -24,14 +24,15 @@ pub type UpgradeSend = Box<dyn AsyncWrite + Unpin + Send>;
 /// The receiving half of an upgrade stream.
 pub type UpgradeRecv = Box<dyn AsyncRead + Unpin + Send>;
 
-/// The server's half of the upgrade: answers one offer read from `recv` (the header is
-/// already read) on `send`, punches, and delivers the direct connection to the acceptor
-/// the server runs on. `client` names the session's client, for logs.
+/// The server's half of the upgrade: answers one offer read from the stream's receiving
+/// half (its header already read) on its sending half, punches, and delivers the direct
+/// connection to the acceptor the server runs on. `client` names the session's client
+/// (for logs); `session` is the session's id (one upgrade at a time each).
 pub trait UpgradeAnswerer: Send + Sync + fmt::Debug + 'static {
     fn answer(
         &self,
         client: String,
-        send: UpgradeSend,
-        recv: UpgradeRecv,
+        session: String,
+        stream: (UpgradeSend, UpgradeRecv),
     ) -> Pin<Box<dyn Future<Output = ()> + Send>>;
 }

@@ -36,15 +36,15 @@ pub struct Answerer {
     options: Arc<UpgradeOptions>,
     /// Upgrades punched at once (each has up to 256 sockets and a spray of probes).
     slots: Arc<Semaphore>,
-    /// Clients with an upgrade under way: one each.
+    /// Sessions with an upgrade under way: one each.
     busy: Arc<Mutex<HashSet<String>>>,
     punched: mpsc::Sender<QuicConn>,
 }
 
-/// One client's upgrade under way; its end frees the client's turn.
+/// One session's upgrade under way; its end frees the session's turn.
 struct Turn {
     busy: Arc<Mutex<HashSet<String>>>,
-    client: String,
+    session: String,
 }
 
 impl Drop for Turn {
@@ -52,7 +52,7 @@ impl Drop for Turn {
         self.busy
             .lock()
             .unwrap_or_else(|p| p.into_inner())
-            .remove(&self.client);
+            .remove(&self.session);
     }
 }
 
@@ -70,18 +70,24 @@ impl Answerer {
         (answerer, Punched(direct))
     }
 
-    fn turn(&self, client: &str) -> Option<Turn> {
+    fn turn(&self, session: &str) -> Option<Turn> {
         let mut busy = self.busy.lock().unwrap_or_else(|p| p.into_inner());
-        busy.insert(client.to_string()).then(|| Turn {
+        busy.insert(session.to_string()).then(|| Turn {
             busy: self.busy.clone(),
-            client: client.to_string(),
+            session: session.to_string(),
         })
     }
 
     /// Answers the offer on `recv` (the header already read) on `send`, then punches.
-    pub async fn run(self, client: String, mut send: UpgradeSend, mut recv: UpgradeRecv) {
+    /// `client` names the session's client in logs; `session` is the session's id.
+    pub async fn run(
+        self,
+        client: String,
+        session: String,
+        (mut send, mut recv): (UpgradeSend, UpgradeRecv),
+    ) {
         let slot = self.slots.clone().try_acquire_owned().ok();
-        let turn = self.turn(&client);
+        let turn = self.turn(&session);
         let offer = match tokio::time::timeout(OFFER_WAIT, read_frame::<UpgradeOffer, _>(&mut recv))
             .await
         {
@@ -168,11 +174,11 @@ impl UpgradeAnswerer for Answerer {
     fn answer(
         &self,
         client: String,
-        send: UpgradeSend,
-        recv: UpgradeRecv,
+        session: String,
+        stream: (UpgradeSend, UpgradeRecv),
     ) -> Pin<Box<dyn Future<Output = ()> + Send>> {
-        let span = info_span!("upgrade");
-        Box::pin(self.clone().run(client, send, recv).instrument(span))
+        let span = info_span!("upgrade", %session);
+        Box::pin(self.clone().run(client, session, stream).instrument(span))
     }
 }
 

@@ -240,6 +240,7 @@ pub(crate) async fn serve<C: Connection>(
     let resumable = book.as_ref().map(|(book, _)| super::tcp::Resumable {
         streams: book.streams.clone(),
         alive: crate::resume::streams::alive_of(&conn),
+        session: book.id().to_string().into(),
     });
     let streams = async {
         let mut n: u64 = 0;

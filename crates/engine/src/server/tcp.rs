@@ -48,6 +48,8 @@ pub(crate) struct Resumable<S, R> {
     pub streams: Arc<Streams<S, R>>,
     /// Whether this connection is still up (for the links of carries on it).
     pub alive: Alive,
+    /// The session's id, as logged (what a direct upgrade is keyed on).
+    pub session: Arc<str>,
 }
 
 impl<S, R> Clone for Resumable<S, R> {
@@ -55,6 +57,7 @@ impl<S, R> Clone for Resumable<S, R> {
         Self {
             streams: Arc::clone(&self.streams),
             alive: Arc::clone(&self.alive),
+            session: Arc::clone(&self.session),
         }
     }
 }
@@ -135,11 +138,11 @@ pub(crate) async fn handle_resumable<S: SendStream, R: RecvStream>(
         }
         ResumableHeader::Upgrade => {
             let client = ctx.rule.borrow().name.clone();
+            let session = r.session.to_string();
             match &ctx.shared.config.upgrade {
                 Some(answerer) => {
-                    answerer
-                        .answer(client, Box::new(send), Box::new(recv))
-                        .await
+                    let stream = (Box::new(send) as _, Box::new(recv) as _);
+                    answerer.answer(client, session, stream).await
                 }
                 None => {
                     let declined = UpgradeAnswer::Declined(Declined::Disabled);
