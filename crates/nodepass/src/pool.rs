@@ -41,6 +41,13 @@ pub struct Claim {
     control: Option<tokio::sync::oneshot::Sender<PoolConn>>,
 }
 
+impl Claim {
+    /// Whether this is the control channel's place.
+    pub fn is_control(&self) -> bool {
+        self.control.is_some()
+    }
+}
+
 impl Intake {
     /// The next connection's place: the control channel's if it is still open, else a
     /// fresh ID; `None` while the pool is full.

@@ -645,9 +645,36 @@ async fn admit(
         to.release(claim);
         return None;
     }
+    if claim.is_control() && !alive_after_its_id(&io).await {
+        debug!(
+            "the would-be control connection was closed by its peer: its place goes to the next"
+        );
+        to.release(claim);
+        return None;
+    }
     debug!("pool connection {}", id_hex(claim.id));
     to.deliver(claim, io);
     None
+}
+
+/// How long a plain connection given the control channel's ID is watched before it gets
+/// the place: a dead one (a restarted client's predecessor, closed as it connected) may
+/// have been admitted before its FIN arrived, and answers the ID with a reset.
+const CONTROL_CONFIRM: Duration = Duration::from_millis(100);
+
+/// Whether a connection just sent the control channel's ID is still open after
+/// [`CONTROL_CONFIRM`]: a client's control connection sends nothing (or something,
+/// left unread), a dead one shows its FIN or reset. TLS connections need no look: a dead
+/// one never finishes the handshake.
+async fn alive_after_its_id(io: &PoolStream) -> bool {
+    let PoolStream::Plain(stream) = io else {
+        return true;
+    };
+    let mut first = [0u8; 1];
+    !matches!(
+        tokio::time::timeout(CONTROL_CONFIRM, stream.peek(&mut first)).await,
+        Ok(Ok(0) | Err(_))
+    )
 }
 
 /// Whether the peer closed the connection already (its FIN waits unread). A look
