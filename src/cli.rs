@@ -295,7 +295,8 @@ pub struct IrohArgs {
     /// Needs two STUN servers that answer (--stun-server).
     #[arg(long)]
     pub no_upgrade: bool,
-    /// Local UDP address for QUIC (repeatable; default all interfaces).
+    /// Local UDP address for QUIC (repeatable; default all interfaces). The direct
+    /// upgrade's socket takes the IP of the first IPv4 one, on a fresh port.
     #[arg(long = "bind", value_name = "ADDR")]
     pub bind: Vec<SocketAddr>,
     /// Close a UDP flow after this much silence (e.g. 60s, 5m).

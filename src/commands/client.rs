@@ -52,6 +52,7 @@ async fn run_iroh(s: &ClientSettings, t: &IrohClient, shutdown: CancellationToke
     let (endpoint, iroh) = iroh_connector(s, t).await?;
     let upgrade = t.upgrade.as_ref().map(|stun| {
         UpgradeOptions::new(stun.clone(), s.quic.clone(), t.options.direct_paths.clone())
+            .bind_beside(&t.options.bind)
     });
     let connector = UpgradingConnector::new(iroh, upgrade);
     let result = client.run(connector, shutdown).await;

@@ -56,7 +56,8 @@ async fn run_iroh(
     let punched = match upgrade {
         Some(stun) => {
             let options =
-                UpgradeOptions::new(stun.clone(), s.quic.clone(), opts.direct_paths.clone());
+                UpgradeOptions::new(stun.clone(), s.quic.clone(), opts.direct_paths.clone())
+                    .bind_beside(&opts.bind);
             let (answerer, punched) = Answerer::new(options);
             config.upgrade = Some(std::sync::Arc::new(answerer));
             Some(punched)

@@ -22,7 +22,8 @@ pub struct UpgradeOptions {
     /// STUN servers (HOST:PORT, looked up at each attempt) that classify the NAT of
     /// the upgrade's socket: two that answer are needed to tell a symmetric NAT.
     pub stun: Vec<String>,
-    /// Local UDP address of the upgrade's socket (port 0: a fresh one each time).
+    /// Local UDP address of the upgrade's socket (port 0: a fresh one each time);
+    /// see [`UpgradeOptions::bind_beside`].
     pub bind: SocketAddr,
     /// QUIC tuning of the direct connection: the session's own.
     pub quic: QuicParams,
@@ -41,6 +42,17 @@ impl UpgradeOptions {
             direct_paths,
             punch_timeout: PUNCH_TIMEOUT,
         }
+    }
+
+    /// Binds the upgrade's socket beside the iroh endpoint's: on the IP of its first
+    /// IPv4 `--bind` address (a multi-homed host's traffic leaves where the user said),
+    /// on a fresh port (iroh holds its own). Without an IPv4 one: all interfaces,
+    /// as iroh itself (the upgrade punches over IPv4 only).
+    pub fn bind_beside(mut self, iroh_binds: &[SocketAddr]) -> Self {
+        if let Some(ip) = iroh_binds.iter().find(|a| a.is_ipv4()).map(|a| a.ip()) {
+            self.bind = SocketAddr::new(ip, 0);
+        }
+        self
     }
 
     /// Manual mode's settings for one upgrade: its blobs never leave the connection,
@@ -111,6 +123,23 @@ mod tests {
         assert!(punch_now(EndpointIndependent, EndpointIndependent, later));
         assert!(punch_now(EndpointIndependent, EndpointDependent, soon));
         assert!(punch_now(EndpointDependent, EndpointIndependent, soon));
+    }
+
+    #[test]
+    fn the_socket_binds_beside_the_endpoint() {
+        let o = || UpgradeOptions::new(Vec::new(), QuicParams::default(), PathRules::default());
+        let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
+        assert_eq!(o().bind, any);
+        assert_eq!(o().bind_beside(&[]).bind, any);
+        assert_eq!(o().bind_beside(&["[::1]:7000".parse().unwrap()]).bind, any);
+        let binds = [
+            "[::1]:7000".parse().unwrap(),
+            "10.1.2.3:7000".parse().unwrap(),
+        ];
+        assert_eq!(
+            o().bind_beside(&binds).bind,
+            "10.1.2.3:0".parse::<SocketAddr>().unwrap()
+        );
     }
 
     #[test]

@@ -3,11 +3,12 @@
 //! punched beside it (offer and answer over the tunnel). Connections open across the
 //! move keep every byte (hold-check verifies each echoed byte, in order); when the
 //! direct path dies, the tunnel goes back to the relay with them. The matrix rows of
-//! `natlab::matrix` time the upgrade; this follows connections through it.
+//! `natlab::matrix` time the upgrade; this follows connections through it. The server
+//! runs with `--bind`: the upgrade's socket must follow it.
 
 use std::time::Duration;
 
-use super::lab::{LAB_LOCK, Lab, Nat};
+use super::lab::{HOST_B_IP, LAB_LOCK, Lab, Nat};
 use super::matrix::{
     FORWARDS, iroh_client, iroh_server, start_iroh_server_with, start_services, write_secrets,
 };
@@ -27,6 +28,21 @@ fn blocked(lab: &Lab, blocked: bool) {
     }
 }
 
+/// Local addresses of the UDP sockets that processes named `name` hold in `ns`.
+fn udp_sockets(ns: &str, name: &str) -> Vec<String> {
+    let out = std::process::Command::new("ip")
+        .args(["netns", "exec", ns, "ss", "-uanpH"])
+        .output()
+        .expect("running ss");
+    assert!(out.status.success(), "ss: {out:?}");
+    let quoted = format!("((\"{name}\",");
+    String::from_utf8_lossy(&out.stdout)
+        .lines()
+        .filter(|l| l.contains(&quoted))
+        .filter_map(|l| l.split_whitespace().nth(3).map(str::to_string))
+        .collect()
+}
+
 fn move_and_fall_back() {
     let _g = LAB_LOCK.lock().unwrap_or_else(|e| e.into_inner());
     let mut lab = Lab::new(Nat::Cone, Nat::Symmetric, None);
@@ -36,7 +52,9 @@ fn move_and_fall_back() {
     write_secrets(&lab);
     start_services(&mut lab, &host_b);
     let mut server = iroh_server(&lab);
-    server.args(FAST_PROBE);
+    server
+        .args(FAST_PROBE)
+        .args(["--bind", &format!("{HOST_B_IP}:0")]);
     let (s, ticket) = start_iroh_server_with(&mut lab, server);
     let mut client = iroh_client(&lab, &ticket);
     client.args(FORWARDS).args(FAST_PROBE);
@@ -64,6 +82,17 @@ fn move_and_fall_back() {
     let moved = lab.procs[c].wait_line("connections resumed", Duration::from_secs(10));
     assert!(moved.contains("resumed=2"), "{moved}");
     lab.procs[s].wait_line("direct upgrade: path=direct", Duration::from_secs(5));
+    let sockets = udp_sockets(&host_b, "porthole");
+    eprintln!("the server's UDP sockets: {sockets:?}");
+    assert!(
+        sockets.len() >= 2,
+        "the server should hold iroh's socket and the upgrade's: {sockets:?}"
+    );
+    let beside = format!("{HOST_B_IP}:");
+    assert!(
+        sockets.iter().all(|local| local.starts_with(&beside)),
+        "every UDP socket of the server must be on its --bind IP {HOST_B_IP}: {sockets:?}"
+    );
     assert!(
         lab.procs[h].first_seen("\"ok\"").is_none(),
         "hold-check ended early"
