@@ -50,10 +50,10 @@ async fn run_iroh(s: &ClientSettings, t: &IrohClient, shutdown: CancellationToke
     let client = Client::bind(config).await?;
     let watching = super::watch::engine(&s.watch, &telemetry, &shutdown).await?;
     let (endpoint, iroh) = iroh_connector(s, t).await?;
-    let upgrade = t.upgrade.as_ref().map(|stun| {
-        UpgradeOptions::new(stun.clone(), s.quic.clone(), t.options.direct_paths.clone())
-            .bind_beside(&t.options.bind)
-    });
+    let upgrade = t
+        .upgrade
+        .as_ref()
+        .map(|stun| UpgradeOptions::beside(&t.options, stun.clone(), s.quic.clone()));
     let connector = UpgradingConnector::new(iroh, upgrade);
     let result = client.run(connector, shutdown).await;
     endpoint.close().await;

@@ -55,9 +55,7 @@ async fn run_iroh(
     let iroh = IrohAcceptor::new(endpoint.clone(), &s.quic);
     let punched = match upgrade {
         Some(stun) => {
-            let options =
-                UpgradeOptions::new(stun.clone(), s.quic.clone(), opts.direct_paths.clone())
-                    .bind_beside(&opts.bind);
+            let options = UpgradeOptions::beside(opts, stun.clone(), s.quic.clone());
             let (answerer, punched) = Answerer::new(options);
             config.upgrade = Some(std::sync::Arc::new(answerer));
             Some(punched)

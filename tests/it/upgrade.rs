@@ -6,11 +6,11 @@
 use std::time::Duration;
 
 use porthole_engine::control::{read_frame, write_frame};
-use porthole_engine::direct_paths::PathRules;
 use porthole_engine::quic_params::QuicParams;
 use porthole_engine::transport::{Connection, Connector};
 use porthole_proto::blob::BlobKind;
 use porthole_proto::upgrade::{Declined, UpgradeAnswer, UpgradeOffer};
+use porthole_transport_iroh::IrohOptions;
 use porthole_transport_quic::{ManualOptions, PreparedClient};
 use porthole_upgrade::{Answerer, UpgradeOptions};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,9 +18,11 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use crate::support::init_tracing;
 
 fn server_options(stun: Vec<String>) -> UpgradeOptions {
-    let mut o = UpgradeOptions::new(stun, QuicParams::default(), PathRules::default());
-    o.bind = "127.0.0.1:0".parse().unwrap();
-    o
+    let iroh = IrohOptions {
+        bind: vec!["127.0.0.1:0".parse().unwrap()],
+        ..IrohOptions::default()
+    };
+    UpgradeOptions::beside(&iroh, stun, QuicParams::default())
 }
 
 async fn client(stun: &[std::net::SocketAddr]) -> PreparedClient {

@@ -225,11 +225,13 @@ impl fmt::Display for NatKind {
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use proptest::prelude::*;
 
-    fn sample(kind: BlobKind) -> Blob {
+    /// A blob with a host and a server-reflexive candidate (also for the frames that
+    /// carry blobs).
+    pub(crate) fn sample(kind: BlobKind) -> Blob {
         Blob {
             kind,
             session_id: [7; 16],

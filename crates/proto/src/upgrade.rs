@@ -69,25 +69,24 @@ impl Declined {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::blob::{BlobKind, Candidate, CandidateKind, NatKind};
+    use crate::blob::BlobKind;
+    use crate::blob::tests::sample;
     use crate::frame;
     use proptest::prelude::*;
 
     #[test]
-    fn answers_round_trip() {
-        let blob = Blob {
-            kind: BlobKind::Answer,
-            session_id: [3; 16],
-            expires_unix: 99,
-            fingerprint: [4; 32],
-            nat: NatKind::EndpointDependent,
-            candidates: vec![Candidate {
-                addr: "198.51.100.7:4000".parse().unwrap(),
-                kind: CandidateKind::ServerReflexive,
-            }],
+    fn offers_and_answers_round_trip() {
+        let offer = UpgradeOffer {
+            offer: sample(BlobKind::Offer),
+            relayed_ms: 1234,
         };
+        let bytes = frame::encode(&offer).unwrap();
+        assert_eq!(
+            frame::decode::<UpgradeOffer>(&bytes).unwrap().unwrap().0,
+            offer
+        );
         for a in [
-            UpgradeAnswer::Answer(blob),
+            UpgradeAnswer::Answer(sample(BlobKind::Answer)),
             UpgradeAnswer::Declined(Declined::Disabled),
             UpgradeAnswer::Declined(Declined::Busy),
             UpgradeAnswer::Declined(Declined::NoPath),

@@ -1,7 +1,7 @@
 //! The client's half: offer, punch, connect; paced across the run's sessions.
 
 use std::io;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use porthole_engine::control::{read_frame, write_frame};
@@ -15,12 +15,10 @@ use tokio::time::Instant;
 use tracing::{debug, info, warn};
 
 use crate::Conn;
-use crate::options::{self, UpgradeOptions};
+use crate::options::{self, CONNECT_WAIT, UpgradeOptions};
 
 /// How long the server may take to gather its candidates and answer.
 const ANSWER_WAIT: Duration = Duration::from_secs(15);
-/// How long the QUIC handshake on a punched path may take.
-const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// How often a direct iroh path is looked at again (it may fall back to the relay).
 const LOOK_AGAIN: Duration = Duration::from_millis(500);
 /// After an answer that will not change soon (no path between these NATs, upgrades
@@ -149,11 +147,7 @@ impl Upgrader {
         self.back_on_the_relay();
         let mut since = None;
         loop {
-            let next = self
-                .pace
-                .lock()
-                .map(|p| p.next)
-                .unwrap_or_else(|p| p.into_inner().next);
+            let next = self.pace().next;
             tokio::time::sleep_until(next).await;
             let relayed_since = relayed_since(relayed, &mut since).await;
             let started = Instant::now();
@@ -166,7 +160,7 @@ impl Upgrader {
                         punched.elapsed,
                         punched.method
                     );
-                    self.record(None);
+                    self.pace().succeeded(Instant::now());
                     return conn;
                 }
                 // iroh found a direct path of its own meanwhile.
@@ -190,30 +184,19 @@ impl Upgrader {
                 ),
                 Failed::Other(e) => (e, None),
             };
-            let pause = self.record(Some(wait));
+            let pause = self.pace().failed(wait, Instant::now());
             warn!("no direct upgrade: {why}; staying on the relay, next attempt in {pause:.0?}");
         }
     }
 
     fn back_on_the_relay(&self) {
-        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
-        if let Some((lasted, pause)) = pace.back_on_the_relay(Instant::now()) {
+        if let Some((lasted, pause)) = self.pace().back_on_the_relay(Instant::now()) {
             info!("the direct path lasted {lasted:.0?}; next upgrade attempt in {pause:.0?}");
         }
     }
 
-    /// Counts an attempt's outcome (`None`: success; `Some(wait)`: a failure, with its
-    /// own pause or the backoff's) and returns the pause before the next one.
-    fn record(&self, failed: Option<Option<Duration>>) -> Duration {
-        let mut pace = self.pace.lock().unwrap_or_else(|p| p.into_inner());
-        let now = Instant::now();
-        match failed {
-            None => {
-                pace.succeeded(now);
-                Duration::ZERO
-            }
-            Some(wait) => pace.failed(wait, now),
-        }
+    fn pace(&self) -> MutexGuard<'_, Pace> {
+        self.pace.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     /// One offer, answer, punch and handshake; `Ok(None)` if the iroh connection went

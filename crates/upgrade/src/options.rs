@@ -1,15 +1,18 @@
 //! What an upgrade may do, and how often a client tries.
 
-use std::net::SocketAddr;
+use std::net::{Ipv4Addr, SocketAddr};
 use std::time::Duration;
 
 use porthole_engine::direct_paths::PathRules;
 use porthole_engine::quic_params::QuicParams;
 use porthole_proto::blob::NatKind;
+use porthole_transport_iroh::IrohOptions;
 use porthole_transport_quic::ManualOptions;
 
 /// How long each side punches before it gives up (the relay carries on meanwhile).
 pub const PUNCH_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long the QUIC handshake on a punched path may take, each side counting.
+pub const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Upgrades a server punches at once, over all clients (one per client at a time).
 pub const MAX_CONCURRENT: usize = 4;
 /// A client's pause after its first failed attempt; doubled after each further one.
@@ -23,7 +26,7 @@ pub struct UpgradeOptions {
     /// the upgrade's socket: two that answer are needed to tell a symmetric NAT.
     pub stun: Vec<String>,
     /// Local UDP address of the upgrade's socket (port 0: a fresh one each time);
-    /// see [`UpgradeOptions::bind_beside`].
+    /// see [`UpgradeOptions::beside`].
     pub bind: SocketAddr,
     /// QUIC tuning of the direct connection: the session's own.
     pub quic: QuicParams,
@@ -34,25 +37,20 @@ pub struct UpgradeOptions {
 }
 
 impl UpgradeOptions {
-    pub fn new(stun: Vec<String>, quic: QuicParams, direct_paths: PathRules) -> Self {
+    /// The upgrade of an iroh endpoint set up with `iroh`: the same address rules, and
+    /// its socket beside the endpoint's, on the IP of the first IPv4 `--bind` address (a
+    /// multi-homed host's traffic leaves where the user said) and a fresh port (iroh
+    /// holds its own). Without an IPv4 one: all interfaces, as iroh itself (the upgrade
+    /// punches over IPv4 only).
+    pub fn beside(iroh: &IrohOptions, stun: Vec<String>, quic: QuicParams) -> Self {
+        let ip = iroh.bind.iter().find(|a| a.is_ipv4()).map(|a| a.ip());
         Self {
             stun,
-            bind: SocketAddr::from(([0, 0, 0, 0], 0)),
+            bind: SocketAddr::new(ip.unwrap_or(Ipv4Addr::UNSPECIFIED.into()), 0),
             quic,
-            direct_paths,
+            direct_paths: iroh.direct_paths.clone(),
             punch_timeout: PUNCH_TIMEOUT,
         }
-    }
-
-    /// Binds the upgrade's socket beside the iroh endpoint's: on the IP of its first
-    /// IPv4 `--bind` address (a multi-homed host's traffic leaves where the user said),
-    /// on a fresh port (iroh holds its own). Without an IPv4 one: all interfaces,
-    /// as iroh itself (the upgrade punches over IPv4 only).
-    pub fn bind_beside(mut self, iroh_binds: &[SocketAddr]) -> Self {
-        if let Some(ip) = iroh_binds.iter().find(|a| a.is_ipv4()).map(|a| a.ip()) {
-            self.bind = SocketAddr::new(ip, 0);
-        }
-        self
     }
 
     /// Manual mode's settings for one upgrade: its blobs never leave the connection,
@@ -127,19 +125,21 @@ mod tests {
 
     #[test]
     fn the_socket_binds_beside_the_endpoint() {
-        let o = || UpgradeOptions::new(Vec::new(), QuicParams::default(), PathRules::default());
+        let bind = |bind: Vec<SocketAddr>| {
+            let iroh = IrohOptions {
+                bind,
+                ..IrohOptions::default()
+            };
+            UpgradeOptions::beside(&iroh, Vec::new(), QuicParams::default()).bind
+        };
         let any: SocketAddr = "0.0.0.0:0".parse().unwrap();
-        assert_eq!(o().bind, any);
-        assert_eq!(o().bind_beside(&[]).bind, any);
-        assert_eq!(o().bind_beside(&["[::1]:7000".parse().unwrap()]).bind, any);
-        let binds = [
+        assert_eq!(bind(vec![]), any);
+        assert_eq!(bind(vec!["[::1]:7000".parse().unwrap()]), any);
+        let binds = vec![
             "[::1]:7000".parse().unwrap(),
             "10.1.2.3:7000".parse().unwrap(),
         ];
-        assert_eq!(
-            o().bind_beside(&binds).bind,
-            "10.1.2.3:0".parse::<SocketAddr>().unwrap()
-        );
+        assert_eq!(bind(binds), "10.1.2.3:0".parse::<SocketAddr>().unwrap());
     }
 
     #[test]

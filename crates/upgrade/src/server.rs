@@ -21,12 +21,10 @@ use tokio::sync::{Semaphore, mpsc};
 use tracing::{Instrument, debug, info, info_span, warn};
 
 use crate::Conn;
-use crate::options::{self, UpgradeOptions};
+use crate::options::{self, CONNECT_WAIT, UpgradeOptions};
 
 /// How long the client may take to send its offer once its stream is open.
 const OFFER_WAIT: Duration = Duration::from_secs(10);
-/// How long the client may take to start QUIC on the punched path.
-const CONNECT_WAIT: Duration = Duration::from_secs(10);
 /// Direct connections punched but not yet taken by the engine.
 const QUEUE: usize = 16;
 

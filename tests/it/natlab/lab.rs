@@ -147,6 +147,17 @@ impl Lab {
         self.procs.push(Proc::spawn(name, cmd));
         self.procs.len() - 1
     }
+
+    /// Starts `hold-check` in `ns` through the client's forward 127.0.0.1:8000 for
+    /// `total`: a line every 200 ms and a bulk connection paced to `bulk_mbit` (0: none),
+    /// every echoed byte verified. Returns its process; it prints `"ok":true` at the end.
+    pub fn spawn_hold_check(&mut self, ns: &str, bulk_mbit: u32, total: Duration) -> usize {
+        let mut hold = self.tool(ns);
+        hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
+            .args(["--bulk-mbit", &bulk_mbit.to_string()])
+            .args(["--seconds", &total.as_secs().to_string()]);
+        self.spawn("hold-check", hold)
+    }
 }
 
 impl Drop for Lab {

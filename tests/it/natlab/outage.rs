@@ -83,15 +83,7 @@ fn ride_out(mode: Mode, nat: Nat) {
     }
 
     let total = OUTAGE + Duration::from_secs(15);
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
-        .args([
-            "--bulk-mbit",
-            "1000",
-            "--seconds",
-            &total.as_secs().to_string(),
-        ]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 1000, total);
     std::thread::sleep(Duration::from_secs(5));
     lab.net.set_uplink('a', false).unwrap();
     std::thread::sleep(OUTAGE);
@@ -137,10 +129,7 @@ fn server_restart() {
         &["tcp-check", "127.0.0.1:8000", "--bytes", "1000"],
     );
 
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--bulk-mbit", "0"])
-        .args(["--seconds", "300"]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 0, Duration::from_secs(300));
     std::thread::sleep(Duration::from_secs(3));
     lab.net.set_uplink('a', false).unwrap();
     let server = lab
@@ -195,10 +184,7 @@ fn new_public_ip() {
     );
     lab.procs[c].wait_line("path=direct", Duration::from_secs(20));
 
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
-        .args(["--bulk-mbit", "50", "--seconds", "35"]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 50, Duration::from_secs(35));
     std::thread::sleep(Duration::from_secs(5));
     lab.net.set_uplink('a', false).unwrap();
     lab.net.set_public_ip('a', NEW_IP).unwrap();

@@ -93,15 +93,7 @@ fn resume_after_loss(mode: Mode, nat: Nat, renumber: bool) {
     }
 
     let total = CUT + Duration::from_secs(25);
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
-        .args([
-            "--bulk-mbit",
-            "50",
-            "--seconds",
-            &total.as_secs().to_string(),
-        ]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 50, total);
     std::thread::sleep(Duration::from_secs(5));
     lab.net.set_uplink('a', false).unwrap();
     if renumber {
@@ -236,15 +228,7 @@ fn relay_lost() {
     );
 
     let total = Duration::from_secs(70);
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
-        .args([
-            "--bulk-mbit",
-            "50",
-            "--seconds",
-            &total.as_secs().to_string(),
-        ]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 50, total);
     std::thread::sleep(Duration::from_secs(5));
     eprintln!("killing {} (in use: {path})", lab.procs[in_use].name);
     lab.procs[in_use].kill();
@@ -303,15 +287,7 @@ fn relay_to_direct() {
     );
 
     let total = CUT + Duration::from_secs(30);
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
-        .args([
-            "--bulk-mbit",
-            "50",
-            "--seconds",
-            &total.as_secs().to_string(),
-        ]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 50, total);
     std::thread::sleep(Duration::from_secs(5));
     lab.net.set_uplink('a', false).unwrap();
     lab.net.set_direct_udp('a', true).unwrap();

@@ -64,15 +64,7 @@ fn move_and_fall_back() {
     assert!(failed.contains("next attempt in 30s"), "{failed}");
 
     let total = Duration::from_secs(75);
-    let mut hold = lab.tool(&host_a);
-    hold.args(["hold-check", "127.0.0.1:8000", "--interval-ms", "200"])
-        .args([
-            "--bulk-mbit",
-            "20",
-            "--seconds",
-            &total.as_secs().to_string(),
-        ]);
-    let h = lab.spawn("hold-check", hold);
+    let h = lab.spawn_hold_check(&host_a, 20, total);
     std::thread::sleep(Duration::from_secs(2));
     blocked(&lab, false);
 
